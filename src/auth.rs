@@ -1,0 +1,155 @@
+//! Bearer API keys: parsing `name:key` pairs and a constant-time check.
+
+use std::fmt;
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::AUTHORIZATION;
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, web};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Shortest key accepted: anything shorter is guessable.
+const MIN_KEY_LEN: usize = 16;
+
+/// One configured key. Only its SHA-256 is kept, so the key itself never
+/// sits in memory dumps or `Debug` output.
+#[derive(Clone)]
+pub struct ApiKey {
+    name: Arc<str>,
+    digest: [u8; 32],
+}
+
+impl ApiKey {
+    /// Parses `name:key`.
+    pub fn parse(entry: &str) -> Result<Self, &'static str> {
+        let (name, key) = entry.split_once(':').ok_or("must be `name:key`")?;
+        let (name, key) = (name.trim(), key.trim());
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err("has a name that is not [A-Za-z0-9._-]+");
+        }
+        if key.len() < MIN_KEY_LEN {
+            return Err("has a key shorter than 16 characters");
+        }
+        Ok(Self {
+            name: name.into(),
+            digest: Sha256::digest(key.as_bytes()).into(),
+        })
+    }
+
+    /// The key's name, safe to log.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.name)
+    }
+}
+
+/// The set of keys active at once (several during a rotation).
+#[derive(Clone, Debug, Default)]
+pub struct ApiKeys(Arc<[ApiKey]>);
+
+/// The key name a request authenticated with, in request extensions.
+#[derive(Clone, Debug)]
+pub struct KeyName(pub Arc<str>);
+
+impl ApiKeys {
+    /// Wraps the configured keys.
+    pub fn new(keys: Vec<ApiKey>) -> Self {
+        Self(keys.into())
+    }
+
+    /// Whether no key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The matching key's name. Hashing first makes every comparison the same
+    /// length, and every key is compared, so timing says nothing about which
+    /// key (or how much of it) matched.
+    pub fn authenticate(&self, presented: &str) -> Option<Arc<str>> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for key in self.0.iter() {
+            if bool::from(key.digest.ct_eq(&digest)) {
+                found = Some(Arc::clone(&key.name));
+            }
+        }
+        found
+    }
+}
+
+/// What the auth middleware needs: the keys, or `None` when auth is disabled.
+#[derive(Clone)]
+pub struct AuthPolicy(pub Option<ApiKeys>);
+
+fn bearer_token(req: &ServiceRequest) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Rejects requests without a valid bearer key with 401; records the key name.
+pub async fn require_api_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let policy = req.app_data::<web::Data<AuthPolicy>>().map(|p| p.0.clone());
+    if let Some(Some(keys)) = policy {
+        let Some(name) = bearer_token(&req).and_then(|token| keys.authenticate(token)) else {
+            return Ok(req.error_response(ApiError::Unauthorized));
+        };
+        tracing::Span::current().record("api_key", &*name);
+        req.extensions_mut().insert(KeyName(name));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_active_key_authenticates_by_name() {
+        let keys = ApiKeys::new(vec![
+            ApiKey::parse("old:aaaaaaaaaaaaaaaa").unwrap(),
+            ApiKey::parse("new:bbbbbbbbbbbbbbbb").unwrap(),
+        ]);
+        assert_eq!(
+            keys.authenticate("aaaaaaaaaaaaaaaa").as_deref(),
+            Some("old")
+        );
+        assert_eq!(
+            keys.authenticate("bbbbbbbbbbbbbbbb").as_deref(),
+            Some("new")
+        );
+        assert_eq!(keys.authenticate("cccccccccccccccc"), None);
+        assert_eq!(keys.authenticate(""), None);
+    }
+
+    #[test]
+    fn malformed_entries_are_refused() {
+        assert!(ApiKey::parse("nokey").is_err());
+        assert!(ApiKey::parse(":aaaaaaaaaaaaaaaa").is_err());
+        assert!(ApiKey::parse("short:abc").is_err());
+        assert!(ApiKey::parse("bad name:aaaaaaaaaaaaaaaa").is_err());
+    }
+
+    #[test]
+    fn debug_shows_the_name_only() {
+        let key = ApiKey::parse("ci:supersecretvalue123").unwrap();
+        assert_eq!(format!("{key:?}"), "ApiKey(ci)");
+    }
+}

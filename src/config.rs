@@ -1,0 +1,342 @@
+//! Settings read from the environment (see API.md, "Configuration"), with
+//! defaults, validation and secrets that never reach a log line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::auth::{ApiKey, ApiKeys};
+
+/// A start-up configuration error: names the variable, never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            variable,
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that prints as `[redacted]` in `Debug`, so URLs with passwords
+/// cannot leak through a `?settings` in a log line.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    Json,
+    /// Human-readable, coloured (local use).
+    Pretty,
+}
+
+/// Everything `middleway serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// MySQL connection URL.
+    pub database_url: Secret,
+    /// Redis connection URL.
+    pub redis_url: Secret,
+    /// Public listener.
+    pub bind_addr: SocketAddr,
+    /// Admin listener (`/metrics`).
+    pub admin_bind_addr: SocketAddr,
+    /// Accepted bearer keys; empty only when `auth_disabled`.
+    pub api_keys: ApiKeys,
+    /// Serve without keys (local use only).
+    pub auth_disabled: bool,
+    /// Most MySQL connections this replica opens.
+    pub db_pool_max: u32,
+    /// Wait for a pooled MySQL connection before answering 503.
+    pub db_acquire_timeout: Duration,
+    /// Pooled Redis connections for non-blocking commands.
+    pub redis_pool_max: usize,
+    /// Most lock requests waiting at once before 503.
+    pub lock_max_waiters: usize,
+    /// Prefix of every Redis key the service writes.
+    pub redis_key_prefix: String,
+    /// Drain time after SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// Most requests in flight on this replica before shedding with 503.
+    pub max_in_flight: usize,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let database_url = require_url(&var, "DATABASE_URL", &["mysql", "mariadb"])?;
+        let redis_url = require_url(&var, "REDIS_URL", &["redis", "rediss"])?;
+        let auth_disabled = parse_bool(var("AUTH_DISABLED"), "AUTH_DISABLED")?;
+        let mut keys = Vec::new();
+        if let Some(list) = var("API_KEYS") {
+            keys.extend(parse_key_lines(list.split(','), "API_KEYS")?);
+        }
+        if let Some(path) = var("API_KEYS_FILE") {
+            let text = std::fs::read_to_string(path.trim()).map_err(|e| {
+                ConfigError::new(
+                    "API_KEYS_FILE",
+                    format!("cannot read the file: {}", e.kind()),
+                )
+            })?;
+            keys.extend(parse_key_lines(text.lines(), "API_KEYS_FILE")?);
+        }
+        if keys.is_empty() && !auth_disabled {
+            return Err(ConfigError::new(
+                "API_KEYS",
+                "no API keys configured (set API_KEYS or API_KEYS_FILE, or AUTH_DISABLED=true for local use)",
+            ));
+        }
+        let log_format = match var("LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be `json` or `pretty`")),
+        };
+        let redis_key_prefix = var("REDIS_KEY_PREFIX").unwrap_or_else(|| "mw:".to_owned());
+        if redis_key_prefix.len() > 64
+            || redis_key_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(ConfigError::new(
+                "REDIS_KEY_PREFIX",
+                "must be at most 64 characters without spaces",
+            ));
+        }
+        Ok(Self {
+            database_url,
+            redis_url,
+            bind_addr: parse_addr(var("BIND_ADDR"), "BIND_ADDR", "0.0.0.0:8080")?,
+            admin_bind_addr: parse_addr(var("ADMIN_BIND_ADDR"), "ADMIN_BIND_ADDR", "0.0.0.0:9090")?,
+            api_keys: ApiKeys::new(keys),
+            auth_disabled,
+            db_pool_max: parse_range(var("DB_POOL_MAX"), "DB_POOL_MAX", 32, 1, 1000)?,
+            db_acquire_timeout: Duration::from_millis(parse_range(
+                var("DB_ACQUIRE_TIMEOUT_MS"),
+                "DB_ACQUIRE_TIMEOUT_MS",
+                1000,
+                10,
+                60_000,
+            )?),
+            redis_pool_max: parse_range(var("REDIS_POOL_MAX"), "REDIS_POOL_MAX", 32, 1, 1000)?,
+            lock_max_waiters: parse_range(
+                var("LOCK_MAX_WAITERS"),
+                "LOCK_MAX_WAITERS",
+                10_000,
+                1,
+                1_000_000,
+            )?,
+            redis_key_prefix,
+            shutdown_timeout: Duration::from_secs(parse_range(
+                var("SHUTDOWN_TIMEOUT_S"),
+                "SHUTDOWN_TIMEOUT_S",
+                25,
+                0,
+                3600,
+            )?),
+            max_in_flight: parse_range(
+                var("MAX_IN_FLIGHT"),
+                "MAX_IN_FLIGHT",
+                20_000,
+                1,
+                1_000_000,
+            )?,
+            log_format,
+        })
+    }
+}
+
+/// Reads `LOG_FORMAT` alone, so telemetry can start before the rest is validated.
+pub fn log_format_from_env() -> LogFormat {
+    match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("pretty") => LogFormat::Pretty,
+        _ => LogFormat::Json,
+    }
+}
+
+fn require_url(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    schemes: &[&str],
+) -> Result<Secret, ConfigError> {
+    let value = var(name).ok_or_else(|| ConfigError::new(name, "is required"))?;
+    let value = value.trim().to_owned();
+    let scheme_ok = value
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| schemes.contains(&scheme) && !rest.is_empty());
+    if !scheme_ok {
+        let wanted = schemes
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        return Err(ConfigError::new(
+            name,
+            format!("must be a URL starting with {wanted}"),
+        ));
+    }
+    Ok(Secret(value))
+}
+
+fn parse_bool(value: Option<String>, name: &'static str) -> Result<bool, ConfigError> {
+    match value
+        .as_deref()
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(_) => Err(ConfigError::new(name, "must be `true` or `false`")),
+    }
+}
+
+fn parse_addr(
+    value: Option<String>,
+    name: &'static str,
+    default: &str,
+) -> Result<SocketAddr, ConfigError> {
+    value
+        .as_deref()
+        .unwrap_or(default)
+        .trim()
+        .parse()
+        .map_err(|_| ConfigError::new(name, "must be an address like 0.0.0.0:8080"))
+}
+
+fn parse_range<T>(
+    value: Option<String>,
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(raw) = value else { return Ok(default) };
+    match raw.trim().parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(ConfigError::new(
+            name,
+            format!("must be an integer in {min}..={max}"),
+        )),
+    }
+}
+
+/// Parses `name:key` entries; blank lines and `#` comments are skipped.
+fn parse_key_lines<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    variable: &'static str,
+) -> Result<Vec<ApiKey>, ConfigError> {
+    let mut keys = Vec::new();
+    for (index, line) in lines.enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let key = ApiKey::parse(line)
+            .map_err(|why| ConfigError::new(variable, format!("entry {} {why}", index + 1)))?;
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    const BASE: [(&str, &str); 3] = [
+        ("DATABASE_URL", "mysql://u:p@127.0.0.1:3306/db"),
+        ("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        ("API_KEYS", "ci:0123456789abcdef"),
+    ];
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&BASE).unwrap();
+        assert_eq!(s.bind_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.admin_bind_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(s.db_pool_max, 32);
+        assert_eq!(s.db_acquire_timeout, Duration::from_millis(1000));
+        assert_eq!(s.redis_pool_max, 32);
+        assert_eq!(s.lock_max_waiters, 10_000);
+        assert_eq!(s.redis_key_prefix, "mw:");
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(s.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn a_missing_database_url_names_the_variable() {
+        let err = settings(&BASE[1..]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+    }
+
+    #[test]
+    fn bad_numbers_name_their_variable() {
+        for (var, value) in [
+            ("DB_POOL_MAX", "0"),
+            ("DB_POOL_MAX", "x"),
+            ("DB_ACQUIRE_TIMEOUT_MS", "-5"),
+            ("LOCK_MAX_WAITERS", "1.5"),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((var, value));
+            assert_eq!(settings(&pairs).unwrap_err().variable, var, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn no_keys_without_auth_disabled_is_refused() {
+        let err = settings(&BASE[..2]).unwrap_err();
+        assert_eq!(err.variable, "API_KEYS");
+        let ok = settings(&[BASE[0], BASE[1], ("AUTH_DISABLED", "true")]).unwrap();
+        assert!(ok.auth_disabled);
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let s = settings(&BASE).unwrap();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("u:p@"), "{printed}");
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+    }
+}

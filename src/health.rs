@@ -1,0 +1,68 @@
+//! `/healthz` (the process serves) and `/readyz` (dependencies answer and we are not draining).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::error::ApiError;
+
+/// A readiness probe must answer well inside Kubernetes' probe timeout.
+const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// What readiness looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    /// MySQL pool to ping.
+    pub mysql: MySqlPool,
+    /// Redis pool to ping.
+    pub redis: deadpool_redis::Pool,
+    /// Set once shutdown begins: the load balancer must stop sending traffic.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    async fn mysql_answers(&self) -> bool {
+        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.mysql);
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(1)))
+    }
+
+    async fn redis_answers(&self) -> bool {
+        let ping = async {
+            let mut conn = self.redis.get().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Some(_)))
+    }
+}
+
+/// `GET /healthz`.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when both dependencies answer, else a 503 problem naming what fails.
+pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+    if readiness.draining.load(Ordering::Acquire) {
+        return Err(ApiError::unavailable(
+            "draining: the service is shutting down",
+        ));
+    }
+    let (mysql, redis) = tokio::join!(readiness.mysql_answers(), readiness.redis_answers());
+    match (mysql, redis) {
+        (true, true) => {
+            Ok(HttpResponse::Ok().json(json!({"status": "ok", "mysql": "ok", "redis": "ok"})))
+        }
+        (false, true) => Err(ApiError::unavailable("mysql: unreachable")),
+        (true, false) => Err(ApiError::unavailable("redis: unreachable")),
+        (false, false) => Err(ApiError::unavailable(
+            "mysql: unreachable; redis: unreachable",
+        )),
+    }
+}

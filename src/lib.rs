@@ -1,0 +1,28 @@
+//! middleway: a narrow HTTP service that owns bounded MySQL and Redis pools
+//! so short-lived functions never open database connections themselves.
+//!
+//! A tour:
+//! - [`config`]: settings from the environment, validated, secrets redacted.
+//! - [`startup`]: pools, the public and admin listeners, graceful shutdown.
+//! - [`telemetry`]: logging, request ids, per-request spans.
+//! - [`error`]: the one `ApiError`, rendered as problem+json.
+//! - [`auth`]: bearer API keys.
+//! - [`overload`]: the in-flight cap that sheds load with 503.
+//! - [`metrics`]: Prometheus metrics on the admin listener.
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`transcriptions`]: `GET /transcriptions/{id}`.
+//! - [`seed`]: realistic demo rows for `middleway seed`.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod metrics;
+pub mod overload;
+pub mod seed;
+pub mod startup;
+pub mod telemetry;
+pub mod transcriptions;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,0 +1,223 @@
+//! Prometheus metrics: the registry, the per-request middleware and the
+//! admin listener's `/metrics` handler.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpResponse, web};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: fine below 10 ms, where this service lives.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+];
+
+/// Every metric the service exports. Cloning is cheap (handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status.
+    pub requests: IntCounterVec,
+    /// Request latency by route, method and status.
+    pub request_duration: HistogramVec,
+    /// Requests being served now.
+    pub requests_in_flight: IntGauge,
+    /// Requests answered 503 by the in-flight cap.
+    pub requests_shed: IntCounter,
+    /// Requests by API key name.
+    pub requests_by_key: IntCounterVec,
+    /// MySQL connections open / idle / in use (set at scrape time).
+    pub mysql_pool_connections: IntGaugeVec,
+    /// Most MySQL connections allowed.
+    pub mysql_pool_max: IntGauge,
+    /// Time spent waiting for a pooled MySQL connection.
+    pub mysql_acquire_wait: Histogram,
+    /// Reads answered by joining a query already in flight.
+    pub coalesced_reads: IntCounter,
+    /// Redis pool connections open / idle (set at scrape time).
+    pub redis_pool_connections: IntGaugeVec,
+    /// Redis connections parked in BLPOP for waiters.
+    pub redis_blocking_connections: IntGauge,
+    /// Lock operations by op and outcome (granted, timeout, released, not_held, ...).
+    pub lock_operations: IntCounterVec,
+    /// Leases found expired and reclaimed by this replica.
+    pub lock_expiries: IntCounter,
+    /// Lock requests waiting now.
+    pub lock_waiters: IntGauge,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("middleway".into()), None)
+            .expect("static metric prefix is valid");
+        let labels = &["route", "method", "status"];
+        let requests = IntCounterVec::new(
+            Opts::new("http_requests_total", "HTTP requests served"),
+            labels,
+        )
+        .expect("static metric definition");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency")
+                .buckets(LATENCY_BUCKETS.into()),
+            labels,
+        )
+        .expect("static metric definition");
+        let metrics = Self {
+            requests,
+            request_duration,
+            requests_in_flight: IntGauge::new(
+                "http_requests_in_flight",
+                "HTTP requests being served",
+            )
+            .expect("static"),
+            requests_shed: IntCounter::new(
+                "http_requests_shed_total",
+                "Requests refused by the in-flight cap",
+            )
+            .expect("static"),
+            requests_by_key: IntCounterVec::new(
+                Opts::new(
+                    "http_requests_by_key_total",
+                    "Authenticated requests by API key name",
+                ),
+                &["key"],
+            )
+            .expect("static"),
+            mysql_pool_connections: IntGaugeVec::new(
+                Opts::new("mysql_pool_connections", "MySQL pool connections by state"),
+                &["state"],
+            )
+            .expect("static"),
+            mysql_pool_max: IntGauge::new(
+                "mysql_pool_max_connections",
+                "Most MySQL connections allowed",
+            )
+            .expect("static"),
+            mysql_acquire_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mysql_acquire_wait_seconds",
+                    "Wait for a pooled MySQL connection",
+                )
+                .buckets(LATENCY_BUCKETS.into()),
+            )
+            .expect("static"),
+            coalesced_reads: IntCounter::new(
+                "transcription_coalesced_reads_total",
+                "Reads that joined a query in flight",
+            )
+            .expect("static"),
+            redis_pool_connections: IntGaugeVec::new(
+                Opts::new("redis_pool_connections", "Redis pool connections by state"),
+                &["state"],
+            )
+            .expect("static"),
+            redis_blocking_connections: IntGauge::new(
+                "redis_blocking_connections",
+                "Redis connections dedicated to BLPOP wait loops",
+            )
+            .expect("static"),
+            lock_operations: IntCounterVec::new(
+                Opts::new("lock_operations_total", "Lock operations by op and outcome"),
+                &["op", "outcome"],
+            )
+            .expect("static"),
+            lock_expiries: IntCounter::new("lock_expiries_total", "Expired leases reclaimed")
+                .expect("static"),
+            lock_waiters: IntGauge::new("lock_waiters", "Lock requests waiting now")
+                .expect("static"),
+            registry,
+        };
+        let build_info =
+            IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])
+                .expect("static");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.requests_in_flight.clone()),
+            Box::new(metrics.requests_shed.clone()),
+            Box::new(metrics.requests_by_key.clone()),
+            Box::new(metrics.mysql_pool_connections.clone()),
+            Box::new(metrics.mysql_pool_max.clone()),
+            Box::new(metrics.mysql_acquire_wait.clone()),
+            Box::new(metrics.coalesced_reads.clone()),
+            Box::new(metrics.redis_pool_connections.clone()),
+            Box::new(metrics.redis_blocking_connections.clone()),
+            Box::new(metrics.lock_operations.clone()),
+            Box::new(metrics.lock_expiries.clone()),
+            Box::new(metrics.lock_waiters.clone()),
+            Box::new(build_info),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("each metric is registered once");
+        }
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counts and times every public request by route pattern (never the raw
+/// path, which would explode label cardinality).
+pub async fn track_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    if let Some(m) = &metrics {
+        m.requests_in_flight.inc();
+    }
+    let outcome = next.call(req).await;
+    if let Some(m) = metrics {
+        m.requests_in_flight.dec();
+        let status = match &outcome {
+            Ok(response) => response.status(),
+            Err(error) => error.as_response_error().status_code(),
+        };
+        let labels = [route.as_str(), method.as_str(), status.as_str()];
+        m.requests.with_label_values(&labels).inc();
+        m.request_duration
+            .with_label_values(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+    outcome
+}
+
+/// `GET /metrics` on the admin listener.
+pub async fn metrics_endpoint(
+    metrics: web::Data<Metrics>,
+    gauges: web::Data<crate::startup::PoolGauges>,
+) -> HttpResponse {
+    gauges.refresh(&metrics);
+    HttpResponse::Ok()
+        .content_type(TextEncoder::new().format_type())
+        .body(metrics.render())
+}

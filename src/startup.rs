@@ -1,0 +1,309 @@
+//! Building and running the service: pools, both listeners, graceful shutdown.
+
+use std::net::{SocketAddr, TcpListener};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use sqlx::MySqlPool;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use tracing_actix_web::TracingLogger;
+
+use crate::auth::{AuthPolicy, require_api_key};
+use crate::config::{ConfigError, Settings};
+use crate::error::ApiError;
+use crate::health::{Readiness, healthz, readyz};
+use crate::metrics::{Metrics, metrics_endpoint, track_requests};
+use crate::overload::{InFlightLimit, shed_overload};
+use crate::telemetry::{RequestSpan, request_id_middleware};
+use crate::transcriptions::{TranscriptionReader, TranscriptionRepo, get_transcription};
+
+/// Request bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A pooled MySQL connection idle for longer than this is pinged before use,
+/// so a connection the server dropped (wait_timeout, restart) is replaced
+/// instead of failing a request. Busy connections skip the round trip.
+const TEST_IDLE_CONNECTION_AFTER: Duration = Duration::from_secs(30);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting is unusable (exit code 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound, or similar (exit code 1).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Pool gauges are read from the pools when `/metrics` is scraped.
+pub struct PoolGauges {
+    mysql: MySqlPool,
+    redis: deadpool_redis::Pool,
+}
+
+impl PoolGauges {
+    /// Copies the pools' current sizes into the gauges.
+    pub fn refresh(&self, metrics: &Metrics) {
+        let (size, idle) = (i64::from(self.mysql.size()), self.mysql.num_idle() as i64);
+        metrics
+            .mysql_pool_connections
+            .with_label_values(&["open"])
+            .set(size);
+        metrics
+            .mysql_pool_connections
+            .with_label_values(&["idle"])
+            .set(idle);
+        metrics
+            .mysql_pool_connections
+            .with_label_values(&["in_use"])
+            .set(size - idle);
+        let status = self.redis.status();
+        metrics
+            .redis_pool_connections
+            .with_label_values(&["open"])
+            .set(status.size as i64);
+        metrics
+            .redis_pool_connections
+            .with_label_values(&["idle"])
+            .set(status.available as i64);
+    }
+}
+
+/// Starts graceful shutdown: readiness turns 503 at once, the listeners stop
+/// accepting, in-flight requests finish within the shutdown timeout.
+#[derive(Clone)]
+pub struct ShutdownTrigger {
+    draining: Arc<AtomicBool>,
+    public: ServerHandle,
+    admin: ServerHandle,
+}
+
+impl ShutdownTrigger {
+    /// Begins the drain; idempotent.
+    pub fn trigger(&self) {
+        if self.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::info!("shutdown requested: draining");
+        // The stop commands are sent on call; the returned futures only report completion.
+        drop(self.public.stop(true));
+        drop(self.admin.stop(true));
+    }
+}
+
+/// A built, bound, not yet running service.
+pub struct Application {
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    public: Server,
+    admin: Server,
+    mysql: MySqlPool,
+    redis: deadpool_redis::Pool,
+    shutdown: ShutdownTrigger,
+}
+
+impl Application {
+    /// Binds both listeners and creates the pools. Pools connect lazily, so
+    /// the service starts (not ready) even while MySQL or Redis is down.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let metrics = Metrics::new();
+        metrics.mysql_pool_max.set(i64::from(settings.db_pool_max));
+        let mysql = mysql_pool(&settings)?;
+        let redis = redis_pool(&settings)?;
+        let draining = Arc::new(AtomicBool::new(false));
+        // Pool I/O runs on this (the main) runtime, which outlives the HTTP
+        // workers: connections stay usable until the pools close them cleanly.
+        let backend = tokio::runtime::Handle::current();
+
+        let reader = web::Data::new(TranscriptionReader::new(
+            TranscriptionRepo::new(mysql.clone(), metrics.clone()),
+            metrics.clone(),
+            backend.clone(),
+        ));
+        let readiness = web::Data::new(Readiness {
+            mysql: mysql.clone(),
+            redis: redis.clone(),
+            draining: Arc::clone(&draining),
+        });
+        let auth = web::Data::new(AuthPolicy(
+            (!settings.auth_disabled).then(|| settings.api_keys.clone()),
+        ));
+        let limit = web::Data::new(InFlightLimit::new(settings.max_in_flight));
+        let metrics_data = web::Data::new(metrics.clone());
+
+        let listener = TcpListener::bind(settings.bind_addr)?;
+        let public_addr = listener.local_addr()?;
+        let public = HttpServer::new(move || {
+            App::new()
+                .app_data(reader.clone())
+                .app_data(readiness.clone())
+                .app_data(auth.clone())
+                .app_data(limit.clone())
+                .app_data(metrics_data.clone())
+                .wrap(from_fn(track_requests))
+                .wrap(TracingLogger::<RequestSpan>::new())
+                .wrap(from_fn(request_id_middleware))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .service(
+                    web::resource("/transcriptions/{id}")
+                        .wrap(from_fn(shed_overload))
+                        .wrap(from_fn(require_api_key))
+                        .route(web::get().to(get_transcription))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .default_service(web::to(not_found))
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // Time to receive a request's headers; slow-loris clients are cut off.
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // Longer than the keep-alive of typical client agents, so the server
+        // is not the side that closes a connection a client is about to reuse.
+        .keep_alive(Duration::from_secs(75))
+        .backlog(4096)
+        .run();
+
+        let admin_listener = TcpListener::bind(settings.admin_bind_addr)?;
+        let admin_addr = admin_listener.local_addr()?;
+        let gauges = web::Data::new(PoolGauges {
+            mysql: mysql.clone(),
+            redis: redis.clone(),
+        });
+        let admin_metrics = web::Data::new(metrics);
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_metrics.clone())
+                .app_data(gauges.clone())
+                .route("/metrics", web::get().to(metrics_endpoint))
+                .default_service(web::to(not_found))
+        })
+        .listen(admin_listener)?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .run();
+
+        let shutdown = ShutdownTrigger {
+            draining,
+            public: public.handle(),
+            admin: admin.handle(),
+        };
+        Ok(Self {
+            public_addr,
+            admin_addr,
+            public,
+            admin,
+            mysql,
+            redis,
+            shutdown,
+        })
+    }
+
+    /// The public listener's address (port 0 in settings becomes a real port here).
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public_addr
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// A handle that starts graceful shutdown (SIGTERM does the same).
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (or the trigger), drains, then closes the
+    /// pools so MySQL sees a clean COM_QUIT on every connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let trigger = self.shutdown.clone();
+        let signals = tokio::spawn(async move {
+            wait_for_signal().await;
+            trigger.trigger();
+        });
+        let (public, admin) = tokio::join!(self.public, self.admin);
+        signals.abort();
+        self.mysql.close().await;
+        self.redis.close();
+        tracing::info!("stopped");
+        public.and(admin)
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; SIGTERM will not drain");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn mysql_pool(settings: &Settings) -> Result<MySqlPool, ConfigError> {
+    let options =
+        MySqlConnectOptions::from_str(settings.database_url.expose()).map_err(|_| ConfigError {
+            variable: "DATABASE_URL",
+            message: "is not a valid mysql:// URL".into(),
+        })?;
+    Ok(MySqlPoolOptions::new()
+        .max_connections(settings.db_pool_max)
+        .min_connections(0)
+        .acquire_timeout(settings.db_acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(Duration::from_secs(1800))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TEST_IDLE_CONNECTION_AFTER {
+                    use sqlx::Connection;
+                    // A failed ping makes the pool discard this connection and try another.
+                    return conn.ping().await.map(|_| true);
+                }
+                Ok(true)
+            })
+        })
+        .connect_lazy_with(options))
+}
+
+fn redis_pool(settings: &Settings) -> Result<deadpool_redis::Pool, ConfigError> {
+    let bad_url = |_| ConfigError {
+        variable: "REDIS_URL",
+        message: "is not a valid redis:// URL".into(),
+    };
+    let config = deadpool_redis::Config::from_url(settings.redis_url.expose());
+    let timeouts = Some(Duration::from_millis(1000));
+    config
+        .builder()
+        .map_err(|_| bad_url(()))?
+        .max_size(settings.redis_pool_max)
+        .wait_timeout(timeouts)
+        .create_timeout(timeouts)
+        .recycle_timeout(timeouts)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|_| bad_url(()))
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}

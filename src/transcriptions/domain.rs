@@ -1,0 +1,132 @@
+//! The transcription id and row, and their JSON rendering.
+
+use std::fmt;
+
+use serde::Serialize;
+use time::PrimitiveDateTime;
+use time::macros::format_description;
+
+/// A valid transcription id: 1..=u64::MAX written as `[1-9][0-9]*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TranscriptionId(u64);
+
+impl TranscriptionId {
+    /// Strict parse: no sign, no leading zero, no spaces, at most 20 digits, no overflow.
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let bytes = raw.as_bytes();
+        if bytes.is_empty() || bytes.len() > 20 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err("must be a decimal integer written as [1-9][0-9]*");
+        }
+        if bytes[0] == b'0' {
+            return Err(
+                "must be a decimal integer in 1..=18446744073709551615 without leading zeros",
+            );
+        }
+        raw.parse::<u64>()
+            .map(Self)
+            .map_err(|_| "must be at most 18446744073709551615")
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TranscriptionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One row of `transcriptions`, as the API returns it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+pub struct Transcription {
+    /// Primary key.
+    pub transcription_id: u64,
+    /// The call this transcribes.
+    pub call_id: String,
+    /// BCP 47 language tag.
+    pub language: String,
+    /// `queued`, `in_progress`, `completed` or `failed`.
+    pub status: String,
+    /// Audio length.
+    pub duration_ms: Option<u32>,
+    /// Recognition confidence, 0..1.
+    pub confidence: Option<f32>,
+    /// The text.
+    pub content: Option<String>,
+    /// Stored as DATETIME(3) in UTC.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub created_at: PrimitiveDateTime,
+    /// Stored as DATETIME(3) in UTC.
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub updated_at: PrimitiveDateTime,
+}
+
+/// `2026-11-22T10:01:02.345Z`: the columns hold UTC, so the offset is always Z.
+fn rfc3339_millis<S: serde::Serializer>(
+    value: &PrimitiveDateTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    let text = value.format(&format).map_err(serde::ser::Error::custom)?;
+    serializer.serialize_str(&text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_strictly() {
+        assert_eq!(TranscriptionId::parse("1").unwrap().get(), 1);
+        assert_eq!(
+            TranscriptionId::parse("18446744073709551615")
+                .unwrap()
+                .get(),
+            u64::MAX
+        );
+        for bad in [
+            "",
+            "0",
+            "01",
+            "-1",
+            "+1",
+            "1.0",
+            "1e3",
+            " 1",
+            "1 ",
+            "abc",
+            "18446744073709551616",
+            "123456789012345678901",
+            "١",
+        ] {
+            assert!(
+                TranscriptionId::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+    }
+
+    #[test]
+    fn timestamps_render_in_utc_with_milliseconds() {
+        let t = Transcription {
+            transcription_id: 42,
+            call_id: "CA-1".into(),
+            language: "en-US".into(),
+            status: "completed".into(),
+            duration_ms: None,
+            confidence: Some(0.93),
+            content: None,
+            created_at: time::macros::datetime!(2026-11-22 10:00:00),
+            updated_at: time::macros::datetime!(2026-11-22 10:01:02.345),
+        };
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["created_at"], "2026-11-22T10:00:00.000Z");
+        assert_eq!(json["updated_at"], "2026-11-22T10:01:02.345Z");
+        assert_eq!(json["duration_ms"], serde_json::Value::Null);
+        assert_eq!(json["confidence"].to_string(), "0.93");
+    }
+}
