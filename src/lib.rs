@@ -11,12 +11,14 @@
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`transcriptions`]: `GET /transcriptions/{id}`.
+//! - [`locks`]: `POST /locks`, distributed locks on Redis lists.
 //! - [`seed`]: realistic demo rows for `middleway seed`.
 
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
+pub mod locks;
 pub mod metrics;
 pub mod overload;
 pub mod seed;

@@ -11,12 +11,14 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use sqlx::MySqlPool;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use tokio::sync::watch;
 use tracing_actix_web::TracingLogger;
 
 use crate::auth::{AuthPolicy, require_api_key};
 use crate::config::{ConfigError, Settings};
 use crate::error::ApiError;
 use crate::health::{Readiness, healthz, readyz};
+use crate::locks::{LockEngine, post_locks};
 use crate::metrics::{Metrics, metrics_endpoint, track_requests};
 use crate::overload::{InFlightLimit, shed_overload};
 use crate::telemetry::{RequestSpan, request_id_middleware};
@@ -80,6 +82,8 @@ impl PoolGauges {
 #[derive(Clone)]
 pub struct ShutdownTrigger {
     draining: Arc<AtomicBool>,
+    /// Tells the lock engine to answer its waiters at once.
+    drain_signal: Arc<watch::Sender<bool>>,
     public: ServerHandle,
     admin: ServerHandle,
 }
@@ -91,6 +95,7 @@ impl ShutdownTrigger {
             return;
         }
         tracing::info!("shutdown requested: draining");
+        self.drain_signal.send_replace(true);
         // The stop commands are sent on call; the returned futures only report completion.
         drop(self.public.stop(true));
         drop(self.admin.stop(true));
@@ -117,6 +122,7 @@ impl Application {
         let mysql = mysql_pool(&settings)?;
         let redis = redis_pool(&settings)?;
         let draining = Arc::new(AtomicBool::new(false));
+        let (drain_signal, drain_watch) = watch::channel(false);
         // Pool I/O runs on this (the main) runtime, which outlives the HTTP
         // workers: connections stay usable until the pools close them cleanly.
         let backend = tokio::runtime::Handle::current();
@@ -125,6 +131,20 @@ impl Application {
             TranscriptionRepo::new(mysql.clone(), metrics.clone()),
             metrics.clone(),
             backend.clone(),
+        ));
+        let redis_client =
+            redis::Client::open(settings.redis_url.expose()).map_err(|_| ConfigError {
+                variable: "REDIS_URL",
+                message: "is not a valid redis:// URL".into(),
+            })?;
+        let locks = web::Data::new(LockEngine::new(
+            redis.clone(),
+            redis_client,
+            &settings.redis_key_prefix,
+            settings.lock_max_waiters,
+            metrics.clone(),
+            backend.clone(),
+            drain_watch,
         ));
         let readiness = web::Data::new(Readiness {
             mysql: mysql.clone(),
@@ -142,6 +162,7 @@ impl Application {
         let public = HttpServer::new(move || {
             App::new()
                 .app_data(reader.clone())
+                .app_data(locks.clone())
                 .app_data(readiness.clone())
                 .app_data(auth.clone())
                 .app_data(limit.clone())
@@ -156,6 +177,13 @@ impl Application {
                         .wrap(from_fn(shed_overload))
                         .wrap(from_fn(require_api_key))
                         .route(web::get().to(get_transcription))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    web::resource("/locks")
+                        .wrap(from_fn(shed_overload))
+                        .wrap(from_fn(require_api_key))
+                        .route(web::post().to(post_locks))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .default_service(web::to(not_found))
@@ -194,6 +222,7 @@ impl Application {
 
         let shutdown = ShutdownTrigger {
             draining,
+            drain_signal: Arc::new(drain_signal),
             public: public.handle(),
             admin: admin.handle(),
         };

@@ -1,0 +1,277 @@
+//! `LockEngine`: acquire, release and extend, on top of the store and the wait queues.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
+
+use super::domain::{AcquireRequest, ExtendRequest, ReleaseRequest};
+use super::store::{AcquireOutcome, Grant, LockStore};
+use super::waiters::{WaitQueues, Waiter, run_wait_loop};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// A bound on every non-blocking Redis call: past it Redis counts as unreachable.
+const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// State shared by the engine, its wait loops and their reapers.
+pub struct Shared {
+    /// Scripts and key names.
+    pub store: LockStore,
+    /// Local waiters by name.
+    pub queues: WaitQueues,
+    /// Pooled connections for the non-blocking scripts.
+    pool: deadpool_redis::Pool,
+    /// Opens the dedicated BLPOP connections.
+    client: redis::Client,
+    /// Where wait loops run: the main runtime, which outlives HTTP workers.
+    pub runtime: Handle,
+    /// Lock metrics.
+    pub metrics: Metrics,
+    /// Requests waiting now, against `max_waiters`.
+    waiting: AtomicUsize,
+    max_waiters: usize,
+}
+
+impl Shared {
+    /// A pooled connection, or an error when Redis or the pool is unavailable.
+    pub async fn pooled(&self) -> redis::RedisResult<deadpool_redis::Connection> {
+        self.pool.get().await.map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", e.to_string()))
+        })
+    }
+
+    /// A fresh connection of its own for one BLPOP loop (no response timeout: it blocks by design).
+    pub async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+}
+
+/// The lock service.
+#[derive(Clone)]
+pub struct LockEngine {
+    shared: Arc<Shared>,
+    /// Flips to true when shutdown begins: waiters are answered 503 at once.
+    draining: watch::Receiver<bool>,
+}
+
+/// Releases a place under `LOCK_MAX_WAITERS` when the waiting request ends, however it ends.
+struct WaitingSlot<'a>(&'a AtomicUsize, &'a Metrics);
+
+impl Drop for WaitingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.1.lock_waiters.dec();
+    }
+}
+
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(%error, "Redis call failed");
+    ApiError::unavailable("Redis is unreachable")
+}
+
+async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, ApiError> {
+    match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(unavailable("timed out")),
+    }
+}
+
+impl LockEngine {
+    /// An engine over `pool` (scripts) and `client` (BLPOP connections).
+    pub fn new(
+        pool: deadpool_redis::Pool,
+        client: redis::Client,
+        key_prefix: &str,
+        max_waiters: usize,
+        metrics: Metrics,
+        runtime: Handle,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        let shared = Shared {
+            store: LockStore::new(key_prefix),
+            queues: WaitQueues::default(),
+            pool,
+            client,
+            runtime,
+            metrics,
+            waiting: AtomicUsize::new(0),
+            max_waiters,
+        };
+        let engine = Self {
+            shared: Arc::new(shared),
+            draining,
+        };
+        engine.fail_waiters_on_drain();
+        engine
+    }
+
+    /// On shutdown, waiting callers get 503 at once and retry on another replica.
+    fn fail_waiters_on_drain(&self) {
+        let (shared, mut draining) = (Arc::clone(&self.shared), self.draining.clone());
+        self.shared.runtime.spawn(async move {
+            if draining.wait_for(|d| *d).await.is_ok() {
+                shared
+                    .queues
+                    .fail_everyone(|| ApiError::unavailable("the service is shutting down"));
+            }
+        });
+    }
+
+    /// Grants a slot, waiting up to `request.wait` for one.
+    pub async fn acquire(&self, request: &AcquireRequest) -> Result<Grant, ApiError> {
+        let shared = &self.shared;
+        let keys = shared.store.keys(&request.name);
+        // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
+        let take_now = request.wait.is_zero() || !shared.queues.has_waiters(&request.name);
+        let outcome = bounded(async {
+            let mut conn = shared.pooled().await?;
+            shared
+                .store
+                .acquire(&mut conn, &keys, request.permits, request.lease, take_now)
+                .await
+        })
+        .await?;
+        match outcome {
+            AcquireOutcome::Granted(grant) => {
+                shared
+                    .metrics
+                    .lock_operations
+                    .with_label_values(&["acquire", "granted"])
+                    .inc();
+                return Ok(grant);
+            }
+            AcquireOutcome::PermitsMismatch(existing) => {
+                return Err(ApiError::PermitsMismatch { existing });
+            }
+            AcquireOutcome::Empty if request.wait.is_zero() => return Err(self.timed_out()),
+            AcquireOutcome::Empty => {}
+        }
+        self.wait_for_slot(request).await
+    }
+
+    async fn wait_for_slot(&self, request: &AcquireRequest) -> Result<Grant, ApiError> {
+        let shared = &self.shared;
+        if *self.draining.borrow() {
+            return Err(ApiError::unavailable("the service is shutting down"));
+        }
+        if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.max_waiters {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::unavailable(
+                "too many lock requests are waiting; retry shortly",
+            ));
+        }
+        shared.metrics.lock_waiters.inc();
+        let _waiting = WaitingSlot(&shared.waiting, &shared.metrics);
+        let (reply, mut granted) = oneshot::channel();
+        if shared.queues.enqueue(
+            &request.name,
+            Waiter {
+                lease: request.lease,
+                reply,
+            },
+        ) {
+            shared
+                .runtime
+                .spawn(run_wait_loop(Arc::clone(shared), request.name.clone()));
+        }
+        // If the HTTP request is dropped here (client gone), `granted` drops
+        // with it and the wait loop hands the slot to the next waiter.
+        match tokio::time::timeout(request.wait, &mut granted).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_closed)) => Err(ApiError::unavailable("the lock wait loop stopped")),
+            Err(_elapsed) => {
+                // A grant may have landed just as the wait ran out: take it rather than strand it.
+                granted.close();
+                match granted.try_recv() {
+                    Ok(result) => result,
+                    Err(_) => Err(self.timed_out()),
+                }
+            }
+        }
+    }
+
+    fn timed_out(&self) -> ApiError {
+        self.shared
+            .metrics
+            .lock_operations
+            .with_label_values(&["acquire", "timeout"])
+            .inc();
+        ApiError::LockTimeout { retry_after_s: 1 }
+    }
+
+    /// Ends a grant; `NotHeld` unless `request.token` holds the lock now.
+    pub async fn release(&self, request: &ReleaseRequest) -> Result<(), ApiError> {
+        let shared = &self.shared;
+        if !request.token.is_well_formed() {
+            return Err(self.not_held("release"));
+        }
+        let keys = shared.store.keys(&request.name);
+        let released = bounded(async {
+            let mut conn = shared.pooled().await?;
+            shared.store.release(&mut conn, &keys, &request.token).await
+        })
+        .await?;
+        if !released {
+            return Err(self.not_held("release"));
+        }
+        shared
+            .metrics
+            .lock_operations
+            .with_label_values(&["release", "released"])
+            .inc();
+        Ok(())
+    }
+
+    /// Extends a live grant; returns it with its new deadline.
+    pub async fn extend(&self, request: &ExtendRequest) -> Result<Grant, ApiError> {
+        let shared = &self.shared;
+        if !request.token.is_well_formed() {
+            return Err(self.not_held("extend"));
+        }
+        let keys = shared.store.keys(&request.name);
+        let deadline = bounded(async {
+            let mut conn = shared.pooled().await?;
+            shared
+                .store
+                .extend(&mut conn, &keys, &request.token, request.lease)
+                .await
+        })
+        .await?
+        .ok_or_else(|| self.not_held("extend"))?;
+        shared
+            .metrics
+            .lock_operations
+            .with_label_values(&["extend", "extended"])
+            .inc();
+        let fence = request
+            .token
+            .as_str()
+            .split('.')
+            .nth(1)
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_default();
+        Ok(Grant {
+            token: request.token.clone(),
+            fence,
+            deadline_ms: deadline,
+        })
+    }
+
+    fn not_held(&self, op: &str) -> ApiError {
+        self.shared
+            .metrics
+            .lock_operations
+            .with_label_values(&[op, "not_held"])
+            .inc();
+        ApiError::NotHeld
+    }
+}

@@ -1,0 +1,135 @@
+//! `POST /locks`: one endpoint, the operation in the body.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::domain::{LockName, LockRequest};
+use super::engine::LockEngine;
+use super::store::Grant;
+use crate::error::ApiError;
+use crate::startup::MAX_BODY_BYTES;
+
+/// The 200 body of acquire and extend.
+#[derive(Serialize)]
+struct GrantBody<'a> {
+    name: &'a str,
+    token: &'a str,
+    fence: u64,
+    lease_ms: u64,
+    expires_at: String,
+}
+
+/// The 200 body of release.
+#[derive(Serialize)]
+struct ReleasedBody<'a> {
+    name: &'a str,
+    released: bool,
+}
+
+/// RFC 3339 UTC with milliseconds, from Unix ms on the Redis clock.
+fn rfc3339_ms(unix_ms: u64) -> String {
+    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let at = at
+        .replace_nanosecond((unix_ms % 1000) as u32 * 1_000_000)
+        .unwrap_or(at);
+    let text = at.format(&Rfc3339).unwrap_or_default();
+    // `Rfc3339` drops trailing zero fractions; the contract wants exactly three digits.
+    match text.split_once('.') {
+        Some((seconds, _)) => format!("{seconds}.{:03}Z", unix_ms % 1000),
+        None => format!("{}.{:03}Z", text.trim_end_matches('Z'), unix_ms % 1000),
+    }
+}
+
+fn grant_response(name: &LockName, grant: &Grant, lease_ms: u64) -> HttpResponse {
+    HttpResponse::Ok().json(GrantBody {
+        name: name.as_str(),
+        token: grant.token.as_str(),
+        fence: grant.fence,
+        lease_ms,
+        expires_at: rfc3339_ms(grant.deadline_ms),
+    })
+}
+
+/// Reads a JSON body of at most `MAX_BODY_BYTES`: 415 unless `application/json`,
+/// 413 when larger, 400 when not JSON.
+async fn read_json_body(
+    request: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<serde_json::Value, ApiError> {
+    let is_json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::invalid_field("body", "could not be read"))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_field("body", format!("is not valid JSON ({e})")))
+}
+
+/// `POST /locks`.
+pub async fn post_locks(
+    request: HttpRequest,
+    payload: web::Payload,
+    engine: web::Data<LockEngine>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(&request, payload).await?;
+    match LockRequest::from_json(&body)? {
+        LockRequest::Acquire(acquire) => {
+            let grant = engine.acquire(&acquire).await?;
+            Ok(grant_response(
+                &acquire.name,
+                &grant,
+                acquire.lease.as_millis() as u64,
+            ))
+        }
+        LockRequest::Release(release) => {
+            engine.release(&release).await?;
+            Ok(HttpResponse::Ok().json(ReleasedBody {
+                name: release.name.as_str(),
+                released: true,
+            }))
+        }
+        LockRequest::Extend(extend) => {
+            let grant = engine.extend(&extend).await?;
+            Ok(grant_response(
+                &extend.name,
+                &grant,
+                extend.lease.as_millis() as u64,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339_ms;
+
+    #[test]
+    fn expiry_times_have_three_fraction_digits() {
+        assert_eq!(rfc3339_ms(1_795_000_000_000), "2026-11-18T09:46:40.000Z");
+        assert_eq!(rfc3339_ms(1_795_000_000_345), "2026-11-18T09:46:40.345Z");
+    }
+}

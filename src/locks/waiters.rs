@@ -1,0 +1,243 @@
+//! Waiting for a slot: one BLPOP loop per lock name per replica, serving a
+//! local FIFO queue, on a dedicated connection, in a task that outlives the
+//! HTTP requests it serves.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use tokio::sync::oneshot;
+
+use super::domain::LockName;
+use super::engine::Shared;
+use super::store::{Grant, LockKeys};
+use crate::error::ApiError;
+
+/// How long one BLPOP blocks before the loop looks at its queue again (to
+/// notice that every waiter has left). Short blocks cost one round trip each.
+const BLPOP_BLOCK: Duration = Duration::from_secs(1);
+/// Even with no lease to wait for, reap this often while waiting, so a slot
+/// lost in hand-off is recovered soon after its grace period.
+const REAP_EVERY: Duration = Duration::from_millis(1000);
+
+/// What a waiter is eventually told.
+pub type WaitResult = Result<Grant, ApiError>;
+
+/// One queued acquire.
+pub struct Waiter {
+    /// The lease to claim with.
+    pub lease: Duration,
+    /// Where the grant goes; closed when the HTTP request is gone.
+    pub reply: oneshot::Sender<WaitResult>,
+}
+
+/// Local FIFO queues by lock name; a name has an entry while its loop runs.
+#[derive(Default)]
+pub struct WaitQueues {
+    queues: Mutex<HashMap<LockName, VecDeque<Waiter>>>,
+}
+
+impl WaitQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LockName, VecDeque<Waiter>>> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether local waiters are queued on `name` (newcomers must queue behind them).
+    pub fn has_waiters(&self, name: &LockName) -> bool {
+        self.lock().get(name).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Queues `waiter`; true when no loop serves `name` yet and the caller must start one.
+    pub fn enqueue(&self, name: &LockName, waiter: Waiter) -> bool {
+        let mut queues = self.lock();
+        match queues.get_mut(name) {
+            Some(queue) => {
+                queue.push_back(waiter);
+                false
+            }
+            None => {
+                queues.insert(name.clone(), VecDeque::from([waiter]));
+                true
+            }
+        }
+    }
+
+    /// The first waiter still listening, dropping those that left.
+    fn next_live(&self, name: &LockName) -> Option<Waiter> {
+        let mut queues = self.lock();
+        let queue = queues.get_mut(name)?;
+        while let Some(waiter) = queue.pop_front() {
+            if !waiter.reply.is_closed() {
+                return Some(waiter);
+            }
+        }
+        None
+    }
+
+    fn push_front(&self, name: &LockName, waiter: Waiter) {
+        if let Some(queue) = self.lock().get_mut(name) {
+            queue.push_front(waiter);
+        }
+    }
+
+    /// Ends the loop for `name` if nobody is waiting; dead waiters are dropped.
+    /// Deciding under the lock means an enqueue either sees the loop or starts a new one.
+    fn retire_if_idle(&self, name: &LockName) -> bool {
+        let mut queues = self.lock();
+        let idle = queues.get_mut(name).is_none_or(|queue| {
+            queue.retain(|w| !w.reply.is_closed());
+            queue.is_empty()
+        });
+        if idle {
+            queues.remove(name);
+        }
+        idle
+    }
+
+    /// Fails every waiter of `name` and ends its loop.
+    fn fail_all(&self, name: &LockName, error: impl Fn() -> ApiError) {
+        if let Some(queue) = self.lock().remove(name) {
+            for waiter in queue {
+                let _ = waiter.reply.send(Err(error()));
+            }
+        }
+    }
+
+    /// Fails every waiter of every name (shutdown).
+    pub fn fail_everyone(&self, error: impl Fn() -> ApiError) {
+        let all: Vec<_> = self.lock().drain().collect();
+        for (_, queue) in all {
+            for waiter in queue {
+                let _ = waiter.reply.send(Err(error()));
+            }
+        }
+    }
+}
+
+fn redis_down() -> ApiError {
+    ApiError::unavailable("Redis is unreachable")
+}
+
+/// Serves `name`'s queue until it is empty. Never returns early with a slot in hand.
+pub async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
+    let keys = shared.store.keys(&name);
+    let Ok(mut conn) = shared.blocking_connection().await else {
+        shared.queues.fail_all(&name, redis_down);
+        return;
+    };
+    shared.metrics.redis_blocking_connections.inc();
+    let reaper = shared
+        .runtime
+        .spawn(reap_at_deadlines(Arc::clone(&shared), name.clone()));
+    loop {
+        if shared.queues.retire_if_idle(&name) {
+            break;
+        }
+        match blpop(&mut conn, &keys.free).await {
+            Ok(None) => continue,
+            Ok(Some(slot)) => {
+                if let Err(error) = hand_over(&shared, &name, &keys, &slot).await {
+                    tracing::warn!(%error, lock = name.as_str(), "lock hand-off failed");
+                    shared.queues.fail_all(&name, redis_down);
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, lock = name.as_str(), "BLPOP failed");
+                shared.queues.fail_all(&name, redis_down);
+                break;
+            }
+        }
+    }
+    reaper.abort();
+    shared.metrics.redis_blocking_connections.dec();
+}
+
+/// BLPOP with a client-side bound: a Redis that stops answering must not
+/// hang the loop. If that bound fires, the connection is dropped; a slot
+/// Redis pops into it later is recovered by the hand-off grace period.
+async fn blpop(conn: &mut MultiplexedConnection, free: &str) -> redis::RedisResult<Option<String>> {
+    let command = redis::cmd("BLPOP")
+        .arg(free)
+        .arg(BLPOP_BLOCK.as_secs_f64())
+        .to_owned();
+    let reply = tokio::time::timeout(
+        BLPOP_BLOCK + Duration::from_secs(2),
+        command.query_async::<Option<(String, String)>>(conn),
+    )
+    .await
+    .map_err(|_| {
+        redis::RedisError::from((redis::ErrorKind::Io, "BLPOP did not return in time"))
+    })??;
+    Ok(reply.map(|(_, slot)| slot))
+}
+
+/// Gives `slot` to the first waiter still listening, or back to Redis.
+async fn hand_over(
+    shared: &Shared,
+    name: &LockName,
+    keys: &LockKeys,
+    slot: &str,
+) -> redis::RedisResult<()> {
+    let mut conn = shared.pooled().await?;
+    let Some(waiter) = shared.queues.next_live(name) else {
+        return shared.store.give_back(&mut conn, keys, slot).await;
+    };
+    match shared
+        .store
+        .claim(&mut conn, keys, slot, waiter.lease)
+        .await
+    {
+        Ok(Some(grant)) => {
+            shared
+                .metrics
+                .lock_operations
+                .with_label_values(&["acquire", "granted"])
+                .inc();
+            if let Err(Ok(unwanted)) = waiter.reply.send(Ok(grant)) {
+                // The requester left between our check and the grant: hand it on at once.
+                shared
+                    .store
+                    .release(&mut conn, keys, &unwanted.token)
+                    .await?;
+            }
+            Ok(())
+        }
+        // The reaper recreated this slot under a new id; keep waiting for another.
+        Ok(None) => {
+            shared.queues.push_front(name, waiter);
+            Ok(())
+        }
+        Err(error) => {
+            let _ = waiter.reply.send(Err(redis_down()));
+            Err(error)
+        }
+    }
+}
+
+/// Reaps at each earliest lease deadline (so an expired holder's slot reaches
+/// the blocked BLPOP within milliseconds, whatever Redis' timer resolution),
+/// and at least every `REAP_EVERY`.
+async fn reap_at_deadlines(shared: Arc<Shared>, name: LockName) {
+    let keys = shared.store.keys(&name);
+    loop {
+        let pause = match shared.pooled().await {
+            Ok(mut conn) => match shared.store.reap(&mut conn, &keys).await {
+                Ok(outcome) => {
+                    shared.metrics.lock_expiries.inc_by(outcome.expired);
+                    outcome
+                        .next_deadline_in
+                        .map_or(REAP_EVERY, |d| d.min(REAP_EVERY))
+                }
+                Err(_) => REAP_EVERY,
+            },
+            Err(_) => REAP_EVERY,
+        };
+        // +1 ms: the script treats a deadline equal to now as expired, but
+        // our sleep and Redis' clock need not agree to the millisecond.
+        tokio::time::sleep(pause + Duration::from_millis(1)).await;
+    }
+}
