@@ -8,6 +8,7 @@
 //! - [`error`]: the one `ApiError`, rendered as problem+json.
 //! - [`auth`]: bearer API keys.
 //! - [`overload`]: the in-flight cap that sheds load with 503.
+//! - [`peer`]: noticing a client that hung up while its request waits.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`transcriptions`]: `GET /transcriptions/{id}`.
@@ -21,6 +22,7 @@ pub mod health;
 pub mod locks;
 pub mod metrics;
 pub mod overload;
+pub mod peer;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;

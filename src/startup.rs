@@ -21,6 +21,7 @@ use crate::health::{Readiness, healthz, readyz};
 use crate::locks::{LockEngine, post_locks};
 use crate::metrics::{Metrics, metrics_endpoint, track_requests};
 use crate::overload::{InFlightLimit, shed_overload};
+use crate::peer::record_peer_socket;
 use crate::telemetry::{RequestSpan, request_id_middleware};
 use crate::transcriptions::{TranscriptionReader, TranscriptionRepo, get_transcription};
 
@@ -188,6 +189,7 @@ impl Application {
                 )
                 .default_service(web::to(not_found))
         })
+        .on_connect(record_peer_socket)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs())

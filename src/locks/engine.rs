@@ -126,8 +126,13 @@ impl LockEngine {
         });
     }
 
-    /// Grants a slot, waiting up to `request.wait` for one.
-    pub async fn acquire(&self, request: &AcquireRequest) -> Result<Grant, ApiError> {
+    /// Grants a slot, waiting up to `request.wait` for one. A wait ends early
+    /// when `caller_gone` resolves, giving the caller's place to the next waiter.
+    pub async fn acquire(
+        &self,
+        request: &AcquireRequest,
+        caller_gone: impl Future<Output = ()>,
+    ) -> Result<Grant, ApiError> {
         let shared = &self.shared;
         let keys = shared.store.keys(&request.name);
         // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
@@ -155,10 +160,14 @@ impl LockEngine {
             AcquireOutcome::Empty if request.wait.is_zero() => return Err(self.timed_out()),
             AcquireOutcome::Empty => {}
         }
-        self.wait_for_slot(request).await
+        self.wait_for_slot(request, caller_gone).await
     }
 
-    async fn wait_for_slot(&self, request: &AcquireRequest) -> Result<Grant, ApiError> {
+    async fn wait_for_slot(
+        &self,
+        request: &AcquireRequest,
+        caller_gone: impl Future<Output = ()>,
+    ) -> Result<Grant, ApiError> {
         let shared = &self.shared;
         if *self.draining.borrow() {
             return Err(ApiError::unavailable("the service is shutting down"));
@@ -183,20 +192,36 @@ impl LockEngine {
                 .runtime
                 .spawn(run_wait_loop(Arc::clone(shared), request.name.clone()));
         }
-        // If the HTTP request is dropped here (client gone), `granted` drops
-        // with it and the wait loop hands the slot to the next waiter.
-        match tokio::time::timeout(request.wait, &mut granted).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_closed)) => Err(ApiError::unavailable("the lock wait loop stopped")),
-            Err(_elapsed) => {
-                // A grant may have landed just as the wait ran out: take it rather than strand it.
-                granted.close();
-                match granted.try_recv() {
-                    Ok(result) => result,
-                    Err(_) => Err(self.timed_out()),
-                }
+        // Once this function returns or is dropped, `granted` is closed and
+        // the wait loop skips this waiter, or hands on a slot it raced to us.
+        let caller_left = tokio::select! {
+            outcome = &mut granted => {
+                return outcome.unwrap_or_else(|_| Err(ApiError::unavailable("the lock wait loop stopped")));
             }
+            () = tokio::time::sleep(request.wait) => false,
+            () = caller_gone => true,
+        };
+        // A grant may have landed just as we gave up. A caller still here
+        // takes it; a slot for a caller who left goes straight back.
+        granted.close();
+        let raced = granted.try_recv().ok();
+        if !caller_left {
+            return raced.unwrap_or_else(|| Err(self.timed_out()));
         }
+        shared
+            .metrics
+            .lock_operations
+            .with_label_values(&["acquire", "caller_gone"])
+            .inc();
+        if let Some(Ok(grant)) = raced {
+            let keys = shared.store.keys(&request.name);
+            let _ = bounded(async {
+                let mut conn = shared.pooled().await?;
+                shared.store.release(&mut conn, &keys, &grant.token).await
+            })
+            .await;
+        }
+        Err(ApiError::unavailable("the client disconnected"))
     }
 
     fn timed_out(&self) -> ApiError {

@@ -11,6 +11,7 @@ use super::domain::{LockName, LockRequest};
 use super::engine::LockEngine;
 use super::store::Grant;
 use crate::error::ApiError;
+use crate::peer::client_gone;
 use crate::startup::MAX_BODY_BYTES;
 
 /// The 200 body of acquire and extend.
@@ -98,7 +99,7 @@ pub async fn post_locks(
     let body = read_json_body(&request, payload).await?;
     match LockRequest::from_json(&body)? {
         LockRequest::Acquire(acquire) => {
-            let grant = engine.acquire(&acquire).await?;
+            let grant = engine.acquire(&acquire, client_gone(&request)).await?;
             Ok(grant_response(
                 &acquire.name,
                 &grant,
@@ -129,7 +130,7 @@ mod tests {
 
     #[test]
     fn expiry_times_have_three_fraction_digits() {
-        assert_eq!(rfc3339_ms(1_795_000_000_000), "2026-11-18T09:46:40.000Z");
-        assert_eq!(rfc3339_ms(1_795_000_000_345), "2026-11-18T09:46:40.345Z");
+        assert_eq!(rfc3339_ms(1_795_000_000_000), "2026-11-18T11:06:40.000Z");
+        assert_eq!(rfc3339_ms(1_795_000_000_345), "2026-11-18T11:06:40.345Z");
     }
 }

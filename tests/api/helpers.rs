@@ -367,3 +367,131 @@ impl Drop for OwnMariaDb {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis server owned by one test, so the test can stop and restart it.
+pub struct OwnRedis {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts a throwaway redis-server on a free port.
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            dir: scratch_dir("redis"),
+            child: None,
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (empty: no persistence) and waits until it answers.
+    pub async fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--port",
+            ])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), async || {
+            redis_connection(&url).await.is_some()
+        })
+        .await;
+        assert!(up, "own redis-server did not come up");
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A plain connection for inspecting Redis from a test.
+pub async fn redis_connection(url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).ok()?;
+    client.get_multiplexed_async_connection().await.ok()
+}
+
+/// `free + held` of a lock, as LOCKS.md's conservation check reads it.
+pub async fn slots_accounted(url: &str, prefix: &str, name: &str) -> (i64, i64) {
+    let mut conn = redis_connection(url).await.expect("redis");
+    let free: i64 = redis::cmd("LLEN")
+        .arg(format!("{prefix}lock:{{{name}}}:free"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let held: i64 = redis::cmd("ZCARD")
+        .arg(format!("{prefix}lock:{{{name}}}:held"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    (free, held)
+}
+
+/// A spawned `middleway serve` process (for kill -9 and multi-replica tests).
+pub struct ServiceProcess {
+    pub child: Child,
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Starts the binary with `env` on a free port and waits until /readyz is 200.
+    pub async fn start(mut env: HashMap<String, String>) -> Self {
+        let port = free_port();
+        env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_middleway"))
+            .arg("serve")
+            .env_clear()
+            .envs(&env)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn middleway");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = client();
+        let ready = eventually(Duration::from_secs(20), async || {
+            matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
+        })
+        .await;
+        assert!(ready, "service process became ready");
+        Self { child, base }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -2,5 +2,7 @@
 
 mod health;
 mod helpers;
+mod lock_faults;
+mod locks;
 mod transcription_faults;
 mod transcriptions;

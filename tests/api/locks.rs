@@ -1,0 +1,476 @@
+//! POST /locks: the contract and the liveness promises, against a real Redis.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{TEST_KEY, TestApp, redis_url, slots_accounted, spawn_app};
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Parses `expires_at` (RFC 3339 with ms, UTC) to Unix ms.
+fn unix_ms(rfc3339: &str) -> i64 {
+    let at = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+async fn acquire(app: &TestApp, name: &str, wait_ms: u64, lease_ms: u64) -> reqwest::Response {
+    app.lock(json!({"op": "acquire", "name": name, "wait_ms": wait_ms, "lease_ms": lease_ms}))
+        .await
+}
+
+async fn grant(app: &TestApp, name: &str, wait_ms: u64, lease_ms: u64) -> Value {
+    let response = acquire(app, name, wait_ms, lease_ms).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+async fn release(app: &TestApp, name: &str, token: &Value) -> reqwest::Response {
+    app.lock(json!({"op": "release", "name": name, "token": token}))
+        .await
+}
+
+async fn problem_type(response: reqwest::Response) -> String {
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.unwrap();
+    body["type"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("urn:middleway:problem:")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acquire_extend_release_follow_the_contract() {
+    let app = spawn_app().await;
+    let before = unix_ms_now();
+    let first = grant(&app, "device-42", 0, 30_000).await;
+    assert_eq!(first["name"], "device-42");
+    assert_eq!(first["lease_ms"], 30_000);
+    let token = first["token"].as_str().unwrap();
+    assert!(!token.is_empty() && token.len() <= 128);
+    let expires = unix_ms(first["expires_at"].as_str().unwrap());
+    assert!(
+        (expires - (before + 30_000)).abs() < 2_000,
+        "expires_at is now + lease"
+    );
+    assert!(first["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    // Held: a try-once acquire gets 423 with Retry-After.
+    let busy = acquire(&app, "device-42", 0, 30_000).await;
+    assert_eq!(busy.status(), StatusCode::LOCKED);
+    assert!(busy.headers().contains_key("retry-after"));
+    assert_eq!(problem_type(busy).await, "lock-timeout");
+
+    let extended = app
+        .lock(json!({"op": "extend", "name": "device-42", "token": token, "lease_ms": 60_000}))
+        .await;
+    assert_eq!(extended.status(), StatusCode::OK);
+    let extended: Value = extended.json().await.unwrap();
+    assert_eq!(extended["token"], first["token"]);
+    assert_eq!(extended["fence"], first["fence"]);
+    assert_eq!(extended["lease_ms"], 60_000);
+    assert!(unix_ms(extended["expires_at"].as_str().unwrap()) > expires);
+
+    let released = release(&app, "device-42", &first["token"]).await;
+    assert_eq!(released.status(), StatusCode::OK);
+    assert_eq!(
+        released.json::<Value>().await.unwrap(),
+        json!({"name": "device-42", "released": true})
+    );
+
+    // Gone: release and extend again are 409 not-held.
+    assert_eq!(
+        problem_type(release(&app, "device-42", &first["token"]).await).await,
+        "not-held"
+    );
+    let again = app
+        .lock(json!({"op": "extend", "name": "device-42", "token": token}))
+        .await;
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(problem_type(again).await, "not-held");
+
+    // Free again, with a larger fence.
+    let second = grant(&app, "device-42", 0, 30_000).await;
+    assert!(second["fence"].as_u64().unwrap() > first["fence"].as_u64().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_never_frees_a_slot_it_does_not_hold() {
+    let app = spawn_app().await;
+    let held = grant(&app, "shared", 0, 30_000).await;
+    for forged in [
+        json!("1.1.0000000000000000"),
+        json!("garbage"),
+        json!("9.9.9.9"),
+    ] {
+        let response = release(&app, "shared", &forged).await;
+        assert_eq!(response.status(), StatusCode::CONFLICT, "{forged}");
+    }
+    // A real token of another lock does not release this one.
+    let other = grant(&app, "other", 0, 30_000).await;
+    assert_eq!(
+        release(&app, "shared", &other["token"]).await.status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        acquire(&app, "shared", 0, 30_000).await.status(),
+        StatusCode::LOCKED
+    );
+    assert_eq!(
+        release(&app, "shared", &held["token"]).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_semaphore_grants_exactly_its_permits() {
+    let app = spawn_app().await;
+    let mut fences = Vec::new();
+    for _ in 0..3 {
+        let response = app
+            .lock(json!({"op": "acquire", "name": "pool", "permits": 3}))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        fences.push(
+            response.json::<Value>().await.unwrap()["fence"]
+                .as_u64()
+                .unwrap(),
+        );
+    }
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fences increase: {fences:?}"
+    );
+    let fourth = app
+        .lock(json!({"op": "acquire", "name": "pool", "permits": 3}))
+        .await;
+    assert_eq!(fourth.status(), StatusCode::LOCKED);
+    let mismatch = app
+        .lock(json!({"op": "acquire", "name": "pool", "permits": 2}))
+        .await;
+    assert_eq!(mismatch.status(), StatusCode::CONFLICT);
+    assert_eq!(problem_type(mismatch).await, "permits-mismatch");
+    assert_eq!(
+        slots_accounted(&redis_url(), &app.key_prefix, "pool").await,
+        (0, 3)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_bad_lock_request_is_a_clear_4xx() {
+    let app = spawn_app().await;
+    let url = format!("{}/locks", app.address);
+    let long_name = "n".repeat(129);
+    let bad: Vec<(Value, &str)> = vec![
+        (json!({"name": "a"}), "op"),
+        (json!({"op": "grab", "name": "a"}), "op"),
+        (json!({"op": 7, "name": "a"}), "op"),
+        (json!({"op": "acquire", "name": ""}), "name"),
+        (json!({"op": "acquire", "name": long_name}), "name"),
+        (json!({"op": "acquire", "name": "a b"}), "name"),
+        (json!({"op": "acquire", "name": "ñame"}), "name"),
+        (json!({"op": "acquire", "name": "{x}"}), "name"),
+        (json!({"op": "acquire"}), "name"),
+        (
+            json!({"op": "acquire", "name": "a", "wait_ms": -1}),
+            "wait_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "wait_ms": 120_001}),
+            "wait_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "wait_ms": "5"}),
+            "wait_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "wait_ms": 1.5}),
+            "wait_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "wait_ms": null}),
+            "wait_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "lease_ms": 99}),
+            "lease_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "lease_ms": 3_600_001}),
+            "lease_ms",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "permits": 0}),
+            "permits",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "permits": 1025}),
+            "permits",
+        ),
+        (
+            json!({"op": "acquire", "name": "a", "extra": true}),
+            "extra",
+        ),
+        (json!({"op": "release", "name": "a"}), "token"),
+        (json!({"op": "release", "name": "a", "token": ""}), "token"),
+        (json!({"op": "release", "name": "a", "token": 5}), "token"),
+        (
+            json!({"op": "extend", "name": "a", "token": "t".repeat(129)}),
+            "token",
+        ),
+        (
+            json!({"op": "extend", "name": "a", "token": "t", "lease_ms": 50}),
+            "lease_ms",
+        ),
+        (json!("acquire"), "body"),
+        (json!(null), "body"),
+    ];
+    for (body, field) in bad {
+        let response = app.lock(body.clone()).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:middleway:problem:invalid-request");
+        let named: Vec<&str> = problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(named.contains(&field), "{body}: {named:?}");
+    }
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        app.client
+            .post(&url)
+            .bearer_auth(TEST_KEY)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let cases: Vec<(Vec<u8>, &str, StatusCode)> = vec![
+        (
+            b"{not json".to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (b"".to_vec(), "application/json", StatusCode::BAD_REQUEST),
+        (
+            vec![0xff, 0xfe],
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"op":"acquire","name":"a"}"#.to_vec(),
+            "text/plain",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            br#"{"op":"acquire","name":"a"}"#.to_vec(),
+            "application/x-www-form-urlencoded",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            format!(
+                r#"{{"op":"acquire","name":"a","pad":"{}"}}"#,
+                "x".repeat(17 * 1024)
+            )
+            .into_bytes(),
+            "application/json",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (body, content_type, status) in cases {
+        let response = post(body, content_type).await.unwrap();
+        assert_eq!(response.status(), status, "{content_type}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let no_type = app
+        .client
+        .post(&url)
+        .bearer_auth(TEST_KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_type.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let get = app
+        .client
+        .get(&url)
+        .bearer_auth(TEST_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // A charset parameter is fine.
+    let ok = post(
+        br#"{"op":"acquire","name":"charset"}"#.to_vec(),
+        "application/json; charset=utf-8",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_holder_loses_the_slot_at_its_deadline() {
+    let app = spawn_app().await;
+    let holder = grant(&app, "expiring", 0, 1_000).await;
+    let deadline = unix_ms(holder["expires_at"].as_str().unwrap());
+    let waiter = grant(&app, "expiring", 5_000, 30_000).await;
+    let granted_at = unix_ms_now();
+    let late = granted_at - deadline;
+    assert!(
+        (0..100).contains(&late),
+        "granted {late} ms after the deadline"
+    );
+    assert!(waiter["fence"].as_u64().unwrap() > holder["fence"].as_u64().unwrap());
+    // The old token is dead: neither release nor extend revives it.
+    assert_eq!(
+        release(&app, "expiring", &holder["token"]).await.status(),
+        StatusCode::CONFLICT
+    );
+    let extend = app
+        .lock(json!({"op": "extend", "name": "expiring", "token": holder["token"]}))
+        .await;
+    assert_eq!(extend.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        release(&app, "expiring", &waiter["token"]).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_lease_is_not_revived_by_extend_even_when_nobody_waits() {
+    let app = spawn_app().await;
+    let holder = grant(&app, "lonely", 0, 100).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let extend = app
+        .lock(json!({"op": "extend", "name": "lonely", "token": holder["token"]}))
+        .await;
+    assert_eq!(extend.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        slots_accounted(&redis_url(), &app.key_prefix, "lonely").await,
+        (1, 0)
+    );
+    assert_eq!(
+        acquire(&app, "lonely", 0, 1_000).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_that_runs_out_answers_423_on_time() {
+    let app = spawn_app().await;
+    let _holder = grant(&app, "busy", 0, 30_000).await;
+    let started = Instant::now();
+    let response = acquire(&app, "busy", 500, 30_000).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::LOCKED);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(650),
+        "{elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_that_hang_up_do_not_lose_the_slot() {
+    let app = spawn_app().await;
+    let holder = grant(&app, "door", 0, 30_000).await;
+    let mut quitters = Vec::new();
+    for _ in 0..50 {
+        let (client, url) = (crate::helpers::client(), format!("{}/locks", app.address));
+        quitters.push(tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(TEST_KEY)
+                .json(&json!({"op": "acquire", "name": "door", "wait_ms": 60_000}))
+                .send()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for quitter in &quitters {
+        quitter.abort();
+    }
+    for quitter in quitters {
+        let _ = quitter.await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let released = Instant::now();
+    assert_eq!(
+        release(&app, "door", &holder["token"]).await.status(),
+        StatusCode::OK
+    );
+    let next = acquire(&app, "door", 5_000, 30_000).await;
+    assert_eq!(next.status(), StatusCode::OK);
+    let waited = released.elapsed();
+    assert!(
+        waited < Duration::from_millis(100),
+        "next acquire after {waited:?}"
+    );
+    let (free, held) = slots_accounted(&redis_url(), &app.key_prefix, "door").await;
+    assert_eq!(free + held, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_are_served_in_arrival_order() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let holder = grant(&app, "queue", 0, 30_000).await;
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for position in 0..20 {
+        let (app, order_tx) = (app.clone(), order_tx.clone());
+        waiters.push(tokio::spawn(async move {
+            let granted = grant(&app, "queue", 30_000, 30_000).await;
+            order_tx.send(position).unwrap();
+            assert_eq!(
+                release(&app, "queue", &granted["token"]).await.status(),
+                StatusCode::OK
+            );
+        }));
+        // Each request is queued before the next one is sent.
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(
+        release(&app, "queue", &holder["token"]).await.status(),
+        StatusCode::OK
+    );
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+    drop(order_tx);
+    let mut order = Vec::new();
+    while let Some(position) = order_rx.recv().await {
+        order.push(position);
+    }
+    assert_eq!(order, (0..20).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_need_a_key_and_transcriptions_too() {
+    let app = spawn_app().await;
+    let url = format!("{}/locks", app.address);
+    let response = app
+        .client
+        .post(&url)
+        .json(&json!({"op": "acquire", "name": "a"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+}
