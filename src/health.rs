@@ -22,6 +22,9 @@ pub struct Readiness {
     pub redis: deadpool_redis::Pool,
     /// Set once shutdown begins: the load balancer must stop sending traffic.
     pub draining: Arc<AtomicBool>,
+    /// The runtime that owns pool connections (see `startup`): a connection
+    /// opened on an HTTP worker would die with that worker instead of closing cleanly.
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl Readiness {
@@ -54,7 +57,12 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, Api
             "draining: the service is shutting down",
         ));
     }
-    let (mysql, redis) = tokio::join!(readiness.mysql_answers(), readiness.redis_answers());
+    let checks = readiness.get_ref().clone();
+    let (mysql, redis) = readiness
+        .runtime
+        .spawn(async move { tokio::join!(checks.mysql_answers(), checks.redis_answers()) })
+        .await
+        .unwrap_or((false, false));
     match (mysql, redis) {
         (true, true) => {
             Ok(HttpResponse::Ok().json(json!({"status": "ok", "mysql": "ok", "redis": "ok"})))

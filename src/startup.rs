@@ -151,6 +151,7 @@ impl Application {
             mysql: mysql.clone(),
             redis: redis.clone(),
             draining: Arc::clone(&draining),
+            runtime: backend.clone(),
         });
         let auth = web::Data::new(AuthPolicy(
             (!settings.auth_disabled).then(|| settings.api_keys.clone()),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use super::domain::LockName;
 use super::engine::Shared;
@@ -17,9 +17,10 @@ use crate::error::ApiError;
 /// How long one BLPOP blocks before the loop looks at its queue again (to
 /// notice that every waiter has left). Short blocks cost one round trip each.
 const BLPOP_BLOCK: Duration = Duration::from_secs(1);
-/// Even with no lease to wait for, reap this often while waiting, so a slot
-/// lost in hand-off is recovered soon after its grace period.
-const REAP_EVERY: Duration = Duration::from_millis(1000);
+/// Reap at least this often while waiting. A lease granted by another
+/// replica ends at a deadline this replica has not seen; polling this often
+/// keeps "waiters get the slot within 100 ms of the deadline" true anyway.
+const REAP_EVERY: Duration = Duration::from_millis(50);
 
 /// What a waiter is eventually told.
 pub type WaitResult = Result<Grant, ApiError>;
@@ -129,9 +130,12 @@ pub async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
         return;
     };
     shared.metrics.redis_blocking_connections.inc();
-    let reaper = shared
-        .runtime
-        .spawn(reap_at_deadlines(Arc::clone(&shared), name.clone()));
+    let new_deadline = Arc::new(Notify::new());
+    let reaper = shared.runtime.spawn(reap_at_deadlines(
+        Arc::clone(&shared),
+        name.clone(),
+        Arc::clone(&new_deadline),
+    ));
     loop {
         if shared.queues.retire_if_idle(&name) {
             break;
@@ -139,7 +143,10 @@ pub async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
         match blpop(&mut conn, &keys.free).await {
             Ok(None) => continue,
             Ok(Some(slot)) => {
-                if let Err(error) = hand_over(&shared, &name, &keys, &slot).await {
+                let handed = hand_over(&shared, &name, &keys, &slot).await;
+                // A grant just made may end before the reaper's next planned run.
+                new_deadline.notify_one();
+                if let Err(error) = handed {
                     tracing::warn!(%error, lock = name.as_str(), "lock hand-off failed");
                     shared.queues.fail_all(&name, redis_down);
                     break;
@@ -220,8 +227,8 @@ async fn hand_over(
 
 /// Reaps at each earliest lease deadline (so an expired holder's slot reaches
 /// the blocked BLPOP within milliseconds, whatever Redis' timer resolution),
-/// and at least every `REAP_EVERY`.
-async fn reap_at_deadlines(shared: Arc<Shared>, name: LockName) {
+/// after each local grant, and at least every `REAP_EVERY`.
+async fn reap_at_deadlines(shared: Arc<Shared>, name: LockName, new_deadline: Arc<Notify>) {
     let keys = shared.store.keys(&name);
     loop {
         let pause = match shared.pooled().await {
@@ -238,6 +245,9 @@ async fn reap_at_deadlines(shared: Arc<Shared>, name: LockName) {
         };
         // +1 ms: the script treats a deadline equal to now as expired, but
         // our sleep and Redis' clock need not agree to the millisecond.
-        tokio::time::sleep(pause + Duration::from_millis(1)).await;
+        tokio::select! {
+            () = tokio::time::sleep(pause + Duration::from_millis(1)) => {}
+            () = new_deadline.notified() => {}
+        }
     }
 }

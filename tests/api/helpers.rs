@@ -310,6 +310,11 @@ impl OwnMariaDb {
                 "--pid-file={}",
                 self.dir.join("mysqld.pid").display()
             ))
+            .arg(format!(
+                "--log-error={}",
+                self.dir.join("error.log").display()
+            ))
+            .arg("--log-warnings=4")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -340,6 +345,11 @@ impl OwnMariaDb {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The server's error log (aborted connections are reported there).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
 
     /// A global status counter, read over a fresh root connection.

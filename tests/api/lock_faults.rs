@@ -1,1 +1,416 @@
+//! Locks under failure: Redis outages, many replicas, killed processes,
+//! clients that hang up, and the bound on Redis connections.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    OwnRedis, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
+    mysql_admin_url, random_suffix, redis_connection, redis_url, slots_accounted, spawn_app_with,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_stopping_gives_fast_503s_and_its_return_recovers_without_restart() {
+    let mut redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), url.clone());
+    })
+    .await;
+    let acquire = json!({"op": "acquire", "name": "outage", "lease_ms": 100});
+    assert_eq!(app.lock(acquire.clone()).await.status(), StatusCode::OK);
+
+    // A waiter queued when Redis dies is answered too, not left hanging.
+    let _held = app.lock(json!({"op": "acquire", "name": "queued"})).await;
+    let waiter = {
+        let (http, url) = (client(), format!("{}/locks", app.address));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let response = http
+                .post(url)
+                .bearer_auth(TEST_KEY)
+                .json(&json!({"op": "acquire", "name": "queued", "wait_ms": 60_000}))
+                .send()
+                .await
+                .unwrap();
+            (response.status(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = app.lock(acquire.clone()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "503 took {:?}",
+            started.elapsed()
+        );
+    }
+    let (status, waited) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited < Duration::from_secs(10),
+        "the waiter heard within {waited:?}"
+    );
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        ready.json::<Value>().await.unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("redis")
+    );
+
+    redis.restart().await;
+    let recovered = eventually(Duration::from_secs(20), async || {
+        app.lock(acquire.clone()).await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(
+        recovered,
+        "locks work again once Redis is back, with no restart"
+    );
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_past_the_cap_get_503_and_shutdown_answers_waiters_at_once() {
+    let app = spawn_app_with(|env| {
+        env.insert("LOCK_MAX_WAITERS".into(), "5".into());
+    })
+    .await;
+    assert_eq!(
+        app.lock(json!({"op": "acquire", "name": "capped"}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        let (http, url) = (client(), format!("{}/locks", app.address));
+        waiters.push(tokio::spawn(async move {
+            let body = json!({"op": "acquire", "name": "capped", "wait_ms": 60_000});
+            let started = Instant::now();
+            let response = http
+                .post(url)
+                .bearer_auth(TEST_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), started.elapsed())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let sixth = app
+        .lock(json!({"op": "acquire", "name": "capped", "wait_ms": 60_000}))
+        .await;
+    assert_eq!(sixth.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(sixth.headers().contains_key("retry-after"));
+
+    app.shutdown.trigger();
+    for waiter in waiters {
+        let (status, waited) = waiter.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            waited < Duration::from_secs(5),
+            "waiter answered after {waited:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_waiters_on_ten_names_use_one_blocking_connection_per_name() {
+    raise_fd_limit();
+    let redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = Arc::new(
+        spawn_app_with(|env| {
+            env.insert("REDIS_URL".into(), url.clone());
+            env.insert("REDIS_POOL_MAX".into(), "4".into());
+        })
+        .await,
+    );
+    let mut holders = Vec::new();
+    for n in 0..10 {
+        let held: Value = app
+            .lock(json!({"op": "acquire", "name": format!("n{n}")}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        holders.push(held);
+    }
+    let mut waiters = tokio::task::JoinSet::new();
+    for w in 0..1000 {
+        let (http, url) = (client(), format!("{}/locks", app.address));
+        waiters.spawn(async move {
+            let body = json!({"op": "acquire", "name": format!("n{}", w % 10), "wait_ms": 20_000, "lease_ms": 100});
+            http.post(url).bearer_auth(TEST_KEY).json(&body).send().await.unwrap().status()
+        });
+    }
+    let mut inspector = redis_connection(&url).await.unwrap();
+    let all_waiting = eventually(Duration::from_secs(30), async || {
+        let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.contains("middleway_lock_waiters 1000")
+    })
+    .await;
+    assert!(all_waiting, "1000 waiters queued");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut inspector)
+        .await
+        .unwrap();
+    let blocking = clients.lines().filter(|l| l.contains("cmd=blpop")).count();
+    let total = clients.lines().count();
+    assert_eq!(blocking, 10, "one BLPOP connection per waited-on name");
+    // 10 blocking + at most 4 pooled + this inspector.
+    assert!(total <= 15, "{total} Redis connections:\n{clients}");
+
+    for (n, held) in holders.iter().enumerate() {
+        let release = json!({"op": "release", "name": format!("n{n}"), "token": held["token"]});
+        assert_eq!(app.lock(release).await.status(), StatusCode::OK);
+    }
+    // Waiters get the slot in turn (100 ms leases that expire unreleased);
+    // the rest time out. Either way every one is answered.
+    let mut granted = 0;
+    while let Some(status) = waiters.join_next().await {
+        match status.unwrap() {
+            StatusCode::OK => granted += 1,
+            other => assert_eq!(other, StatusCode::LOCKED),
+        }
+    }
+    assert!(
+        granted >= 100,
+        "{granted} waiters were granted before timing out"
+    );
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard);
+}
+
+/// The independent checker: records who is inside each critical section.
+#[derive(Default)]
+struct Recorder {
+    inside: HashMap<String, HashSet<u64>>,
+    last_fence: HashMap<String, u64>,
+    seen: HashSet<(String, u64)>,
+    violations: Vec<String>,
+    entries: usize,
+}
+
+impl Recorder {
+    fn enter(&mut self, name: &str, permits: usize, fence: u64) {
+        self.entries += 1;
+        let inside = self.inside.entry(name.to_owned()).or_default();
+        if inside.len() >= permits {
+            self.violations.push(format!(
+                "{name}: fence {fence} entered with {inside:?} inside (permits {permits})"
+            ));
+        }
+        inside.insert(fence);
+        if !self.seen.insert((name.to_owned(), fence)) {
+            self.violations
+                .push(format!("{name}: fence {fence} granted twice"));
+        }
+        let last = self.last_fence.entry(name.to_owned()).or_default();
+        if permits == 1 && fence <= *last {
+            self.violations
+                .push(format!("{name}: fence {fence} after {last}"));
+        }
+        *last = (*last).max(fence);
+    }
+
+    fn leave(&mut self, name: &str, fence: u64) {
+        if let Some(inside) = self.inside.get_mut(name) {
+            inside.remove(&fence);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storm_of_three_replicas_with_disconnects_and_a_kill_keeps_exclusion_and_conserves_slots() {
+    raise_fd_limit();
+    let (_db, database_url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&database_url, &redis_url(), &prefix);
+    env.insert("DB_POOL_MAX".into(), "2".into());
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(ServiceProcess::start(env.clone()).await);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(|r| r.base.clone()).collect());
+    let dead = Arc::new(AtomicBool::new(false));
+    let names: Arc<Vec<(String, usize)>> = Arc::new(vec![
+        ("m0".into(), 1),
+        ("m1".into(), 1),
+        ("m2".into(), 1),
+        ("s0".into(), 3),
+        ("s1".into(), 3),
+    ]);
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let disconnects = Arc::new(AtomicUsize::new(0));
+    let storm_ends = Instant::now() + Duration::from_secs(8);
+
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..300 {
+        let (bases, dead, names, recorder, disconnects) = (
+            bases.clone(),
+            dead.clone(),
+            names.clone(),
+            recorder.clone(),
+            disconnects.clone(),
+        );
+        clients.spawn(async move {
+            let http = client();
+            let (name, permits) = names[c % names.len()].clone();
+            let pick = |dead: bool| {
+                let first = if dead { 1 } else { 0 };
+                bases[rand::rng().random_range(first..bases.len())].clone()
+            };
+            while Instant::now() < storm_ends {
+                let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 2000, "lease_ms": 2000});
+                let mut request = http.post(format!("{}/locks", pick(dead.load(Ordering::Relaxed)))).bearer_auth(TEST_KEY).json(&body);
+                let hang_up_after = rand::rng().random_bool(0.1).then(|| rand::rng().random_range(5..200));
+                if let Some(ms) = hang_up_after {
+                    // This client hangs up mid-wait.
+                    request = request.timeout(Duration::from_millis(ms));
+                }
+                let response = match request.send().await {
+                    Ok(r) if r.status() == StatusCode::OK => r,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        if e.is_timeout() {
+                            disconnects.fetch_add(1, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                };
+                let Ok(granted) = response.json::<Value>().await else { continue };
+                let fence = granted["fence"].as_u64().unwrap();
+                recorder.lock().unwrap().enter(&name, permits, fence);
+                let section = Duration::from_millis(rand::rng().random_range(0..3));
+                tokio::time::sleep(section).await;
+                recorder.lock().unwrap().leave(&name, fence);
+                let release = json!({"op": "release", "name": name, "token": granted["token"]});
+                // Any live replica may release; retry elsewhere if this one was just killed.
+                for _ in 0..3 {
+                    let url = format!("{}/locks", pick(dead.load(Ordering::Relaxed)));
+                    if http.post(url).bearer_auth(TEST_KEY).json(&release).send().await.is_ok() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    dead.store(true, Ordering::Relaxed);
+    kill(
+        Pid::from_raw(replicas[0].child.id() as i32),
+        Signal::SIGKILL,
+    )
+    .unwrap();
+    while let Some(outcome) = clients.join_next().await {
+        outcome.unwrap();
+    }
+
+    {
+        let recorder = recorder.lock().unwrap();
+        assert!(
+            recorder.violations.is_empty(),
+            "violations: {:#?}",
+            recorder.violations
+        );
+        assert!(
+            recorder.entries >= 300,
+            "only {} critical sections ran",
+            recorder.entries
+        );
+    }
+    assert!(
+        disconnects.load(Ordering::Relaxed) >= 10,
+        "too few clients hung up mid-wait"
+    );
+    drop(recorder);
+
+    // Every name is still acquirable, and once leases and the hand-off grace
+    // have passed, free + held == permits for every name.
+    let http = client();
+    let live = bases[1].clone();
+    for (name, permits) in names.iter() {
+        let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 15_000, "lease_ms": 1000});
+        let response = http
+            .post(format!("{live}/locks"))
+            .bearer_auth(TEST_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{name} acquirable after the storm"
+        );
+        let granted: Value = response.json().await.unwrap();
+        let release = json!({"op": "release", "name": name, "token": granted["token"]});
+        assert_eq!(
+            http.post(format!("{live}/locks"))
+                .bearer_auth(TEST_KEY)
+                .json(&release)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let conserved = eventually(Duration::from_secs(20), async || {
+        let mut all = true;
+        for (name, permits) in names.iter() {
+            // Any call runs the reaper; a try-once acquire is the lightest.
+            let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 0, "lease_ms": 100});
+            let _ = http.post(format!("{live}/locks")).bearer_auth(TEST_KEY).json(&body).send().await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = http.post(format!("{live}/locks")).bearer_auth(TEST_KEY).json(&body).send().await;
+            let (free, held) = slots_accounted(&redis_url(), &prefix, name).await;
+            all &= free + held == *permits as i64;
+        }
+        all
+    })
+    .await;
+    assert!(
+        conserved,
+        "free + held == permits for every name after the storm"
+    );
+}

@@ -74,7 +74,7 @@ async fn mysql_stopping_gives_fast_503s_and_its_return_recovers_without_restart(
 async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connection() {
     let mysql = OwnMariaDb::start().await;
     let (_db_name, url) = create_database(&mysql.admin_url()).await;
-    // 200 distinct rows of 200 KB each: no coalescing, and each read takes real time.
+    // 200 distinct rows of 200 KB each: no coalescing, real bytes to send.
     let seed = MySqlPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -98,6 +98,8 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     let prefix = format!("mwtest:{}:", random_suffix());
     let mut env = base_env(&url, &redis_url(), &prefix);
     env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+    let admin_port = free_port();
+    env.insert("ADMIN_BIND_ADDR".into(), format!("127.0.0.1:{admin_port}"));
     env.insert("DB_POOL_MAX".into(), "2".into());
     env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "20000".into());
     env.insert("SHUTDOWN_TIMEOUT_S".into(), "20".into());
@@ -119,17 +121,18 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     assert!(ready, "service became ready");
     let aborted_before = mysql.status("Aborted_clients").await;
 
-    // Open 200 keep-alive connections first, so every request below rides an
-    // accepted connection and none depends on the listener still accepting.
-    let mut warm = tokio::task::JoinSet::new();
-    for _ in 0..200 {
-        let (http, url) = (http.clone(), format!("{base}/healthz"));
-        warm.spawn(async move { http.get(url).send().await.unwrap().status() });
-    }
-    while let Some(status) = warm.join_next().await {
-        assert_eq!(status.unwrap(), StatusCode::OK);
-    }
-
+    // Hold every read inside MySQL (a table lock), so all 200 requests are
+    // provably in flight when SIGTERM arrives.
+    let blocker = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let mut lock_holder = blocker.acquire().await.unwrap();
+    sqlx::query("LOCK TABLES transcriptions WRITE")
+        .execute(&mut *lock_holder)
+        .await
+        .unwrap();
     let mut in_flight = tokio::task::JoinSet::new();
     for id in 1..=200 {
         let (http, url) = (http.clone(), format!("{base}/transcriptions/{id}"));
@@ -138,8 +141,30 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
             (response.status(), response.bytes().await.unwrap().len())
         });
     }
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    let all_in = eventually(Duration::from_secs(20), async || {
+        let text = http
+            .get(&metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.contains("middleway_http_requests_in_flight 200")
+    })
+    .await;
+    assert!(all_in, "200 requests in flight");
     kill(Pid::from_raw(service.id() as i32), Signal::SIGTERM).unwrap();
+    // Let the drain begin (listener closed) while every read is still blocked.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut *lock_holder)
+        .await
+        .unwrap();
+    drop(lock_holder);
+    blocker.close().await;
+    let aborted_mid = mysql.status("Aborted_clients").await;
 
     let mut completed = 0;
     while let Some(outcome) = in_flight.join_next().await {
@@ -157,8 +182,10 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     assert_eq!(exit.code(), Some(0), "the service exits 0 after draining");
     let aborted_after = mysql.status("Aborted_clients").await;
     assert_eq!(
-        aborted_after, aborted_before,
-        "MySQL counted aborted connections"
+        (aborted_mid, aborted_after),
+        (aborted_before, aborted_before),
+        "MySQL counted aborted connections:\n{}",
+        mysql.error_log()
     );
 }
 
