@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::telemetry::current_request_id;
 
 /// One field that failed validation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
     /// The JSON field (or `body`, `id`) at fault.
     pub field: String,
@@ -45,7 +45,10 @@ pub enum ApiError {
     NotFound(String),
     /// 405: the route exists, the method does not.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed {
+        /// The methods the route supports, for the `Allow` header.
+        allow: &'static str,
+    },
     /// 413: body over the limit.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -103,7 +106,7 @@ impl ApiError {
             Self::InvalidRequest { .. } => ("invalid-request", "Invalid request"),
             Self::Unauthorized => ("unauthorized", "Unauthorized"),
             Self::NotFound(_) => ("not-found", "Not found"),
-            Self::MethodNotAllowed => ("method-not-allowed", "Method not allowed"),
+            Self::MethodNotAllowed { .. } => ("method-not-allowed", "Method not allowed"),
             Self::PayloadTooLarge => ("payload-too-large", "Payload too large"),
             Self::UnsupportedMediaType => ("unsupported-media-type", "Unsupported media type"),
             Self::NotHeld => ("not-held", "Lock not held"),
@@ -119,7 +122,7 @@ impl ApiError {
             Self::InvalidRequest { detail, .. } => detail.clone(),
             Self::Unauthorized => "a valid `Authorization: Bearer <key>` header is required".into(),
             Self::NotFound(what) => what.clone(),
-            Self::MethodNotAllowed => "this route does not support that method".into(),
+            Self::MethodNotAllowed { allow } => format!("this route supports {allow} only"),
             Self::PayloadTooLarge => "the request body is over 16 KiB".into(),
             Self::UnsupportedMediaType => "the request body must be `application/json`".into(),
             Self::NotHeld => {
@@ -135,16 +138,25 @@ impl ApiError {
     }
 }
 
-/// The problem+json body.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The problem+json body (RFC 9457).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
+pub struct ProblemSchema<'a> {
+    /// `urn:middleway:problem:<slug>`
     #[serde(rename = "type")]
+    #[schema(example = "urn:middleway:problem:invalid-request")]
     kind: String,
+    /// Short summary of the problem type.
     title: &'static str,
+    /// The HTTP status.
     status: u16,
+    /// What went wrong with this request.
     detail: String,
+    /// The request's `x-request-id`.
     request_id: &'a str,
+    /// Per-field reasons (400 only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     errors: Option<&'a [FieldError]>,
 }
 
@@ -154,7 +166,7 @@ impl ResponseError for ApiError {
             Self::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotHeld | Self::PermitsMismatch { .. } => StatusCode::CONFLICT,
@@ -171,7 +183,7 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         let (slug, title) = self.slug_and_title();
         let request_id = current_request_id();
-        let problem = Problem {
+        let problem = ProblemSchema {
             kind: format!("urn:middleway:problem:{slug}"),
             title,
             status: status.as_u16(),
@@ -188,6 +200,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized => {
                 response
                     .insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            }
+            Self::MethodNotAllowed { allow } => {
+                response.insert_header((header::ALLOW, *allow));
             }
             Self::LockTimeout { retry_after_s } | Self::Unavailable { retry_after_s, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.to_string()));

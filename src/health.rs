@@ -46,11 +46,20 @@ impl Readiness {
 }
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process serves", body = inline(Object), example = json!({"status": "ok"}))))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
 /// `GET /readyz`: 200 when both dependencies answer, else a 503 problem naming what fails.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "MySQL and Redis answer", body = inline(Object)),
+        (status = 503, description = "A dependency fails, or the service is draining",
+            body = inline(crate::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
+    ))]
 pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
     if readiness.draining.load(Ordering::Acquire) {
         return Err(ApiError::unavailable(

@@ -11,6 +11,7 @@
 //! - [`peer`]: noticing a client that hung up while its request waits.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`health`]: `/healthz` and `/readyz`.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - [`transcriptions`]: `GET /transcriptions/{id}`.
 //! - [`locks`]: `POST /locks`, distributed locks on Redis lists.
 //! - [`seed`]: realistic demo rows for `middleway seed`.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod health;
 pub mod locks;
 pub mod metrics;
+pub mod openapi;
 pub mod overload;
 pub mod peer;
 pub mod seed;

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::health::{Readiness, healthz, readyz};
 use crate::locks::{LockEngine, post_locks};
 use crate::metrics::{Metrics, metrics_endpoint, track_requests};
+use crate::openapi::openapi_json;
 use crate::overload::{InFlightLimit, shed_overload};
 use crate::peer::record_peer_socket;
 use crate::telemetry::{RequestSpan, request_id_middleware};
@@ -172,21 +173,22 @@ impl Application {
                 .wrap(from_fn(track_requests))
                 .wrap(TracingLogger::<RequestSpan>::new())
                 .wrap(from_fn(request_id_middleware))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
+                .service(open_get("/healthz", healthz))
+                .service(open_get("/readyz", readyz))
+                .service(open_get("/openapi.json", openapi_json))
                 .service(
                     web::resource("/transcriptions/{id}")
                         .wrap(from_fn(shed_overload))
                         .wrap(from_fn(require_api_key))
                         .route(web::get().to(get_transcription))
-                        .default_service(web::to(method_not_allowed)),
+                        .default_service(web::to(|| method_not_allowed("GET"))),
                 )
                 .service(
                     web::resource("/locks")
                         .wrap(from_fn(shed_overload))
                         .wrap(from_fn(require_api_key))
                         .route(web::post().to(post_locks))
-                        .default_service(web::to(method_not_allowed)),
+                        .default_service(web::to(|| method_not_allowed("POST"))),
                 )
                 .default_service(web::to(not_found))
         })
@@ -336,6 +338,18 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".into()))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
+}
+
+/// A GET route that needs no key, answering 405 to other methods.
+fn open_get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(|| method_not_allowed("GET")))
 }

@@ -126,6 +126,111 @@ struct NumericFields {
 
 const DEFAULT_LEASE_MS: u64 = 30_000;
 
+/// The fields each operation accepts; anything else is a 400 naming the field.
+pub const ACQUIRE_FIELDS: &[&str] = &["op", "name", "wait_ms", "lease_ms", "permits"];
+/// See [`ACQUIRE_FIELDS`].
+pub const RELEASE_FIELDS: &[&str] = &["op", "name", "token"];
+/// See [`ACQUIRE_FIELDS`].
+pub const EXTEND_FIELDS: &[&str] = &["op", "name", "token", "lease_ms"];
+
+/// The request body as the OpenAPI document describes it. Parsing goes
+/// through [`LockRequest::from_json`] instead, which names every bad field;
+/// a test keeps the two in step.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[schema(as = LockRequest)]
+#[allow(dead_code)]
+pub enum LockRequestSchema {
+    /// Take a slot, waiting up to `wait_ms`.
+    Acquire(AcquireBody),
+    /// End a grant.
+    Release(ReleaseBody),
+    /// Move a live grant's deadline to now + `lease_ms`.
+    Extend(ExtendBody),
+}
+
+/// The `op` values, one type each so the schema pins `op` per body.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum AcquireOp {
+    /// `"acquire"`
+    Acquire,
+}
+
+/// See [`AcquireOp`].
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ReleaseOp {
+    /// `"release"`
+    Release,
+}
+
+/// See [`AcquireOp`].
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ExtendOp {
+    /// `"extend"`
+    Extend,
+}
+
+/// `{"op": "acquire", ...}`
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AcquireBody {
+    op: AcquireOp,
+    /// Lock name.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    name: String,
+    /// How long to wait for a free slot (0: try once).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 120000, default = 0)]
+    wait_ms: u64,
+    /// Lease length.
+    #[serde(default)]
+    #[schema(minimum = 100, maximum = 3600000, default = 30000)]
+    lease_ms: u64,
+    /// Slots of the lock (1: mutex).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1024, default = 1)]
+    permits: u32,
+}
+
+/// `{"op": "release", ...}`
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ReleaseBody {
+    op: ReleaseOp,
+    /// Lock name.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    name: String,
+    /// The token from acquire.
+    #[schema(min_length = 1, max_length = 128)]
+    token: String,
+}
+
+/// `{"op": "extend", ...}`
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ExtendBody {
+    op: ExtendOp,
+    /// Lock name.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    name: String,
+    /// The token from acquire.
+    #[schema(min_length = 1, max_length = 128)]
+    token: String,
+    /// New lease length from now.
+    #[serde(default)]
+    #[schema(minimum = 100, maximum = 3600000, default = 30000)]
+    lease_ms: u64,
+}
+
 /// Reads fields out of the JSON object, collecting every problem rather than
 /// stopping at the first, so a client sees all its mistakes at once.
 struct Fields<'a> {
@@ -142,16 +247,22 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A non-negative integer, or `default` when absent. `1.5`, `"5"` and `-1` are refused.
+    /// A non-negative integer, or `default` when absent. `1.5`, `"5"` and `-1`
+    /// are refused; `25.0` is the integer 25, as JSON Schema counts it.
     fn integer(&mut self, field: &str, default: u64) -> u64 {
-        match self.object.get(field) {
-            None => default,
-            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(default),
-            Some(_) => {
-                self.fail::<()>(field, "must be a non-negative integer");
-                default
-            }
-        }
+        let value = match self.object.get(field) {
+            None => return default,
+            Some(Value::Number(n)) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=9_007_199_254_740_992.0).contains(f))
+                    .map(|f| f as u64)
+            }),
+            Some(_) => None,
+        };
+        value.unwrap_or_else(|| {
+            self.fail::<()>(field, "must be a non-negative integer");
+            default
+        })
     }
 
     fn name(&mut self) -> Option<LockName> {
@@ -193,10 +304,10 @@ impl LockRequest {
             }
             None => return Err(ApiError::invalid_field("op", "is required")),
         };
-        let allowed: &[&str] = match op {
-            "acquire" => &["op", "name", "wait_ms", "lease_ms", "permits"],
-            "release" => &["op", "name", "token"],
-            _ => &["op", "name", "token", "lease_ms"],
+        let allowed = match op {
+            "acquire" => ACQUIRE_FIELDS,
+            "release" => RELEASE_FIELDS,
+            _ => EXTEND_FIELDS,
         };
         let mut fields = Fields {
             object,
@@ -344,6 +455,17 @@ mod tests {
             ["token"]
         );
         assert_eq!(field_of(json!([1, 2])), ["body"]);
+    }
+
+    #[test]
+    fn integral_floats_count_as_integers() {
+        let parsed =
+            LockRequest::from_json(&json!({"op": "acquire", "name": "a", "lease_ms": 25349.0}))
+                .unwrap();
+        let LockRequest::Acquire(a) = parsed else {
+            panic!()
+        };
+        assert_eq!(a.lease, Duration::from_millis(25349));
     }
 
     #[test]

@@ -3,11 +3,14 @@
 
 mod domain;
 mod engine;
-mod route;
+pub(crate) mod route;
 mod store;
 mod waiters;
 
-pub use domain::{AcquireRequest, ExtendRequest, LockName, LockRequest, LockToken, ReleaseRequest};
+pub use domain::{
+    ACQUIRE_FIELDS, AcquireRequest, EXTEND_FIELDS, ExtendRequest, LockName, LockRequest,
+    LockRequestSchema, LockToken, RELEASE_FIELDS, ReleaseRequest,
+};
 pub use engine::LockEngine;
-pub use route::post_locks;
+pub use route::{GrantBody, ReleasedBody, post_locks};
 pub use store::{Grant, HANDOFF_GRACE};

@@ -15,20 +15,42 @@ use crate::peer::client_gone;
 use crate::startup::MAX_BODY_BYTES;
 
 /// The 200 body of acquire and extend.
-#[derive(Serialize)]
-struct GrantBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Grant)]
+pub struct GrantBody<'a> {
+    /// Lock name.
     name: &'a str,
+    /// Bearer capability for release and extend (opaque, at most 128 chars).
+    #[schema(max_length = 128)]
     token: &'a str,
+    /// Strictly increases with every grant of this name.
     fence: u64,
+    /// The lease granted.
     lease_ms: u64,
+    /// Lease deadline, RFC 3339 UTC with milliseconds (Redis clock).
+    #[schema(format = DateTime)]
     expires_at: String,
 }
 
 /// The 200 body of release.
-#[derive(Serialize)]
-struct ReleasedBody<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Released)]
+pub struct ReleasedBody<'a> {
+    /// Lock name.
     name: &'a str,
+    /// Always true on 200.
     released: bool,
+}
+
+/// What a 200 from `POST /locks` carries: a grant (acquire, extend) or a release.
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum LockReply<'a> {
+    /// acquire / extend
+    Grant(GrantBody<'a>),
+    /// release
+    Released(ReleasedBody<'a>),
 }
 
 /// RFC 3339 UTC with milliseconds, from Unix ms on the Redis clock.
@@ -91,6 +113,25 @@ async fn read_json_body(
 }
 
 /// `POST /locks`.
+#[utoipa::path(
+    post,
+    path = "/locks",
+    tag = "locks",
+    security(("bearer" = [])),
+    request_body(content = super::domain::LockRequestSchema, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Granted, extended or released", body = inline(LockReply)),
+        (status = 400, description = "Invalid request", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 409, description = "not-held or permits-mismatch", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 413, description = "Body over 16 KiB", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 415, description = "Body is not application/json", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 423, description = "No slot came free within wait_ms", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
+        (status = 503, description = "Redis unreachable, too many waiters, overloaded or draining", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub async fn post_locks(
     request: HttpRequest,
     payload: web::Payload,

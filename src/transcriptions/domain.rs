@@ -40,15 +40,17 @@ impl fmt::Display for TranscriptionId {
 }
 
 /// One row of `transcriptions`, as the API returns it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
 pub struct Transcription {
     /// Primary key.
+    #[schema(minimum = 1)]
     pub transcription_id: u64,
     /// The call this transcribes.
     pub call_id: String,
     /// BCP 47 language tag.
     pub language: String,
     /// `queued`, `in_progress`, `completed` or `failed`.
+    #[schema(pattern = "^(queued|in_progress|completed|failed)$")]
     pub status: String,
     /// Audio length.
     pub duration_ms: Option<u32>,
@@ -56,11 +58,13 @@ pub struct Transcription {
     pub confidence: Option<f32>,
     /// The text.
     pub content: Option<String>,
-    /// Stored as DATETIME(3) in UTC.
+    /// RFC 3339 UTC with milliseconds.
     #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: PrimitiveDateTime,
-    /// Stored as DATETIME(3) in UTC.
+    /// RFC 3339 UTC with milliseconds.
     #[serde(serialize_with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: PrimitiveDateTime,
 }
 

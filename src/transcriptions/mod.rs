@@ -4,7 +4,7 @@
 mod coalesce;
 mod domain;
 mod repo;
-mod route;
+pub(crate) mod route;
 
 pub use coalesce::Coalescer;
 pub use domain::{Transcription, TranscriptionId};

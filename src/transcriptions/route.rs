@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 
 use super::coalesce::Coalescer;
-use super::domain::TranscriptionId;
+use super::domain::{Transcription, TranscriptionId};
 use super::repo::{ReadError, TranscriptionRepo};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -81,6 +81,27 @@ fn if_none_match_hits(request: &HttpRequest, etag: &HeaderValue) -> bool {
 }
 
 /// `GET /transcriptions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/transcriptions/{id}",
+    tag = "transcriptions",
+    security(("bearer" = [])),
+    params(
+        ("id" = u64, Path, minimum = 1, description = "Decimal id in 1..=18446744073709551615, written as [1-9][0-9]*; anything else is 400"),
+        ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier 200"),
+        ("x-request-id" = Option<String>, Header, description = "Echoed back when 1-64 chars of [A-Za-z0-9._-]"),
+    ),
+    responses(
+        (status = 200, description = "The transcription", body = Transcription,
+            headers(("ETag" = String, description = "Entity tag of this representation"))),
+        (status = 304, description = "Unchanged since the given ETag"),
+        (status = 400, description = "Malformed id", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 404, description = "No such transcription", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 503, description = "MySQL unreachable or pool exhausted", body = inline(crate::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
 pub async fn get_transcription(
     request: HttpRequest,
     reader: web::Data<TranscriptionReader>,
