@@ -112,6 +112,9 @@ pub async fn require_api_key(
             return Ok(req.error_response(ApiError::Unauthorized));
         };
         tracing::Span::current().record("api_key", &*name);
+        if let Some(metrics) = req.app_data::<web::Data<crate::metrics::Metrics>>() {
+            metrics.requests_by_key.with_label_values(&[&*name]).inc();
+        }
         req.extensions_mut().insert(KeyName(name));
     }
     Ok(next.call(req).await?.map_into_boxed_body())

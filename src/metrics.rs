@@ -187,9 +187,6 @@ pub async fn track_requests(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
     let started = Instant::now();
     if let Some(m) = &metrics {
@@ -198,10 +195,12 @@ pub async fn track_requests(
     let outcome = next.call(req).await;
     if let Some(m) = metrics {
         m.requests_in_flight.dec();
-        let status = match &outcome {
-            Ok(response) => response.status(),
-            Err(error) => error.as_response_error().status_code(),
+        // The route is known only once the router has run, i.e. after the call.
+        let (route, status) = match &outcome {
+            Ok(response) => (response.request().match_pattern(), response.status()),
+            Err(error) => (None, error.as_response_error().status_code()),
         };
+        let route = route.unwrap_or_else(|| "unmatched".to_owned());
         let labels = [route.as_str(), method.as_str(), status.as_str()];
         m.requests.with_label_values(&labels).inc();
         m.request_duration

@@ -476,8 +476,12 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts the binary with `env` on a free port and waits until /readyz is 200.
-    pub async fn start(mut env: HashMap<String, String>) -> Self {
-        let port = free_port();
+    pub async fn start(env: HashMap<String, String>) -> Self {
+        Self::start_on(env, free_port()).await
+    }
+
+    /// Starts the binary with `env` on `port` and waits until /readyz is 200.
+    pub async fn start_on(mut env: HashMap<String, String>, port: u16) -> Self {
         env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
         let child = Command::new(env!("CARGO_BIN_EXE_middleway"))
             .arg("serve")

@@ -4,5 +4,6 @@ mod health;
 mod helpers;
 mod lock_faults;
 mod locks;
+mod production;
 mod transcription_faults;
 mod transcriptions;

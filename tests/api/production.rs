@@ -1,0 +1,486 @@
+//! Production edges: API keys, load shedding, metrics, many connections.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{
+    TEST_KEY, base_env, client, create_database, eventually, free_port, mysql_admin_url,
+    random_suffix, redis_url, scratch_dir, spawn_app, spawn_app_with,
+};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_protected_route_refuses_missing_malformed_wrong_and_revoked_keys() {
+    // "old-key..." was rotated out: only the new key is configured now.
+    let app = spawn_app_with(|env| {
+        env.insert("API_KEYS".into(), "new:new-key-0123456789abcdef".into());
+    })
+    .await;
+    let protected = [
+        app.client.get(format!("{}/transcriptions/1", app.address)),
+        app.client
+            .post(format!("{}/locks", app.address))
+            .json(&json!({"op": "acquire", "name": "a"})),
+    ];
+    let headers: [Option<&str>; 7] = [
+        None,
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Basic bmV3Om5ldy1rZXk="),
+        Some("new-key-0123456789abcdef"),
+        Some("Bearer wrong-key-0123456789abcdef"),
+        Some("Bearer old-key-0123456789abcdef"),
+    ];
+    for request in &protected {
+        for header in headers {
+            let mut request = request.try_clone().unwrap();
+            if let Some(value) = header {
+                request = request.header("Authorization", value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{header:?}");
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["type"], "urn:middleway:problem:unauthorized");
+        }
+        let ok = request
+            .try_clone()
+            .unwrap()
+            .bearer_auth("new-key-0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(ok.status(), StatusCode::UNAUTHORIZED);
+    }
+    for open in ["/healthz", "/readyz", "/openapi.json"] {
+        let response = app
+            .client
+            .get(format!("{}{open}", app.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{open} needs no key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_from_a_file_work_alongside_keys_from_the_environment() {
+    let dir = scratch_dir("keys");
+    let path = dir.join("api-keys");
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "# mounted from a Kubernetes Secret\nfunctions:file-key-0123456789abcdef\n\njobs:jobs-key-0123456789abcdef").unwrap();
+    let app = spawn_app_with(|env| {
+        env.insert("API_KEYS_FILE".into(), path.display().to_string());
+    })
+    .await;
+    for key in [
+        "file-key-0123456789abcdef",
+        "jobs-key-0123456789abcdef",
+        TEST_KEY,
+    ] {
+        let response = app
+            .client
+            .get(format!("{}/transcriptions/1", app.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "{key} authenticates"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_refuses_to_start_without_keys_unless_auth_is_disabled() {
+    let output = Command::new(env!("CARGO_BIN_EXE_middleway"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", "mysql://u:p@127.0.0.1:1/db")
+        .env("REDIS_URL", "redis://127.0.0.1:1/0")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("API_KEYS"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_never_reach_the_logs_but_their_names_do() {
+    let (_db, url) = create_database(&mysql_admin_url()).await;
+    let port = free_port();
+    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
+    env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+    env.insert(
+        "API_KEYS".into(),
+        "lambda-fleet:super-secret-key-0123456789".into(),
+    );
+    let mut service = Command::new(env!("CARGO_BIN_EXE_middleway"))
+        .arg("serve")
+        .env_clear()
+        .envs(&env)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    assert!(
+        eventually(Duration::from_secs(20), async || http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok())
+        .await
+    );
+    for key in [
+        "super-secret-key-0123456789",
+        "guessed-wrong-key-0123456789",
+    ] {
+        let _ = http
+            .get(format!("{base}/transcriptions/1"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let _ = http
+            .post(format!("{base}/locks"))
+            .bearer_auth(key)
+            .json(&json!({"op": "acquire", "name": "a"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    kill(Pid::from_raw(service.id() as i32), Signal::SIGTERM).unwrap();
+    drop(http);
+    let mut logs = String::new();
+    service
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string_blocking(&mut logs);
+    service
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string_blocking(&mut logs);
+    let _ = service.wait();
+    assert!(logs.contains("lambda-fleet"), "the key name is logged");
+    assert!(
+        !logs.contains("super-secret-key"),
+        "a key leaked into the logs"
+    );
+    assert!(
+        !logs.contains("guessed-wrong-key"),
+        "a presented key leaked into the logs"
+    );
+    assert!(
+        !logs.contains("middleway:middleway@"),
+        "the database password leaked"
+    );
+}
+
+trait ReadAll {
+    fn read_to_string_blocking(self, into: &mut String);
+}
+
+impl<R: std::io::Read> ReadAll for R {
+    fn read_to_string_blocking(mut self, into: &mut String) {
+        let _ = self.read_to_string(into);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_in_flight_cap_requests_are_shed_at_once_while_the_rest_succeed() {
+    let app = std::sync::Arc::new(
+        spawn_app_with(|env| {
+            env.insert("MAX_IN_FLIGHT".into(), "10".into());
+        })
+        .await,
+    );
+    // Ten requests that stay in flight: acquires waiting on ten locks whose
+    // holders' 2 s leases run out (a release would itself be shed).
+    for n in 0..10 {
+        let held = app
+            .lock(json!({"op": "acquire", "name": format!("cap{n}"), "lease_ms": 2000}))
+            .await;
+        assert_eq!(held.status(), StatusCode::OK);
+    }
+    let mut waiting = Vec::new();
+    for n in 0..10 {
+        let app = app.clone();
+        waiting.push(tokio::spawn(async move {
+            app.lock(json!({"op": "acquire", "name": format!("cap{n}"), "wait_ms": 20_000}))
+                .await
+                .status()
+        }));
+    }
+    let all_in = eventually(Duration::from_secs(10), async || {
+        let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.contains("middleway_http_requests_in_flight 10")
+    })
+    .await;
+    assert!(all_in);
+    for _ in 0..5 {
+        let started = Instant::now();
+        let response = app.get("/transcriptions/1").await;
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        assert!(
+            elapsed < Duration::from_millis(50),
+            "shed after {elapsed:?}"
+        );
+    }
+    // Health stays answerable under shedding (probes must not kill a busy pod).
+    assert_eq!(
+        app.client
+            .get(format!("{}/healthz", app.address))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    for waiter in waiting {
+        assert_eq!(waiter.await.unwrap(), StatusCode::OK);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("middleway_http_requests_shed_total 5"),
+        "{metrics}"
+    );
+}
+
+/// Every sample as (family, labels, value); a histogram's value is its count.
+type Samples = Vec<(String, std::collections::HashMap<String, String>, f64)>;
+
+/// Parses the exposition with an independent Prometheus text-format parser.
+async fn scrape(admin: &str) -> Samples {
+    use openmetrics_parser::PrometheusValue;
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exposition =
+        openmetrics_parser::prometheus::parse_prometheus(&text).expect("valid Prometheus text");
+    let mut samples = Vec::new();
+    for (family, metrics) in &exposition.families {
+        for sample in metrics.iter_samples() {
+            let labels = sample
+                .get_labelset()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let value = match &sample.value {
+                PrometheusValue::Counter(c) => c.value.as_f64(),
+                PrometheusValue::Gauge(g) | PrometheusValue::Unknown(g) => g.as_f64(),
+                PrometheusValue::Histogram(h) => h.count.unwrap_or_default() as f64,
+                PrometheusValue::Summary(s) => s.count.unwrap_or_default() as f64,
+            };
+            samples.push((family.clone(), labels, value));
+        }
+    }
+    samples
+}
+
+fn metric(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(family, l, _)| {
+            family == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, value)| value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_live_on_the_admin_port_only_parse_and_move_with_traffic() {
+    let app = spawn_app().await;
+    let public = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), StatusCode::NOT_FOUND);
+
+    let before = scrape(&app.admin_address).await;
+    let route = [("route", "/transcriptions/{id}"), ("status", "404")];
+    for _ in 0..3 {
+        app.get("/transcriptions/424242").await;
+    }
+    let granted: Value = app
+        .lock(json!({"op": "acquire", "name": "metered"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.lock(json!({"op": "acquire", "name": "metered"})).await;
+    app.lock(json!({"op": "release", "name": "metered", "token": granted["token"]}))
+        .await;
+    let after = scrape(&app.admin_address).await;
+
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        metric(&after, name, labels) - metric(&before, name, labels)
+    };
+    assert_eq!(moved("middleway_http_requests_total", &route), 3.0);
+    assert_eq!(
+        moved("middleway_http_request_duration_seconds", &route),
+        3.0
+    );
+    assert_eq!(
+        moved(
+            "middleway_lock_operations_total",
+            &[("op", "acquire"), ("outcome", "granted")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "middleway_lock_operations_total",
+            &[("op", "acquire"), ("outcome", "timeout")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "middleway_lock_operations_total",
+            &[("op", "release"), ("outcome", "released")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved("middleway_http_requests_by_key_total", &[("key", "tests")]),
+        6.0
+    );
+    assert!(metric(&after, "middleway_mysql_pool_max_connections", &[]) > 0.0);
+    assert_eq!(metric(&after, "middleway_build_info", &[]), 1.0);
+    for family in [
+        "middleway_mysql_pool_connections",
+        "middleway_redis_pool_connections",
+        "middleway_lock_waiters",
+        "middleway_transcription_coalesced_reads_total",
+    ] {
+        assert!(
+            after.iter().any(|(f, _, _)| f == family),
+            "{family} is exported"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_keep_alive_connections_all_get_answers_in_bounded_memory() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).unwrap();
+    let (_db, url) = create_database(&mysql_admin_url()).await;
+    let port = free_port();
+    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
+    env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+    // The child inherits the raised descriptor limit.
+    let service = crate::helpers::ServiceProcess::start_on(env, port).await;
+
+    const CONNECTIONS: usize = 10_000;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: middleway\r\n\r\n";
+    let mut sockets = Vec::with_capacity(CONNECTIONS);
+    // Connect in waves so the listen backlog never overflows.
+    for wave in 0..(CONNECTIONS / 500) {
+        let mut connecting = tokio::task::JoinSet::new();
+        for _ in 0..500 {
+            connecting.spawn(async move {
+                let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
+                socket.write_all(request).await.unwrap();
+                read_response(&mut socket).await;
+                socket
+            });
+        }
+        while let Some(socket) = connecting.join_next().await {
+            sockets.push(socket.unwrap_or_else(|e| panic!("wave {wave}: {e}")));
+        }
+    }
+    assert_eq!(sockets.len(), CONNECTIONS);
+    let rss_mib = rss_kib(service.child.id()) / 1024;
+    // Every connection is still open and answers a second request.
+    let mut answering = tokio::task::JoinSet::new();
+    for mut socket in sockets {
+        answering.spawn(async move {
+            socket.write_all(request).await.unwrap();
+            read_response(&mut socket).await
+        });
+    }
+    let mut answered = 0;
+    while let Some(status_line) = answering.join_next().await {
+        assert!(status_line.unwrap().starts_with("HTTP/1.1 200"));
+        answered += 1;
+    }
+    assert_eq!(answered, CONNECTIONS);
+    assert!(
+        rss_mib < 300,
+        "RSS {rss_mib} MiB with {CONNECTIONS} connections"
+    );
+}
+
+/// Reads one small HTTP/1.1 response (headers + Content-Length body); returns its status line.
+async fn read_response(socket: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = socket.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed before a response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return text.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
