@@ -13,4 +13,4 @@ pub use domain::{
 };
 pub use engine::LockEngine;
 pub use route::{GrantBody, ReleasedBody, post_locks};
-pub use store::{Grant, HANDOFF_GRACE};
+pub use store::{AcquireOutcome, Grant, HANDOFF_GRACE, LockKeys, LockStore};

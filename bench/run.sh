@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The benchmark, in one command (see bench/README.md):
+#   bench/run.sh          full run: 1,000,000 rows, every strategy and concurrency,
+#                         writes bench/results/<date>-<host>.md and its PNG charts
+#   bench/run.sh smoke    seconds-long: one small cell per strategy (CI runs this)
+set -euo pipefail
+mode=${1:-full}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+log() { echo "bench: $*" >&2; }
+
+scripts/services.sh start
+eval "$(scripts/services.sh env)"
+if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+fi
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+log "building (release)"
+cargo build --release -q --bin middleway
+cargo build --release -q --manifest-path bench/Cargo.toml
+mw=target/release/middleway
+mwbench=bench/target/release/mwbench
+
+if [ "$mode" = smoke ]; then rows=20000; else rows=1000000; fi
+db=middleway_bench
+mysql_cli=(mariadb -N -h127.0.0.1 -P13306 -umiddleway -pmiddleway)
+"${mysql_cli[@]}" -e "CREATE DATABASE IF NOT EXISTS $db"
+export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/$db"
+$mw migrate >/dev/null
+have=$("${mysql_cli[@]}" $db -e "SELECT COUNT(*) FROM transcriptions")
+if [ "$have" -lt "$rows" ]; then
+  log "seeding $rows rows"
+  "${mysql_cli[@]}" $db -e "TRUNCATE transcriptions"
+  start=$(date +%s.%N)
+  $mw seed --rows "$rows" >/dev/null 2>&1
+  log "seeded $rows rows in $(echo "$(date +%s.%N) - $start" | bc) s"
+fi
+
+key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+service=127.0.0.1:18080
+admin=127.0.0.1:19090
+API_KEYS="bench:$key" BIND_ADDR=$service ADMIN_BIND_ADDR=$admin REDIS_KEY_PREFIX="mwbench:" \
+  RUST_LOG=${BENCH_RUST_LOG:-info} LOG_FORMAT=json $mw serve >/dev/null 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf "http://$service/readyz" >/dev/null && break; sleep 0.1; done
+
+target=(--service "$service" --admin "$admin" --key "$key")
+mysql_root="mysql://root@127.0.0.1:13306"
+stamp=$(date -u +%Y-%m-%d)
+host=$(hostname -s)
+if [ "$mode" = smoke ]; then
+  out=$(mktemp -d)
+  $mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
+    --concurrency 10 --requests 300 --runs 1 --out "$out/cells.jsonl"
+  $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --concurrency 10 --requests 200 --runs 1 --out "$out/cells.jsonl"
+  $mwbench handoff "${target[@]}" --waiters 10 --handoffs 50
+  $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 200 --names 10
+  $mwbench report --input "$out/cells.jsonl" --stem "$out/smoke"
+  cells=$(wc -l < "$out/cells.jsonl")
+  [ "$cells" -eq 8 ] || { log "expected 8 cells, got $cells"; exit 1; }
+  log "smoke ok: $cells cells, report and charts in $out"
+  exit 0
+fi
+
+mkdir -p bench/results
+stem="bench/results/$stamp-$host"
+work=$(mktemp -d)
+{
+  echo "# middleway benchmark, $stamp on $host"
+  echo
+  echo "Reproduce: \`bench/run.sh\` from a clean clone (it starts MariaDB and Redis with scripts/services.sh, seeds $rows rows, builds in release mode and runs every cell)."
+  echo
+  echo "- commit: $(git rev-parse --short HEAD)"
+  echo "- machine: $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr)"
+  echo "- MariaDB $(mariadbd --version | awk '{print $3}') with max_connections=170; Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
+  echo "- middleway: DB_POOL_MAX=32, RUST_LOG=${BENCH_RUST_LOG:-info} (JSON request logs to /dev/null); load generator, MariaDB, Redis and the service share the machine"
+  echo "- every cell: warm-up, then 2 runs of the same work, best kept; latency of successful operations in an HDR histogram"
+  echo
+} > "$work/preamble.md"
+
+log "issue 2: GET /transcriptions at 64 and 256 keep-alive connections vs the direct pool"
+$mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
+  --strategies middleway-keep-alive,ceiling --concurrency 64,256 --requests 100000 --runs 2 --out "$work/service.jsonl"
+log "issue 5: every strategy at 10..1000 callers"
+$mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" --out "$work/cells.jsonl"
+$mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --out "$work/cells.jsonl"
+log "issue 3: lock pairs over 1,000 names at 64, hand-off, 10,000 waiters"
+$mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --strategies middleway --concurrency 64 --requests 100000 --out "$work/pairs.jsonl"
+{
+  echo "## Service at fixed concurrency (issue 2 and 3 targets)"
+  echo
+  echo '```'
+  cat "$work/service.jsonl" "$work/pairs.jsonl"
+  $mwbench handoff "${target[@]}" --waiters 100 --handoffs 3000
+  $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 10000 --names 100
+  echo '```'
+} > "$work/appendix.md"
+$mwbench report --input "$work/cells.jsonl" --stem "$stem" --preamble "$work/preamble.md" --appendix "$work/appendix.md"
+log "wrote $stem.md"

@@ -1,0 +1,139 @@
+//! mwbench: one load generator for every strategy (HDR histograms, the same
+//! driver), so middleway is compared with the alternatives on equal terms.
+//! `bench/run.sh` drives it; see bench/README.md.
+
+mod http;
+mod load;
+mod report;
+mod scenarios;
+mod strategies;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mwbench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Target {
+    /// middleway's public address.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub service: String,
+    /// middleway's admin address (metrics).
+    #[arg(long, default_value = "127.0.0.1:19090")]
+    pub admin: String,
+    /// A bearer key middleway accepts.
+    #[arg(long)]
+    pub key: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Primary-key reads: direct MySQL strategies against middleway.
+    Mysql {
+        #[command(flatten)]
+        target: Target,
+        /// The seeded database, for the direct strategies.
+        #[arg(long)]
+        mysql_url: String,
+        /// A root connection for sampling Threads_connected.
+        #[arg(long)]
+        mysql_root_url: String,
+        /// Rows in the table (ids 1..=rows).
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Comma-separated strategies (connect-per-request, connection-per-instance, middleway-new-conn, middleway-keep-alive, ceiling).
+        #[arg(long, value_delimiter = ',', default_value = "connect-per-request,connection-per-instance,middleway-new-conn,middleway-keep-alive,ceiling")]
+        strategies: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,170,250,500,1000")]
+        concurrency: Vec<usize>,
+        /// Operations per cell.
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        /// Runs per cell; the best (highest throughput) is kept.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// The ceiling's pool size (the service's DB_POOL_MAX).
+        #[arg(long, default_value_t = 32)]
+        pool: u32,
+        /// Append JSON lines here.
+        #[arg(long)]
+        out: String,
+    },
+    /// acquire+release cycles: middleway, the same scripts without HTTP, and naive BLPOP/LPUSH.
+    Locks {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        redis_url: String,
+        #[arg(long, value_delimiter = ',', default_value = "middleway,direct-scripts,naive-blpop")]
+        strategies: Vec<String>,
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,250,500,1000")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 10_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 1000)]
+        names: usize,
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        #[arg(long)]
+        out: String,
+    },
+    /// Release-to-next-grant latency with many waiters on one name.
+    Handoff {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 100)]
+        waiters: usize,
+        #[arg(long, default_value_t = 2000)]
+        handoffs: u64,
+    },
+    /// Many concurrent waiters: Redis connections and the service's memory.
+    Waiters {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        redis_url: String,
+        /// The service's process id (for RSS).
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 10_000)]
+        waiters: usize,
+        #[arg(long, default_value_t = 100)]
+        names: usize,
+    },
+    /// Writes the Markdown report and the charts from JSON lines.
+    Report {
+        #[arg(long)]
+        input: String,
+        /// Output path without extension: writes <stem>.md, <stem>-mysql.png, <stem>-locks.png.
+        #[arg(long)]
+        stem: String,
+        /// Extra Markdown (machine description, commands) to put at the top.
+        #[arg(long)]
+        preamble: Option<String>,
+        /// Extra Markdown lines (hand-off, waiters) to append.
+        #[arg(long)]
+        appendix: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Mysql { target, mysql_url, mysql_root_url, rows, strategies, concurrency, requests, runs, pool, out } => {
+            scenarios::mysql(&target, &mysql_url, &mysql_root_url, rows, &strategies, &concurrency, requests, runs, pool, &out).await
+        }
+        Command::Locks { target, redis_url, strategies, concurrency, requests, names, runs, out } => {
+            scenarios::locks(&target, &redis_url, &strategies, &concurrency, requests, names, runs, &out).await
+        }
+        Command::Handoff { target, waiters, handoffs } => scenarios::handoff(&target, waiters, handoffs).await,
+        Command::Waiters { target, redis_url, pid, waiters, names } => {
+            scenarios::waiters(&target, &redis_url, pid, waiters, names).await
+        }
+        Command::Report { input, stem, preamble, appendix } => report::write(&input, &stem, preamble.as_deref(), appendix.as_deref()),
+    }
+}
