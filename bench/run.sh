@@ -18,9 +18,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "building (release)"
 cargo build --release -q --bin middleway
-cargo build --release -q --manifest-path bench/Cargo.toml
+# Same target dir as the service: shared dependencies compile once.
+cargo build --release -q --manifest-path bench/Cargo.toml --target-dir target
 mw=target/release/middleway
-mwbench=bench/target/release/mwbench
+mwbench=target/release/mwbench
 
 if [ "$mode" = smoke ]; then rows=20000; else rows=1000000; fi
 db=middleway_bench

@@ -89,10 +89,14 @@ where
     for mut worker in workers {
         let remaining = Arc::clone(&remaining);
         tasks.spawn(async move {
-            let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut histogram =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
             let mut failures: BTreeMap<Failure, u64> = BTreeMap::new();
             // Claim one unit of work at a time until none is left.
-            while remaining.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok() {
+            while remaining
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                .is_ok()
+            {
                 let t0 = Instant::now();
                 match tokio::time::timeout(OPERATION_TIMEOUT, worker.run_once()).await {
                     Ok(Ok(())) => {
@@ -106,7 +110,8 @@ where
             (histogram, failures)
         });
     }
-    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut failures: BTreeMap<Failure, u64> = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         let (h, f) = joined.expect("worker task");

@@ -46,9 +46,17 @@ enum Command {
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
         /// Comma-separated strategies (connect-per-request, connection-per-instance, middleway-new-conn, middleway-keep-alive, ceiling).
-        #[arg(long, value_delimiter = ',', default_value = "connect-per-request,connection-per-instance,middleway-new-conn,middleway-keep-alive,ceiling")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "connect-per-request,connection-per-instance,middleway-new-conn,middleway-keep-alive,ceiling"
+        )]
         strategies: Vec<String>,
-        #[arg(long, value_delimiter = ',', default_value = "10,50,100,150,170,250,500,1000")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10,50,100,150,170,250,500,1000"
+        )]
         concurrency: Vec<usize>,
         /// Operations per cell.
         #[arg(long, default_value_t = 10_000)]
@@ -69,7 +77,11 @@ enum Command {
         target: Target,
         #[arg(long)]
         redis_url: String,
-        #[arg(long, value_delimiter = ',', default_value = "middleway,direct-scripts,naive-blpop")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "middleway,direct-scripts,naive-blpop"
+        )]
         strategies: Vec<String>,
         #[arg(long, value_delimiter = ',', default_value = "10,50,100,250,500,1000")]
         concurrency: Vec<usize>,
@@ -124,16 +136,71 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Mysql { target, mysql_url, mysql_root_url, rows, strategies, concurrency, requests, runs, pool, out } => {
-            scenarios::mysql(&target, &mysql_url, &mysql_root_url, rows, &strategies, &concurrency, requests, runs, pool, &out).await
+        Command::Mysql {
+            target,
+            mysql_url,
+            mysql_root_url,
+            rows,
+            strategies,
+            concurrency,
+            requests,
+            runs,
+            pool,
+            out,
+        } => {
+            scenarios::mysql(
+                &target,
+                &mysql_url,
+                &mysql_root_url,
+                rows,
+                &strategies,
+                &concurrency,
+                requests,
+                runs,
+                pool,
+                &out,
+            )
+            .await
         }
-        Command::Locks { target, redis_url, strategies, concurrency, requests, names, runs, out } => {
-            scenarios::locks(&target, &redis_url, &strategies, &concurrency, requests, names, runs, &out).await
+        Command::Locks {
+            target,
+            redis_url,
+            strategies,
+            concurrency,
+            requests,
+            names,
+            runs,
+            out,
+        } => {
+            scenarios::locks(
+                &target,
+                &redis_url,
+                &strategies,
+                &concurrency,
+                requests,
+                names,
+                runs,
+                &out,
+            )
+            .await
         }
-        Command::Handoff { target, waiters, handoffs } => scenarios::handoff(&target, waiters, handoffs).await,
-        Command::Waiters { target, redis_url, pid, waiters, names } => {
-            scenarios::waiters(&target, &redis_url, pid, waiters, names).await
-        }
-        Command::Report { input, stem, preamble, appendix } => report::write(&input, &stem, preamble.as_deref(), appendix.as_deref()),
+        Command::Handoff {
+            target,
+            waiters,
+            handoffs,
+        } => scenarios::handoff(&target, waiters, handoffs).await,
+        Command::Waiters {
+            target,
+            redis_url,
+            pid,
+            waiters,
+            names,
+        } => scenarios::waiters(&target, &redis_url, pid, waiters, names).await,
+        Command::Report {
+            input,
+            stem,
+            preamble,
+            appendix,
+        } => report::write(&input, &stem, preamble.as_deref(), appendix.as_deref()),
     }
 }

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
-use sqlx::{ConnectOptions, MySqlPool};
+use sqlx::{ConnectOptions, Connection, MySqlPool};
 
 use crate::Target;
 use crate::http::HttpConnection;
@@ -25,19 +25,32 @@ fn warmup_ops(requests: u64) -> u64 {
 }
 
 fn append_json(out: &str, suite: &str, strategy: &str, cell: &CellResult) -> anyhow::Result<()> {
-    let failures: serde_json::Map<String, serde_json::Value> =
-        cell.failures.iter().map(|(k, v)| (k.label().to_owned(), (*v).into())).collect();
+    let failures: serde_json::Map<String, serde_json::Value> = cell
+        .failures
+        .iter()
+        .map(|(k, v)| (k.label().to_owned(), (*v).into()))
+        .collect();
     let line = serde_json::json!({
         "suite": suite, "strategy": strategy, "concurrency": cell.concurrency,
         "throughput": cell.throughput, "p50_ms": cell.p50_ms, "p99_ms": cell.p99_ms, "p999_ms": cell.p999_ms,
         "total_s": cell.total.as_secs_f64(), "ok": cell.ok, "failures": failures,
         "peak_mysql_connections": cell.peak_mysql_connections,
     });
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(out).with_context(|| format!("open {out}"))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("open {out}"))?;
     writeln!(file, "{line}")?;
     eprintln!(
         "{suite:6} {strategy:24} c={:<5} {:>9.0}/s p50={:>7.2}ms p99={:>8.2}ms p99.9={:>8.2}ms errors={:?} peak_mysql={:?}",
-        cell.concurrency, cell.throughput, cell.p50_ms, cell.p99_ms, cell.p999_ms, cell.failures, cell.peak_mysql_connections
+        cell.concurrency,
+        cell.throughput,
+        cell.p50_ms,
+        cell.p99_ms,
+        cell.p999_ms,
+        cell.failures,
+        cell.peak_mysql_connections
     );
     Ok(())
 }
@@ -65,7 +78,13 @@ fn sample_mysql_connections(root: MySqlPool) -> (Arc<AtomicBool>, tokio::task::J
 }
 
 /// Runs a cell `runs` times after a warm-up and keeps the best.
-async fn best_of<W, F, Fut>(runs: usize, concurrency: usize, requests: u64, root: Option<&MySqlPool>, make: F) -> CellResult
+async fn best_of<W, F, Fut>(
+    runs: usize,
+    concurrency: usize,
+    requests: u64,
+    root: Option<&MySqlPool>,
+    make: F,
+) -> CellResult
 where
     W: Worker,
     F: Fn(usize) -> Fut + Clone,
@@ -81,7 +100,10 @@ where
             cell.peak_mysql_connections = handle.await.ok();
         }
         // Best = most successes per second; errors make a run worse, never better.
-        if best.as_ref().is_none_or(|b| (cell.ok, cell.throughput as u64) > (b.ok, b.throughput as u64)) {
+        if best
+            .as_ref()
+            .is_none_or(|b| (cell.ok, cell.throughput as u64) > (b.ok, b.throughput as u64))
+        {
             best = Some(cell);
         }
         // Let TIME_WAIT sockets and MySQL threads settle between runs.
@@ -104,7 +126,11 @@ pub async fn mysql(
     out: &str,
 ) -> anyhow::Result<()> {
     let options = MySqlConnectOptions::from_str(mysql_url)?.disable_statement_logging();
-    let root = MySqlPoolOptions::new().max_connections(1).connect(root_url).await.context("root connection")?;
+    let root = MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(root_url)
+        .await
+        .context("root connection")?;
     for strategy in strategies {
         for &c in concurrency {
             let host = target.service.clone();
@@ -122,7 +148,15 @@ pub async fn mysql(
                     let options = options.clone();
                     best_of(runs, c, requests, Some(&root), move |_| {
                         let options = options.clone();
-                        async move { ConnectionPerInstance { options, rows, conn: None } }
+                        async move {
+                            // Warm instances: the connection exists before the measured requests.
+                            let conn = sqlx::MySqlConnection::connect_with(&options).await.ok();
+                            ConnectionPerInstance {
+                                options,
+                                rows,
+                                conn,
+                            }
+                        }
                     })
                     .await
                 }
@@ -130,7 +164,21 @@ pub async fn mysql(
                     let keep_alive = strategy == "middleway-keep-alive";
                     best_of(runs, c, requests, Some(&root), move |_| {
                         let (host, key) = (host.clone(), key.clone());
-                        async move { MiddlewayRead { http: HttpConnection::new(&host), host, key, rows, keep_alive } }
+                        async move {
+                            // A warm function already has its connection; a cold one opens one per request.
+                            let http = if keep_alive {
+                                HttpConnection::warm(&host).await
+                            } else {
+                                HttpConnection::new(&host)
+                            };
+                            MiddlewayRead {
+                                http,
+                                host,
+                                key,
+                                rows,
+                                keep_alive,
+                            }
+                        }
                     })
                     .await
                 }
@@ -178,7 +226,14 @@ pub async fn locks(
                     let (host, key) = (target.service.clone(), target.key.clone());
                     best_of(runs, c, requests, None, move |_| {
                         let (host, key) = (host.clone(), key.clone());
-                        async move { MiddlewayLockCycle { http: HttpConnection::new(&host), host, key, names } }
+                        async move {
+                            MiddlewayLockCycle {
+                                http: HttpConnection::warm(&host).await,
+                                host,
+                                key,
+                                names,
+                            }
+                        }
                     })
                     .await
                 }
@@ -188,10 +243,20 @@ pub async fn locks(
                         pool.push(client.get_multiplexed_async_connection().await?);
                     }
                     let (pool, next) = (Arc::new(pool), Arc::new(AtomicUsize::new(0)));
-                    let store = Arc::new(middleway::locks::LockStore::new(&format!("mwbench:{}:", rand::random::<u32>())));
+                    let store = Arc::new(middleway::locks::LockStore::new(&format!(
+                        "mwbench:{}:",
+                        rand::random::<u32>()
+                    )));
                     best_of(runs, c, requests, None, move |_| {
                         let (store, pool, next) = (store.clone(), pool.clone(), next.clone());
-                        async move { DirectLockCycle { store, pool, next, names } }
+                        async move {
+                            DirectLockCycle {
+                                store,
+                                pool,
+                                next,
+                                names,
+                            }
+                        }
                     })
                     .await
                 }
@@ -200,13 +265,20 @@ pub async fn locks(
                     let mut admin = client.get_multiplexed_async_connection().await?;
                     for n in 0..names {
                         let key = format!("naive:bench-{n}");
-                        redis::pipe().del(&key).lpush(&key, "token").query_async::<()>(&mut admin).await?;
+                        redis::pipe()
+                            .del(&key)
+                            .lpush(&key, "token")
+                            .query_async::<()>(&mut admin)
+                            .await?;
                     }
                     let client = client.clone();
                     best_of(runs, c, requests, None, move |_| {
                         let client = client.clone();
                         async move {
-                            let conn = client.get_multiplexed_async_connection().await.expect("redis connection");
+                            let conn = client
+                                .get_multiplexed_async_connection()
+                                .await
+                                .expect("redis connection");
                             NaiveBlpop { conn, names }
                         }
                     })
@@ -220,7 +292,11 @@ pub async fn locks(
     Ok(())
 }
 
-async fn post_lock(http: &mut HttpConnection, target: &Target, body: serde_json::Value) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+async fn post_lock(
+    http: &mut HttpConnection,
+    target: &Target,
+    body: serde_json::Value,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     let request = Request::builder()
         .method(Method::POST)
         .uri("/locks")
@@ -228,7 +304,10 @@ async fn post_lock(http: &mut HttpConnection, target: &Target, body: serde_json:
         .header("authorization", format!("Bearer {}", target.key))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))?;
-    let (status, body) = http.send(request, true).await.map_err(|f| anyhow::anyhow!("{f:?}"))?;
+    let (status, body) = http
+        .send(request, true)
+        .await
+        .map_err(|f| anyhow::anyhow!("{f:?}"))?;
     Ok((status, serde_json::from_slice(&body).unwrap_or_default()))
 }
 
@@ -239,11 +318,17 @@ pub async fn handoff(target: &Target, waiters: usize, handoffs: u64) -> anyhow::
     let epoch = Instant::now();
     let last_release_sent = Arc::new(AtomicU64::new(0));
     let remaining = Arc::new(AtomicU64::new(handoffs));
-    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let histogram = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..waiters {
         let (target, name) = (target.clone(), name.clone());
-        let (last, remaining, histogram) = (last_release_sent.clone(), remaining.clone(), histogram.clone());
+        let (last, remaining, histogram) = (
+            last_release_sent.clone(),
+            remaining.clone(),
+            histogram.clone(),
+        );
         tasks.spawn(async move {
             let mut http = HttpConnection::new(&target.service);
             while remaining.load(Ordering::Acquire) > 0 {
@@ -282,7 +367,12 @@ pub async fn handoff(target: &Target, waiters: usize, handoffs: u64) -> anyhow::
 fn rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+        })
         .flatten()
         .unwrap_or(0.0)
         / 1024.0
@@ -290,7 +380,13 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// Holds `names` locks, queues `waiters` acquires on them, then reads Redis'
 /// client count and the service's RSS while they all wait.
-pub async fn waiters(target: &Target, redis_url: &str, pid: u32, waiters: usize, names: usize) -> anyhow::Result<()> {
+pub async fn waiters(
+    target: &Target,
+    redis_url: &str,
+    pid: u32,
+    waiters: usize,
+    names: usize,
+) -> anyhow::Result<()> {
     let prefix = format!("waiters-{}", rand::random::<u32>());
     let mut http = HttpConnection::new(&target.service);
     let mut holders = Vec::new();
@@ -320,16 +416,35 @@ pub async fn waiters(target: &Target, redis_url: &str, pid: u32, waiters: usize,
     let mut waiting = 0;
     while Instant::now() < deadline {
         let text = reqwest_lite(&metrics_url).await.unwrap_or_default();
-        waiting = text.lines().find_map(|l| l.strip_prefix("middleway_lock_waiters ")).and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(0);
+        waiting = text
+            .lines()
+            .find_map(|l| l.strip_prefix("middleway_lock_waiters "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
         if waiting >= waiters {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("clients").query_async(&mut redis).await?;
-    let connected = info.lines().find_map(|l| l.strip_prefix("connected_clients:")).unwrap_or("?").trim().to_owned();
-    let blocked = info.lines().find_map(|l| l.strip_prefix("blocked_clients:")).unwrap_or("?").trim().to_owned();
+    let mut redis = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut redis)
+        .await?;
+    let connected = info
+        .lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    let blocked = info
+        .lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
     let rss = rss_mib(pid);
     println!(
         "waiters queued={waiting}/{waiters} names={names} redis_connected_clients={connected} (incl. this probe) redis_blocked_clients={blocked} service_rss_mib={rss:.1} (before waiters {rss_before:.1})"
@@ -346,7 +461,11 @@ async fn reqwest_lite(url: &str) -> Option<String> {
     let without_scheme = url.strip_prefix("http://")?;
     let (host, path) = without_scheme.split_once('/')?;
     let mut http = HttpConnection::new(host);
-    let request = Request::builder().uri(format!("/{path}")).header("host", host).body(Full::new(Bytes::new())).ok()?;
+    let request = Request::builder()
+        .uri(format!("/{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .ok()?;
     let (_, body) = http.send(request, false).await.ok()?;
     String::from_utf8(body.to_vec()).ok()
 }

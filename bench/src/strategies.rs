@@ -24,7 +24,10 @@ fn random_id(rows: u64) -> u64 {
 
 fn mysql_failure(error: &sqlx::Error) -> Failure {
     match error {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("08004") || db.message().contains("Too many connections") => {
+        sqlx::Error::Database(db)
+            if db.code().as_deref() == Some("08004")
+                || db.message().contains("Too many connections") =>
+        {
             Failure::TooManyConnections
         }
         sqlx::Error::Io(_) => Failure::Connect,
@@ -41,8 +44,13 @@ pub struct ConnectPerRequest {
 
 impl Worker for ConnectPerRequest {
     async fn run_once(&mut self) -> Result<(), Failure> {
-        let mut conn = MySqlConnection::connect_with(&self.options).await.map_err(|e| mysql_failure(&e))?;
-        let result = sqlx::query(SELECT_BY_ID).bind(random_id(self.rows)).fetch_optional(&mut conn).await;
+        let mut conn = MySqlConnection::connect_with(&self.options)
+            .await
+            .map_err(|e| mysql_failure(&e))?;
+        let result = sqlx::query(SELECT_BY_ID)
+            .bind(random_id(self.rows))
+            .fetch_optional(&mut conn)
+            .await;
         let _ = conn.close().await;
         result.map(|_| ()).map_err(|e| mysql_failure(&e))
     }
@@ -58,10 +66,18 @@ pub struct ConnectionPerInstance {
 impl Worker for ConnectionPerInstance {
     async fn run_once(&mut self) -> Result<(), Failure> {
         if self.conn.is_none() {
-            self.conn = Some(MySqlConnection::connect_with(&self.options).await.map_err(|e| mysql_failure(&e))?);
+            self.conn = Some(
+                MySqlConnection::connect_with(&self.options)
+                    .await
+                    .map_err(|e| mysql_failure(&e))?,
+            );
         }
         let conn = self.conn.as_mut().expect("just set");
-        match sqlx::query(SELECT_BY_ID).bind(random_id(self.rows)).fetch_optional(conn).await {
+        match sqlx::query(SELECT_BY_ID)
+            .bind(random_id(self.rows))
+            .fetch_optional(conn)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => {
                 self.conn = None;
@@ -79,7 +95,12 @@ pub struct DirectPool {
 
 impl Worker for DirectPool {
     async fn run_once(&mut self) -> Result<(), Failure> {
-        sqlx::query(SELECT_BY_ID).bind(random_id(self.rows)).fetch_optional(&self.pool).await.map(|_| ()).map_err(|e| mysql_failure(&e))
+        sqlx::query(SELECT_BY_ID)
+            .bind(random_id(self.rows))
+            .fetch_optional(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| mysql_failure(&e))
     }
 }
 
@@ -99,11 +120,22 @@ impl Worker for MiddlewayRead {
             .uri(format!("/transcriptions/{}", random_id(self.rows)))
             .header("host", &self.host)
             .header("authorization", format!("Bearer {}", self.key))
-            .header("connection", if self.keep_alive { "keep-alive" } else { "close" })
+            .header(
+                "connection",
+                if self.keep_alive {
+                    "keep-alive"
+                } else {
+                    "close"
+                },
+            )
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         let (status, _) = self.http.send(request, self.keep_alive).await?;
-        if status == StatusCode::OK { Ok(()) } else { Err(status_failure(status)) }
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_failure(status))
+        }
     }
 }
 
@@ -142,7 +174,9 @@ impl Worker for MiddlewayLockCycle {
     async fn run_once(&mut self) -> Result<(), Failure> {
         let name = lock_name(self.names);
         let grant = self.post(serde_json::json!({"op": "acquire", "name": name, "wait_ms": 5000, "lease_ms": 10000})).await?;
-        self.post(serde_json::json!({"op": "release", "name": name, "token": grant["token"]})).await.map(|_| ())
+        self.post(serde_json::json!({"op": "release", "name": name, "token": grant["token"]}))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -159,17 +193,28 @@ impl Worker for DirectLockCycle {
         use middleway::locks::{AcquireOutcome, LockName};
         let name = LockName::parse(&lock_name(self.names)).map_err(|_| Failure::Other)?;
         let keys = self.store.keys(&name);
-        let mut conn = self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()].clone();
+        let mut conn =
+            self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()].clone();
         let lease = std::time::Duration::from_secs(10);
         // Uncontended cycles are the common case; a busy name is retried like a waiter would.
         loop {
-            match self.store.acquire(&mut conn, &keys, 1, lease, true).await.map_err(|_| Failure::Other)? {
+            match self
+                .store
+                .acquire(&mut conn, &keys, 1, lease, true)
+                .await
+                .map_err(|_| Failure::Other)?
+            {
                 AcquireOutcome::Granted(grant) => {
-                    self.store.release(&mut conn, &keys, &grant.token).await.map_err(|_| Failure::Other)?;
+                    self.store
+                        .release(&mut conn, &keys, &grant.token)
+                        .await
+                        .map_err(|_| Failure::Other)?;
                     return Ok(());
                 }
                 AcquireOutcome::PermitsMismatch(_) => return Err(Failure::Other),
-                AcquireOutcome::Empty => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+                AcquireOutcome::Empty => {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
+                }
             }
         }
     }
@@ -184,10 +229,21 @@ pub struct NaiveBlpop {
 impl Worker for NaiveBlpop {
     async fn run_once(&mut self) -> Result<(), Failure> {
         let key = format!("naive:{}", lock_name(self.names));
-        let popped: Option<(String, String)> =
-            redis::cmd("BLPOP").arg(&key).arg(5).query_async(&mut self.conn).await.map_err(|_| Failure::Other)?;
-        let Some((_, token)) = popped else { return Err(Failure::Timeout) };
-        redis::cmd("LPUSH").arg(&key).arg(token).query_async::<i64>(&mut self.conn).await.map_err(|_| Failure::Other)?;
+        let popped: Option<(String, String)> = redis::cmd("BLPOP")
+            .arg(&key)
+            .arg(5)
+            .query_async(&mut self.conn)
+            .await
+            .map_err(|_| Failure::Other)?;
+        let Some((_, token)) = popped else {
+            return Err(Failure::Timeout);
+        };
+        redis::cmd("LPUSH")
+            .arg(&key)
+            .arg(token)
+            .query_async::<i64>(&mut self.conn)
+            .await
+            .map_err(|_| Failure::Other)?;
         Ok(())
     }
 }
