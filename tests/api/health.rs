@@ -8,23 +8,13 @@ use crate::helpers::spawn_app;
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_readiness_answer_without_a_key() {
     let app = spawn_app().await;
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let health = app.get_without_key("/healthz").await;
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(
         health.json::<Value>().await.unwrap(),
         serde_json::json!({"status": "ok"})
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_key("/readyz").await;
     assert_eq!(ready.status(), StatusCode::OK);
 }
 

@@ -158,6 +158,15 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// GET without any key (health, readiness, OpenAPI, unknown routes).
+    pub async fn get_without_key(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
     /// POST /locks with the test key and a JSON body.
     pub async fn lock(&self, body: serde_json::Value) -> reqwest::Response {
         self.client

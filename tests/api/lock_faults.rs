@@ -64,12 +64,7 @@ async fn redis_stopping_gives_fast_503s_and_its_return_recovers_without_restart(
         waited < Duration::from_secs(10),
         "the waiter heard within {waited:?}"
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_key("/readyz").await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         ready.json::<Value>().await.unwrap()["detail"]
@@ -87,12 +82,7 @@ async fn redis_stopping_gives_fast_503s_and_its_return_recovers_without_restart(
         recovered,
         "locks work again once Redis is back, with no restart"
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_key("/readyz").await;
     assert_eq!(ready.status(), StatusCode::OK);
 }
 

@@ -251,12 +251,7 @@ async fn past_the_in_flight_cap_requests_are_shed_at_once_while_the_rest_succeed
     }
     // Health stays answerable under shedding (probes must not kill a busy pod).
     assert_eq!(
-        app.client
-            .get(format!("{}/healthz", app.address))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.get_without_key("/healthz").await.status(),
         StatusCode::OK
     );
     for waiter in waiting {
@@ -325,12 +320,7 @@ fn metric(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_live_on_the_admin_port_only_parse_and_move_with_traffic() {
     let app = spawn_app().await;
-    let public = app
-        .client
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let public = app.get_without_key("/metrics").await;
     assert_eq!(public.status(), StatusCode::NOT_FOUND);
 
     let before = scrape(&app.admin_address).await;

@@ -42,12 +42,7 @@ async fn mysql_stopping_gives_fast_503s_and_its_return_recovers_without_restart(
             "503 took {elapsed:?}, over acquire timeout + 500 ms"
         );
     }
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_key("/readyz").await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = ready.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("mysql"), "{body}");
@@ -61,12 +56,7 @@ async fn mysql_stopping_gives_fast_503s_and_its_return_recovers_without_restart(
         recovered,
         "the same service answers 200 again once MySQL is back"
     );
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get_without_key("/readyz").await;
     assert_eq!(ready.status(), StatusCode::OK);
 }
 
