@@ -160,7 +160,7 @@ impl Application {
         let limit = web::Data::new(InFlightLimit::new(settings.max_in_flight));
         let metrics_data = web::Data::new(metrics.clone());
 
-        let listener = TcpListener::bind(settings.bind_addr)?;
+        let listener = bind_listener(settings.bind_addr)?;
         let public_addr = listener.local_addr()?;
         let public = HttpServer::new(move || {
             App::new()
@@ -202,10 +202,9 @@ impl Application {
         // Longer than the keep-alive of typical client agents, so the server
         // is not the side that closes a connection a client is about to reuse.
         .keep_alive(Duration::from_secs(75))
-        .backlog(4096)
         .run();
 
-        let admin_listener = TcpListener::bind(settings.admin_bind_addr)?;
+        let admin_listener = bind_listener(settings.admin_bind_addr)?;
         let admin_addr = admin_listener.local_addr()?;
         let gauges = web::Data::new(PoolGauges {
             mysql: mysql.clone(),
@@ -272,6 +271,23 @@ impl Application {
         tracing::info!("stopped");
         public.and(admin)
     }
+}
+
+/// Pending connections the kernel queues before `accept` (capped by
+/// `net.core.somaxconn`). `std`'s default of 128 overflows when hundreds of
+/// cold functions connect at once, costing each overflow a 1 s SYN retry.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listener with a deliberate backlog. (actix's own `backlog()`
+/// applies only to addresses actix binds itself, not to a listener handed to it.)
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // A restarted replica can rebind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 async fn wait_for_signal() {
