@@ -1,7 +1,5 @@
 //! `/healthz` (the process serves) and `/readyz` (dependencies answer and we are not draining).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -20,8 +18,8 @@ pub struct Readiness {
     pub mysql: MySqlPool,
     /// Redis pool to ping.
     pub redis: deadpool_redis::Pool,
-    /// Set once shutdown begins: the load balancer must stop sending traffic.
-    pub draining: Arc<AtomicBool>,
+    /// True once shutdown begins: the load balancer must stop sending traffic.
+    pub draining: tokio::sync::watch::Receiver<bool>,
     /// The runtime that owns pool connections (see `startup`): a connection
     /// opened on an HTTP worker would die with that worker instead of closing cleanly.
     pub runtime: tokio::runtime::Handle,
@@ -61,7 +59,7 @@ pub async fn healthz() -> HttpResponse {
             headers(("Retry-After" = String, description = "Seconds"))),
     ))]
 pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
-    if readiness.draining.load(Ordering::Acquire) {
+    if *readiness.draining.borrow() {
         return Err(ApiError::unavailable(
             "draining: the service is shutting down",
         ));

@@ -3,7 +3,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
@@ -83,9 +82,8 @@ impl PoolGauges {
 /// accepting, in-flight requests finish within the shutdown timeout.
 #[derive(Clone)]
 pub struct ShutdownTrigger {
-    draining: Arc<AtomicBool>,
-    /// Tells the lock engine to answer its waiters at once.
-    drain_signal: Arc<watch::Sender<bool>>,
+    /// Flips to true once: readiness and the lock engine watch it.
+    draining: Arc<watch::Sender<bool>>,
     public: ServerHandle,
     admin: ServerHandle,
 }
@@ -93,11 +91,10 @@ pub struct ShutdownTrigger {
 impl ShutdownTrigger {
     /// Begins the drain; idempotent.
     pub fn trigger(&self) {
-        if self.draining.swap(true, Ordering::AcqRel) {
+        if self.draining.send_replace(true) {
             return;
         }
         tracing::info!("shutdown requested: draining");
-        self.drain_signal.send_replace(true);
         // The stop commands are sent on call; the returned futures only report completion.
         drop(self.public.stop(true));
         drop(self.admin.stop(true));
@@ -123,8 +120,7 @@ impl Application {
         metrics.mysql_pool_max.set(i64::from(settings.db_pool_max));
         let mysql = mysql_pool(&settings)?;
         let redis = redis_pool(&settings)?;
-        let draining = Arc::new(AtomicBool::new(false));
-        let (drain_signal, drain_watch) = watch::channel(false);
+        let (draining, drain_watch) = watch::channel(false);
         // Pool I/O runs on this (the main) runtime, which outlives the HTTP
         // workers: connections stay usable until the pools close them cleanly.
         let backend = tokio::runtime::Handle::current();
@@ -146,12 +142,12 @@ impl Application {
             settings.lock_max_waiters,
             metrics.clone(),
             backend.clone(),
-            drain_watch,
+            drain_watch.clone(),
         ));
         let readiness = web::Data::new(Readiness {
             mysql: mysql.clone(),
             redis: redis.clone(),
-            draining: Arc::clone(&draining),
+            draining: drain_watch,
             runtime: backend.clone(),
         });
         let auth = web::Data::new(AuthPolicy(
@@ -160,7 +156,7 @@ impl Application {
         let limit = web::Data::new(InFlightLimit::new(settings.max_in_flight));
         let metrics_data = web::Data::new(metrics.clone());
 
-        let listener = bind_listener(settings.bind_addr)?;
+        let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
         let public_addr = listener.local_addr()?;
         let public = HttpServer::new(move || {
             App::new()
@@ -204,7 +200,7 @@ impl Application {
         .keep_alive(Duration::from_secs(75))
         .run();
 
-        let admin_listener = bind_listener(settings.admin_bind_addr)?;
+        let admin_listener = bind_listener(settings.admin_bind_addr, "ADMIN_BIND_ADDR")?;
         let admin_addr = admin_listener.local_addr()?;
         let gauges = web::Data::new(PoolGauges {
             mysql: mysql.clone(),
@@ -225,8 +221,7 @@ impl Application {
         .run();
 
         let shutdown = ShutdownTrigger {
-            draining,
-            drain_signal: Arc::new(drain_signal),
+            draining: Arc::new(draining),
             public: public.handle(),
             admin: admin.handle(),
         };
@@ -279,15 +274,19 @@ impl Application {
 const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listener with a deliberate backlog. (actix's own `backlog()`
-/// applies only to addresses actix binds itself, not to a listener handed to it.)
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// applies only to addresses actix binds itself, not to a listener handed to
+/// it.) Errors name the setting, e.g. "BIND_ADDR 0.0.0.0:8080: Address already in use".
+fn bind_listener(addr: SocketAddr, variable: &str) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    // A restarted replica can rebind while old connections sit in TIME_WAIT.
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // A restarted replica can rebind while old connections sit in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|e| std::io::Error::new(e.kind(), format!("{variable} {addr}: {e}")))
 }
 
 async fn wait_for_signal() {
