@@ -226,6 +226,16 @@ impl Default for NewRow<'_> {
     }
 }
 
+/// The Prometheus text of an admin listener (`http://127.0.0.1:<port>`).
+pub async fn metrics_text(admin_address: &str) -> String {
+    reqwest::get(format!("{admin_address}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

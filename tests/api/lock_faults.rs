@@ -164,12 +164,7 @@ async fn a_thousand_waiters_on_ten_names_use_one_blocking_connection_per_name() 
     }
     let mut inspector = redis_connection(&url).await.unwrap();
     let all_waiting = eventually(Duration::from_secs(30), async || {
-        let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::helpers::metrics_text(&app.admin_address).await;
         metrics.contains("middleway_lock_waiters 1000")
     })
     .await;

@@ -228,12 +228,7 @@ async fn past_the_in_flight_cap_requests_are_shed_at_once_while_the_rest_succeed
         }));
     }
     let all_in = eventually(Duration::from_secs(10), async || {
-        let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::helpers::metrics_text(&app.admin_address).await;
         metrics.contains("middleway_http_requests_in_flight 10")
     })
     .await;
@@ -257,12 +252,7 @@ async fn past_the_in_flight_cap_requests_are_shed_at_once_while_the_rest_succeed
     for waiter in waiting {
         assert_eq!(waiter.await.unwrap(), StatusCode::OK);
     }
-    let metrics = reqwest::get(format!("{}/metrics", app.admin_address))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&app.admin_address).await;
     assert!(
         metrics.contains("middleway_http_requests_shed_total 5"),
         "{metrics}"
@@ -275,12 +265,7 @@ type Samples = Vec<(String, std::collections::HashMap<String, String>, f64)>;
 /// Parses the exposition with an independent Prometheus text-format parser.
 async fn scrape(admin: &str) -> Samples {
     use openmetrics_parser::PrometheusValue;
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::helpers::metrics_text(admin).await;
     let exposition =
         openmetrics_parser::prometheus::parse_prometheus(&text).expect("valid Prometheus text");
     let mut samples = Vec::new();

@@ -9,8 +9,8 @@ use reqwest::StatusCode;
 use sqlx::mysql::MySqlPoolOptions;
 
 use crate::helpers::{
-    NewRow, OwnMariaDb, TEST_KEY, base_env, client, create_database, eventually, free_port,
-    random_suffix, redis_url, spawn_app_on,
+    NewRow, OwnMariaDb, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
+    free_port, random_suffix, redis_url, spawn_app_on,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -87,28 +87,14 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     let port = free_port();
     let prefix = format!("mwtest:{}:", random_suffix());
     let mut env = base_env(&url, &redis_url(), &prefix);
-    env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
     let admin_port = free_port();
     env.insert("ADMIN_BIND_ADDR".into(), format!("127.0.0.1:{admin_port}"));
     env.insert("DB_POOL_MAX".into(), "2".into());
     env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "20000".into());
     env.insert("SHUTDOWN_TIMEOUT_S".into(), "20".into());
-    let mut service = Command::new(env!("CARGO_BIN_EXE_middleway"))
-        .arg("serve")
-        .env_clear()
-        .envs(&env)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let service = ServiceProcess::start_on(env, port).await;
+    let base = service.base.clone();
     let http = client();
-    let ready = eventually(Duration::from_secs(20), async || {
-        matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == StatusCode::OK)
-    })
-    .await;
-    assert!(ready, "service became ready");
     let aborted_before = mysql.status("Aborted_clients").await;
 
     // Hold every read inside MySQL (a table lock), so all 200 requests are
@@ -145,7 +131,7 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     })
     .await;
     assert!(all_in, "200 requests in flight");
-    kill(Pid::from_raw(service.id() as i32), Signal::SIGTERM).unwrap();
+    kill(Pid::from_raw(service.child.id() as i32), Signal::SIGTERM).unwrap();
     // Let the drain begin (listener closed) while every read is still blocked.
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query("UNLOCK TABLES")
@@ -166,7 +152,8 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     assert_eq!(completed, 200);
     drop(http);
 
-    let exit = tokio::task::spawn_blocking(move || service.wait().unwrap())
+    let mut service = service;
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap())
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "the service exits 0 after draining");

@@ -144,37 +144,23 @@ async fn a_matching_etag_gets_304_and_a_changed_row_a_new_etag() {
     let first = app.get(&path).await;
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
 
-    let url = format!("{}{path}", app.address);
-    let cached = app
-        .client
-        .get(&url)
-        .bearer_auth(TEST_KEY)
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let if_none_match = |tag: String| {
+        let url = format!("{}{path}", app.address);
+        app.client
+            .get(url)
+            .bearer_auth(TEST_KEY)
+            .header("If-None-Match", tag)
+            .send()
+    };
+    let cached = if_none_match(etag.clone()).await.unwrap();
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
     assert_eq!(cached.headers()["etag"].to_str().unwrap(), etag);
     assert!(cached.bytes().await.unwrap().is_empty());
 
     // A list and a weak form match too; another tag does not.
-    let listed = app
-        .client
-        .get(&url)
-        .bearer_auth(TEST_KEY)
-        .header("If-None-Match", format!("\"x\", W/{etag}"))
-        .send()
-        .await
-        .unwrap();
+    let listed = if_none_match(format!("\"x\", W/{etag}")).await.unwrap();
     assert_eq!(listed.status(), StatusCode::NOT_MODIFIED);
-    let other = app
-        .client
-        .get(&url)
-        .bearer_auth(TEST_KEY)
-        .header("If-None-Match", "\"other\"")
-        .send()
-        .await
-        .unwrap();
+    let other = if_none_match("\"other\"".into()).await.unwrap();
     assert_eq!(other.status(), StatusCode::OK);
 
     sqlx::query("UPDATE transcriptions SET updated_at = '2026-11-23 08:00:00.001' WHERE transcription_id = ?")
@@ -182,14 +168,7 @@ async fn a_matching_etag_gets_304_and_a_changed_row_a_new_etag() {
         .execute(&app.db)
         .await
         .unwrap();
-    let changed = app
-        .client
-        .get(&url)
-        .bearer_auth(TEST_KEY)
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let changed = if_none_match(etag.clone()).await.unwrap();
     assert_eq!(changed.status(), StatusCode::OK);
     assert_ne!(changed.headers()["etag"].to_str().unwrap(), etag);
 }
