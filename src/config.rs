@@ -117,11 +117,7 @@ impl Settings {
                 "no API keys configured (set API_KEYS or API_KEYS_FILE, or AUTH_DISABLED=true for local use)",
             ));
         }
-        let log_format = match var("LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be `json` or `pretty`")),
-        };
+        let log_format = parse_log_format(var("LOG_FORMAT").as_deref())?;
         let redis_key_prefix = var("REDIS_KEY_PREFIX").unwrap_or_else(|| "mw:".to_owned());
         if redis_key_prefix.len() > 64
             || redis_key_prefix
@@ -176,11 +172,17 @@ impl Settings {
     }
 }
 
-/// Reads `LOG_FORMAT` alone, so telemetry can start before the rest is validated.
+/// Reads `LOG_FORMAT` alone, so telemetry can start before the rest is
+/// validated; a bad value falls back to JSON here and is reported by `from_env`.
 pub fn log_format_from_env() -> LogFormat {
-    match std::env::var("LOG_FORMAT").as_deref() {
-        Ok("pretty") => LogFormat::Pretty,
-        _ => LogFormat::Json,
+    parse_log_format(std::env::var("LOG_FORMAT").ok().as_deref()).unwrap_or(LogFormat::Json)
+}
+
+fn parse_log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.map(str::trim) {
+        None | Some("") | Some("json") => Ok(LogFormat::Json),
+        Some("pretty") => Ok(LogFormat::Pretty),
+        Some(_) => Err(ConfigError::new("LOG_FORMAT", "must be `json` or `pretty`")),
     }
 }
 

@@ -24,9 +24,14 @@ macro_rules! lock_script {
 
 /// The five keys of one lock, all sharing the `{name}` hash tag.
 pub struct LockKeys {
-    /// List of free slot ids (BLPOP here).
-    pub free: String,
     keys: [String; 5],
+}
+
+impl LockKeys {
+    /// The list of free slot ids (BLPOP here).
+    pub fn free(&self) -> &str {
+        &self.keys[0]
+    }
 }
 
 /// A successful grant.
@@ -118,10 +123,7 @@ impl LockStore {
     pub fn keys(&self, name: &LockName) -> LockKeys {
         let base = format!("{}lock:{{{}}}", self.prefix, name.as_str());
         let keys = ["free", "held", "meta", "slots", "handoff"].map(|k| format!("{base}:{k}"));
-        LockKeys {
-            free: keys[0].clone(),
-            keys,
-        }
+        LockKeys { keys }
     }
 
     fn invocation<'a>(&self, script: &'a Script, keys: &LockKeys) -> redis::ScriptInvocation<'a> {

@@ -140,7 +140,7 @@ pub async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
         if shared.queues.retire_if_idle(&name) {
             break;
         }
-        match blpop(&mut conn, &keys.free).await {
+        match blpop(&mut conn, keys.free()).await {
             Ok(None) => continue,
             Ok(Some(slot)) => {
                 let handed = hand_over(&shared, &name, &keys, &slot).await;

@@ -46,7 +46,6 @@ impl TranscriptionRepo {
     /// restarted, `wait_timeout` passed): such a connection is discarded and
     /// the read retried once on a fresh one, so callers see no error for it.
     pub async fn get(&self, id: TranscriptionId) -> Result<Option<Transcription>, ReadError> {
-        let mut last_error = ReadError::Unreachable;
         for _attempt in 0..2 {
             let waiting = Instant::now();
             let acquired = self.pool.acquire().await;
@@ -68,7 +67,6 @@ impl TranscriptionRepo {
                 Ok(Ok(row)) => return Ok(row),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "MySQL read failed; discarding the connection");
-                    last_error = ReadError::Unreachable;
                 }
                 Err(_elapsed) => {
                     tracing::warn!("MySQL read timed out; discarding the connection");
@@ -78,6 +76,6 @@ impl TranscriptionRepo {
             }
             conn.close_on_drop();
         }
-        Err(last_error)
+        Err(ReadError::Unreachable)
     }
 }
