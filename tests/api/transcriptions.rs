@@ -289,3 +289,39 @@ async fn five_hundred_concurrent_reads_never_open_more_than_the_pool_bound() {
     assert!(peak >= 1, "the sampler saw the pool at work");
     assert!(peak <= 4, "peak connections {peak} exceed DB_POOL_MAX=4");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reads_of_one_id_share_one_query() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let id = app.insert_transcription(&NewRow::default()).await;
+    // Hold the first query inside MySQL so the others arrive while it runs.
+    let mut blocker = app.db.acquire().await.unwrap();
+    sqlx::query("LOCK TABLES transcriptions WRITE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let mut readers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let app = app.clone();
+        readers.spawn(async move { app.get(&format!("/transcriptions/{id}")).await.status() });
+    }
+    let all_in = crate::helpers::eventually(std::time::Duration::from_secs(10), async || {
+        crate::helpers::metrics_text(&app.admin_address)
+            .await
+            .contains("middleway_http_requests_in_flight 20")
+    })
+    .await;
+    assert!(all_in, "20 reads in flight");
+    sqlx::query("UNLOCK TABLES")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    while let Some(status) = readers.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    let metrics = crate::helpers::metrics_text(&app.admin_address).await;
+    assert!(
+        metrics.contains("middleway_transcription_coalesced_reads_total 19"),
+        "19 of 20 reads joined the first one's query"
+    );
+}
