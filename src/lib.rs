@@ -9,6 +9,7 @@
 //! - [`auth`]: bearer API keys.
 //! - [`overload`]: the in-flight cap that sheds load with 503.
 //! - [`peer`]: noticing a client that hung up while its request waits.
+//! - [`redis_pool`]: the Redis pool, without a PING per checkout.
 //! - [`metrics`]: Prometheus metrics on the admin listener.
 //! - [`health`]: `/healthz` and `/readyz`.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod overload;
 pub mod peer;
+pub mod redis_pool;
 pub mod seed;
 pub mod startup;
 pub mod telemetry;

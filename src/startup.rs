@@ -22,6 +22,7 @@ use crate::metrics::{Metrics, metrics_endpoint, track_requests};
 use crate::openapi::openapi_json;
 use crate::overload::{InFlightLimit, shed_overload};
 use crate::peer::record_peer_socket;
+use crate::redis_pool::RedisPools;
 use crate::telemetry::{RequestSpan, request_id_middleware};
 use crate::transcriptions::{TranscriptionReader, TranscriptionRepo, get_transcription};
 
@@ -47,7 +48,7 @@ pub enum StartupError {
 /// Pool gauges are read from the pools when `/metrics` is scraped.
 pub struct PoolGauges {
     mysql: MySqlPool,
-    redis: deadpool_redis::Pool,
+    redis: Arc<RedisPools>,
 }
 
 impl PoolGauges {
@@ -66,15 +67,15 @@ impl PoolGauges {
             .mysql_pool_connections
             .with_label_values(&["in_use"])
             .set(size - idle);
-        let status = self.redis.status();
+        let (open, idle) = self.redis.status();
         metrics
             .redis_pool_connections
             .with_label_values(&["open"])
-            .set(status.size as i64);
+            .set(open as i64);
         metrics
             .redis_pool_connections
             .with_label_values(&["idle"])
-            .set(status.available as i64);
+            .set(idle as i64);
     }
 }
 
@@ -108,7 +109,7 @@ pub struct Application {
     public: Server,
     admin: Server,
     mysql: MySqlPool,
-    redis: deadpool_redis::Pool,
+    redis: Arc<RedisPools>,
     shutdown: ShutdownTrigger,
 }
 
@@ -119,11 +120,17 @@ impl Application {
         let metrics = Metrics::new();
         metrics.mysql_pool_max.set(i64::from(settings.db_pool_max));
         let mysql = mysql_pool(&settings)?;
-        let redis = redis_pool(&settings)?;
         let (draining, drain_watch) = watch::channel(false);
         // Pool I/O runs on this (the main) runtime, which outlives the HTTP
         // workers: connections stay usable until the pools close them cleanly.
         let backend = tokio::runtime::Handle::current();
+        // One Redis pool per HTTP worker, so request calls stay on their thread.
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let redis = Arc::new(RedisPools::new(
+            settings.redis_url.expose(),
+            settings.redis_pool_max,
+            workers,
+        )?);
 
         let reader = web::Data::new(TranscriptionReader::new(
             TranscriptionRepo::new(mysql.clone(), metrics.clone()),
@@ -135,18 +142,18 @@ impl Application {
                 variable: "REDIS_URL",
                 message: "is not a valid redis:// URL".into(),
             })?;
-        let locks = web::Data::new(LockEngine::new(
-            redis.clone(),
+        let locks = LockEngine::new(
+            redis.background().clone(),
             redis_client,
             &settings.redis_key_prefix,
             settings.lock_max_waiters,
             metrics.clone(),
             backend.clone(),
             drain_watch.clone(),
-        ));
+        );
         let readiness = web::Data::new(Readiness {
             mysql: mysql.clone(),
-            redis: redis.clone(),
+            redis: redis.background().clone(),
             draining: drain_watch,
             runtime: backend.clone(),
         });
@@ -158,10 +165,11 @@ impl Application {
 
         let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
         let public_addr = listener.local_addr()?;
+        let worker_redis = Arc::clone(&redis);
         let public = HttpServer::new(move || {
             App::new()
                 .app_data(reader.clone())
-                .app_data(locks.clone())
+                .app_data(web::Data::new(locks.for_worker(worker_redis.for_worker())))
                 .app_data(readiness.clone())
                 .app_data(auth.clone())
                 .app_data(limit.clone())
@@ -189,6 +197,7 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .on_connect(record_peer_socket)
+        .workers(workers)
         .listen(listener)?
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
@@ -204,7 +213,7 @@ impl Application {
         let admin_addr = admin_listener.local_addr()?;
         let gauges = web::Data::new(PoolGauges {
             mysql: mysql.clone(),
-            redis: redis.clone(),
+            redis: Arc::clone(&redis),
         });
         let admin_metrics = web::Data::new(metrics);
         let admin = HttpServer::new(move || {
@@ -328,25 +337,6 @@ fn mysql_pool(settings: &Settings) -> Result<MySqlPool, ConfigError> {
             })
         })
         .connect_lazy_with(options))
-}
-
-fn redis_pool(settings: &Settings) -> Result<deadpool_redis::Pool, ConfigError> {
-    let bad_url = |_| ConfigError {
-        variable: "REDIS_URL",
-        message: "is not a valid redis:// URL".into(),
-    };
-    let config = deadpool_redis::Config::from_url(settings.redis_url.expose());
-    let timeouts = Some(Duration::from_millis(1000));
-    config
-        .builder()
-        .map_err(|_| bad_url(()))?
-        .max_size(settings.redis_pool_max)
-        .wait_timeout(timeouts)
-        .create_timeout(timeouts)
-        .recycle_timeout(timeouts)
-        .runtime(deadpool_redis::Runtime::Tokio1)
-        .build()
-        .map_err(|_| bad_url(()))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -13,6 +13,7 @@ use super::store::{AcquireOutcome, Grant, LockStore};
 use super::waiters::{WaitQueues, Waiter, run_wait_loop};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::redis_pool::{RedisConnection, RedisPool};
 
 /// A bound on every non-blocking Redis call: past it Redis counts as unreachable.
 const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -23,8 +24,8 @@ pub struct Shared {
     pub store: LockStore,
     /// Local waiters by name.
     pub queues: WaitQueues,
-    /// Pooled connections for the non-blocking scripts.
-    pool: deadpool_redis::Pool,
+    /// Pooled connections for the wait loops' and reapers' scripts (on `runtime`).
+    pool: RedisPool,
     /// Opens the dedicated BLPOP connections.
     client: redis::Client,
     /// Where wait loops run: the main runtime, which outlives HTTP workers.
@@ -37,11 +38,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// A pooled connection, or an error when Redis or the pool is unavailable.
-    pub async fn pooled(&self) -> redis::RedisResult<deadpool_redis::Connection> {
-        self.pool.get().await.map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::Io, "Redis pool", e.to_string()))
-        })
+    /// A pooled connection for tasks on `runtime`, or an error when Redis
+    /// or the pool is unavailable.
+    pub async fn pooled(&self) -> redis::RedisResult<RedisConnection> {
+        self.pool.connection().await
     }
 
     /// A fresh connection of its own for one BLPOP loop (no response timeout: it blocks by design).
@@ -59,6 +59,8 @@ impl Shared {
 #[derive(Clone)]
 pub struct LockEngine {
     shared: Arc<Shared>,
+    /// Connections for the calls of requests, owned by this HTTP worker.
+    pool: RedisPool,
     /// Flips to true when shutdown begins: waiters are answered 503 at once.
     draining: watch::Receiver<bool>,
 }
@@ -102,9 +104,10 @@ fn start_wait_loop(shared: &Arc<Shared>, name: &super::domain::LockName) {
 }
 
 impl LockEngine {
-    /// An engine over `pool` (scripts) and `client` (BLPOP connections).
+    /// An engine over `pool` (scripts, used on `runtime`) and `client`
+    /// (BLPOP connections). Give each HTTP worker its own with [`Self::for_worker`].
     pub fn new(
-        pool: deadpool_redis::Pool,
+        pool: RedisPool,
         client: redis::Client,
         key_prefix: &str,
         max_waiters: usize,
@@ -115,7 +118,7 @@ impl LockEngine {
         let shared = Shared {
             store: LockStore::new(key_prefix),
             queues: WaitQueues::default(),
-            pool,
+            pool: pool.clone(),
             client,
             runtime,
             metrics,
@@ -124,10 +127,20 @@ impl LockEngine {
         };
         let engine = Self {
             shared: Arc::new(shared),
+            pool,
             draining,
         };
         engine.fail_waiters_on_drain();
         engine
+    }
+
+    /// The same engine, making the calls of requests through `pool`.
+    pub fn for_worker(&self, pool: RedisPool) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+            pool,
+            draining: self.draining.clone(),
+        }
     }
 
     /// On shutdown, waiting callers get 503 at once and retry on another replica.
@@ -154,7 +167,7 @@ impl LockEngine {
         // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
         let take_now = request.wait.is_zero() || !shared.queues.has_waiters(&request.name);
         let outcome = bounded(async {
-            let mut conn = shared.pooled().await?;
+            let mut conn = self.pool.connection().await?;
             shared
                 .store
                 .acquire(&mut conn, &keys, request.permits, request.lease, take_now)
@@ -230,7 +243,7 @@ impl LockEngine {
         if let Some(Ok(grant)) = raced {
             let keys = shared.store.keys(&request.name);
             let _ = bounded(async {
-                let mut conn = shared.pooled().await?;
+                let mut conn = self.pool.connection().await?;
                 shared.store.release(&mut conn, &keys, &grant.token).await
             })
             .await;
@@ -255,7 +268,7 @@ impl LockEngine {
         }
         let keys = shared.store.keys(&request.name);
         let released = bounded(async {
-            let mut conn = shared.pooled().await?;
+            let mut conn = self.pool.connection().await?;
             shared.store.release(&mut conn, &keys, &request.token).await
         })
         .await?;
@@ -278,7 +291,7 @@ impl LockEngine {
         }
         let keys = shared.store.keys(&request.name);
         let deadline = bounded(async {
-            let mut conn = shared.pooled().await?;
+            let mut conn = self.pool.connection().await?;
             shared
                 .store
                 .extend(&mut conn, &keys, &request.token, request.lease)
@@ -324,9 +337,7 @@ mod tests {
     /// must stay small (it was 14 KB before the Redis calls were boxed).
     #[tokio::test]
     async fn a_waiting_acquire_is_small() {
-        let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1/0")
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-            .unwrap();
+        let pool = RedisPool::new("redis://127.0.0.1:1/0", 1).unwrap();
         let client = redis::Client::open("redis://127.0.0.1:1/0").unwrap();
         let (_drain, draining) = watch::channel(false);
         let engine = LockEngine::new(

@@ -5,5 +5,6 @@ mod helpers;
 mod lock_faults;
 mod locks;
 mod production;
+mod redis_pool;
 mod transcription_faults;
 mod transcriptions;

@@ -1,0 +1,263 @@
+//! The Redis connections for non-blocking calls: deadpool pools of
+//! multiplexed connections, made and checked by deadpool-redis' manager,
+//! one pool per HTTP worker plus one for background tasks.
+//!
+//! Three measured reasons it is not one deadpool-redis pool as it comes
+//! (uncontended lock pairs at 64 callers on the 2-core dev box went from
+//! about 7,200/s to about 13,000/s; see bench/README.md):
+//! - A multiplexed connection pipelines any number of concurrent calls, so
+//!   a call holds a pool object only long enough to clone its handle. Calls
+//!   then share one or two sockets, and Redis and the service read and write
+//!   many commands per syscall.
+//! - deadpool-redis' manager sends UNWATCH + PING on every checkout, which
+//!   doubled the Redis commands of the hot path (each lock operation is one
+//!   script call). A connection that answered within [`FRESH_FOR`] goes back
+//!   into use unchecked; older ones get deadpool-redis' full check, and one
+//!   that failed at the connection level (I/O, dropped, timeout) is replaced
+//!   instead. Skipping UNWATCH is safe: nothing here uses WATCH or MULTI.
+//! - A connection's driver task runs on the runtime that opened it, and each
+//!   hop between threads costs two wake-ups per call. Each pool is used from
+//!   one runtime only, so its calls never leave the thread that made them,
+//!   and its connections end with their worker.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use deadpool::managed::{self, Metrics, QueueMode, RecycleError, RecycleResult};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+
+use crate::config::ConfigError;
+
+/// A connection that answered this recently is handed out without a PING:
+/// under load every connection is far fresher than this, and when idle the
+/// PING costs nothing that matters.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// Connecting, waiting for a pool object and each reply are bounded by this.
+const IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The pool every non-blocking Redis call uses.
+#[derive(Clone)]
+pub struct RedisPool {
+    pool: managed::Pool<RedisManager>,
+}
+
+impl RedisPool {
+    /// A lazy pool of at most `max_size` connections to `url` (`REDIS_URL`).
+    /// Use it from one runtime only (see the module documentation).
+    pub fn new(url: &str, max_size: usize) -> Result<Self, ConfigError> {
+        let bad_url = || ConfigError {
+            variable: "REDIS_URL",
+            message: "is not a valid redis:// URL".into(),
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(IO_TIMEOUT))
+            .set_response_timeout(Some(IO_TIMEOUT));
+        let maker = deadpool_redis::Manager::new_with_config(url, config).map_err(|_| bad_url())?;
+        let manager = RedisManager { maker };
+        let timeouts = Some(IO_TIMEOUT);
+        let pool = managed::Pool::builder(manager)
+            .max_size(max_size)
+            // The connection handed back last is handed out next: calls
+            // concentrate on the fewest sockets, which batches best.
+            .queue_mode(QueueMode::Lifo)
+            .wait_timeout(timeouts)
+            .create_timeout(timeouts)
+            .recycle_timeout(timeouts)
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|_| bad_url())?;
+        Ok(Self { pool })
+    }
+
+    /// A handle on a live connection, shared with other callers.
+    pub async fn connection(&self) -> RedisResult<RedisConnection> {
+        let object = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| RedisError::from((ErrorKind::Io, "Redis pool", e.to_string())))?;
+        Ok(object.clone())
+    }
+
+    /// Drops the idle connections and refuses new checkouts.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// Connections open, and how many no call is checking out right now.
+    pub fn status(&self) -> (usize, usize) {
+        let status = self.pool.status();
+        (status.size, status.available)
+    }
+}
+
+/// The pools of one service: one per HTTP worker and one for background
+/// tasks (wait loops, reapers, readiness), `REDIS_POOL_MAX` split between them.
+pub struct RedisPools {
+    background: RedisPool,
+    workers: Vec<RedisPool>,
+    /// Which worker pool the next HTTP worker takes.
+    next: AtomicUsize,
+}
+
+impl RedisPools {
+    /// Pools for `workers` HTTP workers and the background, at most
+    /// `max_total` connections (at least one per pool) to `url`.
+    pub fn new(url: &str, max_total: usize, workers: usize) -> Result<Self, ConfigError> {
+        let per_pool = (max_total / (workers + 1)).max(1);
+        Ok(Self {
+            background: RedisPool::new(url, per_pool)?,
+            workers: (0..workers)
+                .map(|_| RedisPool::new(url, per_pool))
+                .collect::<Result<_, _>>()?,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The pool for tasks on the main runtime.
+    pub fn background(&self) -> &RedisPool {
+        &self.background
+    }
+
+    /// A pool for the HTTP worker calling this (from its app factory). A
+    /// worker that actix restarts takes the next pool; connections the
+    /// previous one left behind fail and are replaced.
+    pub fn for_worker(&self) -> RedisPool {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        self.workers
+            .get(i % self.workers.len().max(1))
+            .unwrap_or(&self.background)
+            .clone()
+    }
+
+    /// Closes every pool.
+    pub fn close(&self) {
+        self.all().for_each(RedisPool::close);
+    }
+
+    /// Connections open, and idle (see [`RedisPool::status`]), over all pools.
+    pub fn status(&self) -> (usize, usize) {
+        self.all()
+            .map(RedisPool::status)
+            .fold((0, 0), |(o, i), (open, idle)| (o + open, i + idle))
+    }
+
+    fn all(&self) -> impl Iterator<Item = &RedisPool> {
+        std::iter::once(&self.background).chain(&self.workers)
+    }
+}
+
+/// A handle on a pooled multiplexed connection. Clones share the socket and
+/// report how their calls went, so the pool knows when to replace it.
+#[derive(Clone)]
+pub struct RedisConnection {
+    conn: MultiplexedConnection,
+    health: Arc<Health>,
+}
+
+/// How a connection's calls have gone lately.
+#[derive(Default)]
+struct Health {
+    /// When the last reply arrived, in nanoseconds since [`EPOCH`].
+    last_reply: AtomicU64,
+    /// Set after a connection-level failure: the pool replaces the connection.
+    broken: AtomicBool,
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_nanos() -> u64 {
+    EPOCH.elapsed().as_nanos() as u64
+}
+
+impl Health {
+    fn note<T>(&self, result: &RedisResult<T>) {
+        match result {
+            Err(e) if is_connection_failure(e) => self.broken.store(true, Ordering::Relaxed),
+            // A reply, even a server-side error (a script's, NOSCRIPT), shows the connection works.
+            _ => self.last_reply.store(now_nanos(), Ordering::Relaxed),
+        }
+    }
+
+    fn answered_within(&self, window: Duration) -> bool {
+        let last = self.last_reply.load(Ordering::Relaxed);
+        now_nanos().saturating_sub(last) < window.as_nanos() as u64
+    }
+}
+
+fn is_connection_failure(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            self.health.note(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            self.health.note(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+/// Makes connections and checks stale ones, both through deadpool-redis'
+/// manager; passes fresh ones, replaces failed ones.
+struct RedisManager {
+    maker: deadpool_redis::Manager,
+}
+
+impl managed::Manager for RedisManager {
+    type Type = RedisConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> RedisResult<RedisConnection> {
+        let conn = managed::Manager::create(&self.maker).await?;
+        let health = Health::default();
+        health.note(&Ok(()));
+        Ok(RedisConnection {
+            conn,
+            health: Arc::new(health),
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut RedisConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if conn.health.broken.load(Ordering::Relaxed) {
+            return Err(RecycleError::message("the connection failed in use"));
+        }
+        if conn.health.answered_within(FRESH_FOR) {
+            return Ok(());
+        }
+        let result = managed::Manager::recycle(&self.maker, &mut conn.conn, metrics).await;
+        if result.is_ok() {
+            conn.health.note(&Ok(()));
+        }
+        result
+    }
+}

@@ -1,0 +1,102 @@
+//! The Redis pool: shared connections, no PING on fresh checkouts, and
+//! dead connections replaced, against real Redis servers.
+
+use std::time::Duration;
+
+use middleway::redis_pool::{RedisConnection, RedisPool};
+
+use crate::helpers::{OwnRedis, redis_connection, redis_url};
+
+async fn client_id(conn: &mut RedisConnection) -> redis::RedisResult<i64> {
+    redis::cmd("CLIENT").arg("ID").query_async(conn).await
+}
+
+async fn kill_client(url: &str, id: i64) {
+    let mut admin = redis_connection(url).await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(id)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+}
+
+#[tokio::test]
+async fn a_checked_out_connection_is_shared_not_held() {
+    let pool = RedisPool::new(&redis_url(), 1).unwrap();
+    let mut first = pool.connection().await.unwrap();
+    // With one connection in the pool, a second checkout while the first
+    // handle lives would wait out the pool timeout if checkouts were exclusive.
+    let mut second = tokio::time::timeout(Duration::from_millis(500), pool.connection())
+        .await
+        .expect("the second checkout waited for the first")
+        .unwrap();
+    assert_eq!(
+        client_id(&mut first).await.unwrap(),
+        client_id(&mut second).await.unwrap()
+    );
+    assert_eq!(pool.status().0, 1);
+}
+
+#[tokio::test]
+async fn connections_that_just_answered_are_not_pinged_on_checkout() {
+    let redis = OwnRedis::start().await;
+    let pool = RedisPool::new(&redis.url(), 2).unwrap();
+    for i in 0..200 {
+        let mut conn = pool.connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg("k")
+            .arg(i)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut admin = redis_connection(&redis.url()).await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(stats.contains("cmdstat_set:calls=200,"), "{stats}");
+    assert!(!stats.contains("cmdstat_ping"), "{stats}");
+}
+
+#[tokio::test]
+async fn a_connection_that_failed_in_use_is_replaced() {
+    let url = redis_url();
+    let pool = RedisPool::new(&url, 1).unwrap();
+    let mut conn = pool.connection().await.unwrap();
+    let dead = client_id(&mut conn).await.unwrap();
+    drop(conn);
+    kill_client(&url, dead).await;
+    // Checked out within the freshness window, so no PING finds it dead:
+    // the failed call itself must get it replaced.
+    let mut conn = pool.connection().await.unwrap();
+    let mut failures = 0;
+    while client_id(&mut conn).await.is_err() {
+        failures += 1;
+        assert!(failures < 3, "the dead connection was handed out again");
+        conn = pool.connection().await.unwrap();
+    }
+    assert_eq!(failures, 1);
+    assert_ne!(client_id(&mut conn).await.unwrap(), dead);
+    assert_eq!(pool.status().0, 1);
+}
+
+#[tokio::test]
+async fn an_idle_connection_that_died_is_checked_and_replaced_before_use() {
+    let url = redis_url();
+    let pool = RedisPool::new(&url, 1).unwrap();
+    let mut conn = pool.connection().await.unwrap();
+    let dead = client_id(&mut conn).await.unwrap();
+    drop(conn);
+    kill_client(&url, dead).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut conn = pool.connection().await.unwrap();
+    let id = client_id(&mut conn)
+        .await
+        .expect("a stale connection is checked before it is handed out");
+    assert_ne!(id, dead);
+}
