@@ -4,6 +4,10 @@
 
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS deps
+# make: the jemalloc allocator is built from C source by its -sys crate.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # Build the dependency graph alone first, so source edits reuse this layer.
 COPY Cargo.toml Cargo.lock ./

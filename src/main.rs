@@ -8,6 +8,13 @@ use middleway::config::{self, ConfigError, Settings};
 use middleway::startup::{Application, StartupError};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
+/// jemalloc instead of glibc's malloc: it leaves untouched pages of large
+/// buffers unbacked (actix gives each connection two 8 KB buffers, mostly
+/// unused) and fragments less across threads. 10,000 waiting lock requests
+/// measured 217 MiB against 283 MiB (bench/README.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "middleway",

@@ -17,7 +17,7 @@ use crate::auth::{AuthPolicy, require_api_key};
 use crate::config::{ConfigError, Settings};
 use crate::error::ApiError;
 use crate::health::{Readiness, healthz, readyz};
-use crate::locks::{LockEngine, post_locks};
+use crate::locks::{LockEngine, compact_headers, post_locks};
 use crate::metrics::{Metrics, metrics_endpoint, track_requests};
 use crate::openapi::openapi_json;
 use crate::overload::{InFlightLimit, shed_overload};
@@ -189,6 +189,7 @@ impl Application {
                 )
                 .service(
                     web::resource("/locks")
+                        .wrap(from_fn(compact_headers))
                         .wrap(from_fn(shed_overload))
                         .wrap(from_fn(require_api_key))
                         .route(web::post().to(post_locks))

@@ -163,10 +163,10 @@ impl LockEngine {
         caller_gone: impl Future<Output = ()>,
     ) -> Result<Grant, ApiError> {
         let shared = &self.shared;
-        let keys = shared.store.keys(&request.name);
         // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
         let take_now = request.wait.is_zero() || !shared.queues.has_waiters(&request.name);
         let outcome = bounded(async {
+            let keys = shared.store.keys(&request.name);
             let mut conn = self.pool.connection().await?;
             shared
                 .store

@@ -12,5 +12,5 @@ pub use domain::{
     LockRequestSchema, LockToken, RELEASE_FIELDS, ReleaseRequest,
 };
 pub use engine::LockEngine;
-pub use route::{GrantBody, ReleasedBody, post_locks};
+pub use route::{GrantBody, ReleasedBody, compact_headers, post_locks};
 pub use store::{AcquireOutcome, Grant, HANDOFF_GRACE, LockKeys, LockStore};
