@@ -23,6 +23,17 @@ async fn kill_client(url: &str, id: i64) {
     assert_eq!(killed, 1);
 }
 
+/// A pool of one connection that Redis has just closed, and that connection's id.
+async fn pool_whose_connection_was_killed() -> (RedisPool, i64) {
+    let url = redis_url();
+    let pool = RedisPool::new(&url, 1).unwrap();
+    let mut conn = pool.connection().await.unwrap();
+    let id = client_id(&mut conn).await.unwrap();
+    drop(conn);
+    kill_client(&url, id).await;
+    (pool, id)
+}
+
 #[tokio::test]
 async fn a_checked_out_connection_is_shared_not_held() {
     let pool = RedisPool::new(&redis_url(), 1).unwrap();
@@ -65,12 +76,7 @@ async fn connections_that_just_answered_are_not_pinged_on_checkout() {
 
 #[tokio::test]
 async fn a_connection_that_failed_in_use_is_replaced() {
-    let url = redis_url();
-    let pool = RedisPool::new(&url, 1).unwrap();
-    let mut conn = pool.connection().await.unwrap();
-    let dead = client_id(&mut conn).await.unwrap();
-    drop(conn);
-    kill_client(&url, dead).await;
+    let (pool, dead) = pool_whose_connection_was_killed().await;
     // Checked out within the freshness window, so no PING finds it dead:
     // the failed call itself must get it replaced.
     let mut conn = pool.connection().await.unwrap();
@@ -87,12 +93,7 @@ async fn a_connection_that_failed_in_use_is_replaced() {
 
 #[tokio::test]
 async fn an_idle_connection_that_died_is_checked_and_replaced_before_use() {
-    let url = redis_url();
-    let pool = RedisPool::new(&url, 1).unwrap();
-    let mut conn = pool.connection().await.unwrap();
-    let dead = client_id(&mut conn).await.unwrap();
-    drop(conn);
-    kill_client(&url, dead).await;
+    let (pool, dead) = pool_whose_connection_was_killed().await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let mut conn = pool.connection().await.unwrap();
     let id = client_id(&mut conn)
