@@ -38,6 +38,14 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// Connecting, waiting for a pool object and each reply are bounded by this.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The error for a `REDIS_URL` the Redis client cannot use.
+pub fn invalid_redis_url() -> ConfigError {
+    ConfigError {
+        variable: "REDIS_URL",
+        message: "is not a valid redis:// URL".into(),
+    }
+}
+
 /// The pool every non-blocking Redis call uses.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -48,14 +56,11 @@ impl RedisPool {
     /// A lazy pool of at most `max_size` connections to `url` (`REDIS_URL`).
     /// Use it from one runtime only (see the module documentation).
     pub fn new(url: &str, max_size: usize) -> Result<Self, ConfigError> {
-        let bad_url = || ConfigError {
-            variable: "REDIS_URL",
-            message: "is not a valid redis:// URL".into(),
-        };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(IO_TIMEOUT));
-        let maker = deadpool_redis::Manager::new_with_config(url, config).map_err(|_| bad_url())?;
+        let maker = deadpool_redis::Manager::new_with_config(url, config)
+            .map_err(|_| invalid_redis_url())?;
         let manager = RedisManager { maker };
         let timeouts = Some(IO_TIMEOUT);
         let pool = managed::Pool::builder(manager)
@@ -68,7 +73,7 @@ impl RedisPool {
             .recycle_timeout(timeouts)
             .runtime(deadpool::Runtime::Tokio1)
             .build()
-            .map_err(|_| bad_url())?;
+            .map_err(|_| invalid_redis_url())?;
         Ok(Self { pool })
     }
 
@@ -159,7 +164,6 @@ pub struct RedisConnection {
 }
 
 /// How a connection's calls have gone lately.
-#[derive(Default)]
 struct Health {
     /// When the last reply arrived, in nanoseconds since [`EPOCH`].
     last_reply: AtomicU64,
@@ -174,12 +178,24 @@ fn now_nanos() -> u64 {
 }
 
 impl Health {
+    /// A connection that has just answered (the handshake, or a check).
+    fn answered_now() -> Self {
+        Self {
+            last_reply: AtomicU64::new(now_nanos()),
+            broken: AtomicBool::new(false),
+        }
+    }
+
     fn note<T>(&self, result: &RedisResult<T>) {
         match result {
             Err(e) if is_connection_failure(e) => self.broken.store(true, Ordering::Relaxed),
             // A reply, even a server-side error (a script's, NOSCRIPT), shows the connection works.
-            _ => self.last_reply.store(now_nanos(), Ordering::Relaxed),
+            _ => self.mark_answered(),
         }
+    }
+
+    fn mark_answered(&self) {
+        self.last_reply.store(now_nanos(), Ordering::Relaxed);
     }
 
     fn answered_within(&self, window: Duration) -> bool {
@@ -234,12 +250,9 @@ impl managed::Manager for RedisManager {
     type Error = RedisError;
 
     async fn create(&self) -> RedisResult<RedisConnection> {
-        let conn = managed::Manager::create(&self.maker).await?;
-        let health = Health::default();
-        health.note(&Ok(()));
         Ok(RedisConnection {
-            conn,
-            health: Arc::new(health),
+            conn: managed::Manager::create(&self.maker).await?,
+            health: Arc::new(Health::answered_now()),
         })
     }
 
@@ -256,7 +269,7 @@ impl managed::Manager for RedisManager {
         }
         let result = managed::Manager::recycle(&self.maker, &mut conn.conn, metrics).await;
         if result.is_ok() {
-            conn.health.note(&Ok(()));
+            conn.health.mark_answered();
         }
         result
     }

@@ -22,7 +22,7 @@ use crate::metrics::{Metrics, metrics_endpoint, track_requests};
 use crate::openapi::openapi_json;
 use crate::overload::{InFlightLimit, shed_overload};
 use crate::peer::record_peer_socket;
-use crate::redis_pool::RedisPools;
+use crate::redis_pool::{RedisPools, invalid_redis_url};
 use crate::telemetry::{RequestSpan, request_id_middleware};
 use crate::transcriptions::{TranscriptionReader, TranscriptionRepo, get_transcription};
 
@@ -138,10 +138,7 @@ impl Application {
             backend.clone(),
         ));
         let redis_client =
-            redis::Client::open(settings.redis_url.expose()).map_err(|_| ConfigError {
-                variable: "REDIS_URL",
-                message: "is not a valid redis:// URL".into(),
-            })?;
+            redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
         let locks = LockEngine::new(
             redis.background().clone(),
             redis_client,
