@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::auth::{ApiKey, ApiKeys};
+use sqlx::mysql::MySqlConnectOptions;
+
+use crate::api_keys::{ApiKey, ApiKeys};
 
 /// A start-up configuration error: names the variable, never its value.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +20,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(variable: &'static str, message: impl Into<String>) -> Self {
+    /// An error naming `variable`.
+    pub fn new(variable: &'static str, message: impl Into<String>) -> Self {
         Self {
             variable,
             message: message.into(),
@@ -56,8 +59,8 @@ pub enum LogFormat {
 /// Everything `middleway serve` needs, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// MySQL connection URL.
-    pub database_url: Secret,
+    /// MySQL: where, and how many connections.
+    pub database: DatabaseSettings,
     /// Redis connection URL.
     pub redis_url: Secret,
     /// Public listener.
@@ -68,10 +71,6 @@ pub struct Settings {
     pub api_keys: ApiKeys,
     /// Serve without keys (local use only).
     pub auth_disabled: bool,
-    /// Most MySQL connections this replica opens.
-    pub db_pool_max: u32,
-    /// Wait for a pooled MySQL connection before answering 503.
-    pub db_acquire_timeout: Duration,
     /// Pooled Redis connections for non-blocking commands.
     pub redis_pool_max: usize,
     /// Most lock requests waiting at once before 503.
@@ -95,7 +94,7 @@ impl Settings {
     /// Reads settings through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let database_url = require_url(&var, "DATABASE_URL", &["mysql", "mariadb"])?;
+        let database = DatabaseSettings::from_lookup(&lookup)?;
         let redis_url = require_url(&var, "REDIS_URL", &["redis", "rediss"])?;
         let auth_disabled = parse_bool(var("AUTH_DISABLED"), "AUTH_DISABLED")?;
         let mut keys = Vec::new();
@@ -130,20 +129,12 @@ impl Settings {
             ));
         }
         Ok(Self {
-            database_url,
+            database,
             redis_url,
             bind_addr: parse_addr(var("BIND_ADDR"), "BIND_ADDR", "0.0.0.0:8080")?,
             admin_bind_addr: parse_addr(var("ADMIN_BIND_ADDR"), "ADMIN_BIND_ADDR", "0.0.0.0:9090")?,
             api_keys: ApiKeys::new(keys),
             auth_disabled,
-            db_pool_max: parse_range(var("DB_POOL_MAX"), "DB_POOL_MAX", 32, 1, 1000)?,
-            db_acquire_timeout: Duration::from_millis(parse_range(
-                var("DB_ACQUIRE_TIMEOUT_MS"),
-                "DB_ACQUIRE_TIMEOUT_MS",
-                1000,
-                10,
-                60_000,
-            )?),
             redis_pool_max: parse_range(var("REDIS_POOL_MAX"), "REDIS_POOL_MAX", 32, 1, 1000)?,
             lock_max_waiters: parse_range(
                 var("LOCK_MAX_WAITERS"),
@@ -169,6 +160,61 @@ impl Settings {
             )?,
             log_format,
         })
+    }
+}
+
+/// The MySQL side of the settings: `serve`, `migrate` and `seed` all read it
+/// here, so `DATABASE_URL` is parsed in one place.
+#[derive(Clone)]
+pub struct DatabaseSettings {
+    /// Parsed `DATABASE_URL` (carries the password: never printed).
+    options: MySqlConnectOptions,
+    /// Most MySQL connections this replica opens.
+    pub pool_max: u32,
+    /// Wait for a pooled MySQL connection before answering 503.
+    pub acquire_timeout: Duration,
+}
+
+impl fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &"[redacted]")
+            .field("pool_max", &self.pool_max)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
+}
+
+impl DatabaseSettings {
+    /// Reads the database variables from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name: &str| std::env::var(name).ok())
+    }
+
+    /// Reads `DATABASE_URL`, `DB_POOL_MAX` and `DB_ACQUIRE_TIMEOUT_MS` through `lookup`.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let url = require_url(&var, "DATABASE_URL", &["mysql", "mariadb"])?;
+        let options = url
+            .expose()
+            .parse::<MySqlConnectOptions>()
+            .map_err(|_| ConfigError::new("DATABASE_URL", "is not a valid mysql:// URL"))?;
+        Ok(Self {
+            options,
+            pool_max: parse_range(var("DB_POOL_MAX"), "DB_POOL_MAX", 32, 1, 1000)?,
+            acquire_timeout: Duration::from_millis(parse_range(
+                var("DB_ACQUIRE_TIMEOUT_MS"),
+                "DB_ACQUIRE_TIMEOUT_MS",
+                1000,
+                10,
+                60_000,
+            )?),
+        })
+    }
+
+    /// How to connect, as parsed from `DATABASE_URL`.
+    pub fn connect_options(&self) -> MySqlConnectOptions {
+        self.options.clone()
     }
 }
 
@@ -297,8 +343,8 @@ mod tests {
         let s = settings(&BASE).unwrap();
         assert_eq!(s.bind_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(s.admin_bind_addr.to_string(), "0.0.0.0:9090");
-        assert_eq!(s.db_pool_max, 32);
-        assert_eq!(s.db_acquire_timeout, Duration::from_millis(1000));
+        assert_eq!(s.database.pool_max, 32);
+        assert_eq!(s.database.acquire_timeout, Duration::from_millis(1000));
         assert_eq!(s.redis_pool_max, 32);
         assert_eq!(s.lock_max_waiters, 10_000);
         assert_eq!(s.redis_key_prefix, "mw:");

@@ -1,17 +1,16 @@
 //! The `middleway` binary: parse the command line, start telemetry, dispatch.
 
 use std::process::ExitCode;
-use std::str::FromStr;
 
 use clap::{Parser, Subcommand};
-use middleway::config::{self, ConfigError, Settings};
+use middleway::config::{self, ConfigError, DatabaseSettings, Settings};
+use middleway::pools::mysql::{describe, tool_pool};
 use middleway::startup::{Application, StartupError};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
 /// jemalloc instead of glibc's malloc: it leaves untouched pages of large
 /// buffers unbacked (actix gives each connection two 8 KB buffers, mostly
-/// unused) and fragments less across threads. 10,000 waiting lock requests
-/// measured 217 MiB against 283 MiB (bench/README.md).
+/// unused) and fragments less across threads (bench/README.md, "What moved
+/// the lock numbers").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -88,35 +87,10 @@ async fn serve() -> Result<(), Failure> {
 
 /// `migrate` and `seed` need only the database.
 async fn database() -> Result<sqlx::MySqlPool, Failure> {
-    let url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| {
-            Failure::Config(ConfigError {
-                variable: "DATABASE_URL",
-                message: "is required".into(),
-            })
-        })?;
-    let options = MySqlConnectOptions::from_str(url.trim()).map_err(|_| {
-        Failure::Config(ConfigError {
-            variable: "DATABASE_URL",
-            message: "is not a valid mysql:// URL".into(),
-        })
-    })?;
-    MySqlPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
+    let settings = DatabaseSettings::from_env().map_err(Failure::Config)?;
+    tool_pool(&settings)
         .await
         .map_err(|e| Failure::Other(format!("cannot connect to DATABASE_URL: {}", describe(&e))))
-}
-
-/// A sqlx error without the URL or credentials it may carry.
-fn describe(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db) => db.message().to_owned(),
-        sqlx::Error::Io(io) => io.to_string(),
-        other => other.to_string(),
-    }
 }
 
 async fn migrate() -> Result<(), Failure> {

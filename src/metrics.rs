@@ -1,12 +1,6 @@
-//! Prometheus metrics: the registry, the per-request middleware and the
-//! admin listener's `/metrics` handler.
+//! Prometheus metrics: every metric the service exports, in one registry.
+//! The HTTP side (the per-request middleware, `/metrics`) lives in `http/`.
 
-use std::time::Instant;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpResponse, web};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -19,7 +13,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Every metric the service exports. Cloning is cheap (handles are shared).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Requests by route, method and status.
     pub requests: IntCounterVec,
@@ -53,7 +47,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// A fresh registry with every metric registered.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new_custom(Some("middleway".into()), None)
             .expect("static metric prefix is valid");
         let labels = &["route", "method", "status"];
@@ -165,8 +159,20 @@ impl Metrics {
         metrics
     }
 
+    /// Sets the pool gauges from the pools' own counts (at scrape time).
+    pub(crate) fn set_pool_sizes(&self, mysql: (u32, usize), redis: (usize, usize)) {
+        let (size, idle) = (i64::from(mysql.0), mysql.1 as i64);
+        let gauge = |state: &str| self.mysql_pool_connections.with_label_values(&[state]);
+        gauge("open").set(size);
+        gauge("idle").set(idle);
+        gauge("in_use").set(size - idle);
+        let gauge = |state: &str| self.redis_pool_connections.with_label_values(&[state]);
+        gauge("open").set(redis.0 as i64);
+        gauge("idle").set(redis.1 as i64);
+    }
+
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding our own well-formed families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -178,45 +184,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Counts and times every public request by route pattern (never the raw
-/// path, which would explode label cardinality).
-pub async fn track_requests(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let method = req.method().clone();
-    let started = Instant::now();
-    if let Some(m) = &metrics {
-        m.requests_in_flight.inc();
-    }
-    let outcome = next.call(req).await;
-    if let Some(m) = metrics {
-        m.requests_in_flight.dec();
-        // The route is known only once the router has run, i.e. after the call.
-        let (route, status) = match &outcome {
-            Ok(response) => (response.request().match_pattern(), response.status()),
-            Err(error) => (None, error.as_response_error().status_code()),
-        };
-        let route = route.unwrap_or_else(|| "unmatched".to_owned());
-        let labels = [route.as_str(), method.as_str(), status.as_str()];
-        m.requests.with_label_values(&labels).inc();
-        m.request_duration
-            .with_label_values(&labels)
-            .observe(started.elapsed().as_secs_f64());
-    }
-    outcome
-}
-
-/// `GET /metrics` on the admin listener.
-pub async fn metrics_endpoint(
-    metrics: web::Data<Metrics>,
-    gauges: web::Data<crate::startup::PoolGauges>,
-) -> HttpResponse {
-    gauges.refresh(&metrics);
-    HttpResponse::Ok()
-        .content_type(TextEncoder::new().format_type())
-        .body(metrics.render())
 }

@@ -1,38 +1,26 @@
-//! Building and running the service: pools, both listeners, graceful shutdown.
+//! Building and running the service: settings → pools → state → listeners →
+//! run → drain.
 
 use std::net::{SocketAddr, TcpListener};
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::web;
 use sqlx::MySqlPool;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use tokio::sync::watch;
-use tracing_actix_web::TracingLogger;
 
-use crate::auth::{AuthPolicy, require_api_key};
 use crate::config::{ConfigError, Settings};
-use crate::error::ApiError;
-use crate::health::{Readiness, healthz, readyz};
-use crate::locks::{LockEngine, compact_headers, post_locks};
-use crate::metrics::{Metrics, metrics_endpoint, track_requests};
-use crate::openapi::openapi_json;
-use crate::overload::{InFlightLimit, shed_overload};
-use crate::peer::record_peer_socket;
-use crate::redis_pool::{RedisPools, invalid_redis_url};
-use crate::telemetry::{RequestSpan, request_id_middleware};
-use crate::transcriptions::{TranscriptionReader, TranscriptionRepo, get_transcription};
-
-/// Request bodies larger than this are refused with 413.
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// A pooled MySQL connection idle for longer than this is pinged before use,
-/// so a connection the server dropped (wait_timeout, restart) is replaced
-/// instead of failing a request. Busy connections skip the round trip.
-const TEST_IDLE_CONNECTION_AFTER: Duration = Duration::from_secs(30);
+use crate::http::admin::AdminState;
+use crate::http::health::Readiness;
+use crate::http::middleware::auth::AuthPolicy;
+use crate::http::middleware::overload::InFlightLimit;
+use crate::http::peer::{PeerWatch, SweeperGuard};
+use crate::http::{AppState, admin_server, public_server};
+use crate::locks::LockEngine;
+use crate::metrics::Metrics;
+use crate::pools::mysql::serving_pool;
+use crate::pools::redis::{RedisPools, invalid_redis_url};
+use crate::transcriptions::{TranscriptionReader, TranscriptionRepo};
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,40 +31,6 @@ pub enum StartupError {
     /// A listener could not be bound, or similar (exit code 1).
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Pool gauges are read from the pools when `/metrics` is scraped.
-pub struct PoolGauges {
-    mysql: MySqlPool,
-    redis: Arc<RedisPools>,
-}
-
-impl PoolGauges {
-    /// Copies the pools' current sizes into the gauges.
-    pub fn refresh(&self, metrics: &Metrics) {
-        let (size, idle) = (i64::from(self.mysql.size()), self.mysql.num_idle() as i64);
-        metrics
-            .mysql_pool_connections
-            .with_label_values(&["open"])
-            .set(size);
-        metrics
-            .mysql_pool_connections
-            .with_label_values(&["idle"])
-            .set(idle);
-        metrics
-            .mysql_pool_connections
-            .with_label_values(&["in_use"])
-            .set(size - idle);
-        let (open, idle) = self.redis.status();
-        metrics
-            .redis_pool_connections
-            .with_label_values(&["open"])
-            .set(open as i64);
-        metrics
-            .redis_pool_connections
-            .with_label_values(&["idle"])
-            .set(idle as i64);
-    }
 }
 
 /// Starts graceful shutdown: readiness turns 503 at once, the listeners stop
@@ -108,8 +62,12 @@ pub struct Application {
     admin_addr: SocketAddr,
     public: Server,
     admin: Server,
+    /// Closed after the drain, so MySQL sees COM_QUIT on every connection.
     mysql: MySqlPool,
+    /// Closed after the drain.
     redis: Arc<RedisPools>,
+    /// Stops the hang-up sweeper thread when the application is dropped.
+    _sweeper: SweeperGuard,
     shutdown: ShutdownTrigger,
 }
 
@@ -117,115 +75,29 @@ impl Application {
     /// Binds both listeners and creates the pools. Pools connect lazily, so
     /// the service starts (not ready) even while MySQL or Redis is down.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let metrics = Metrics::new();
-        metrics.mysql_pool_max.set(i64::from(settings.db_pool_max));
-        let mysql = mysql_pool(&settings)?;
-        let (draining, drain_watch) = watch::channel(false);
-        // Pool I/O runs on this (the main) runtime, which outlives the HTTP
-        // workers: connections stay usable until the pools close them cleanly.
-        let backend = tokio::runtime::Handle::current();
-        // One Redis pool per HTTP worker, so request calls stay on their thread.
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let metrics = Metrics::new();
+        let mysql = serving_pool(&settings.database);
         let redis = Arc::new(RedisPools::new(
             settings.redis_url.expose(),
             settings.redis_pool_max,
             workers,
         )?);
-
-        let reader = web::Data::new(TranscriptionReader::new(
-            TranscriptionRepo::new(mysql.clone(), metrics.clone()),
-            metrics.clone(),
-            backend.clone(),
-        ));
-        let redis_client =
-            redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
-        let locks = LockEngine::new(
-            redis.background().clone(),
-            redis_client,
-            &settings.redis_key_prefix,
-            settings.lock_max_waiters,
-            metrics.clone(),
-            backend.clone(),
-            drain_watch.clone(),
-        );
-        let readiness = web::Data::new(Readiness {
-            mysql: mysql.clone(),
-            redis: redis.background().clone(),
-            draining: drain_watch,
-            runtime: backend.clone(),
-        });
-        let auth = web::Data::new(AuthPolicy(
-            (!settings.auth_disabled).then(|| settings.api_keys.clone()),
-        ));
-        let limit = web::Data::new(InFlightLimit::new(settings.max_in_flight));
-        let metrics_data = web::Data::new(metrics.clone());
-
-        let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
-        let public_addr = listener.local_addr()?;
-        let worker_redis = Arc::clone(&redis);
-        let public = HttpServer::new(move || {
-            App::new()
-                .app_data(reader.clone())
-                .app_data(web::Data::new(locks.for_worker(worker_redis.for_worker())))
-                .app_data(readiness.clone())
-                .app_data(auth.clone())
-                .app_data(limit.clone())
-                .app_data(metrics_data.clone())
-                .wrap(from_fn(track_requests))
-                .wrap(TracingLogger::<RequestSpan>::new())
-                .wrap(from_fn(request_id_middleware))
-                .service(open_get("/healthz", healthz))
-                .service(open_get("/readyz", readyz))
-                .service(open_get("/openapi.json", openapi_json))
-                .service(
-                    web::resource("/transcriptions/{id}")
-                        .wrap(from_fn(shed_overload))
-                        .wrap(from_fn(require_api_key))
-                        .route(web::get().to(get_transcription))
-                        .default_service(web::to(|| method_not_allowed("GET"))),
-                )
-                .service(
-                    web::resource("/locks")
-                        .wrap(from_fn(compact_headers))
-                        .wrap(from_fn(shed_overload))
-                        .wrap(from_fn(require_api_key))
-                        .route(web::post().to(post_locks))
-                        .default_service(web::to(|| method_not_allowed("POST"))),
-                )
-                .default_service(web::to(not_found))
-        })
-        .on_connect(record_peer_socket)
-        .workers(workers)
-        .listen(listener)?
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout.as_secs())
-        // Time to receive a request's headers; slow-loris clients are cut off.
-        .client_request_timeout(Duration::from_secs(5))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        // Longer than the keep-alive of typical client agents, so the server
-        // is not the side that closes a connection a client is about to reuse.
-        .keep_alive(Duration::from_secs(75))
-        .run();
-
-        let admin_listener = bind_listener(settings.admin_bind_addr, "ADMIN_BIND_ADDR")?;
-        let admin_addr = admin_listener.local_addr()?;
-        let gauges = web::Data::new(PoolGauges {
+        let (draining, drain_watch) = watch::channel(false);
+        let (peers, sweeper) = PeerWatch::start()?;
+        let state = app_state(&settings, &mysql, &redis, &metrics, peers, drain_watch)?;
+        let admin_state = web::Data::new(AdminState {
+            metrics,
             mysql: mysql.clone(),
             redis: Arc::clone(&redis),
         });
-        let admin_metrics = web::Data::new(metrics);
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(admin_metrics.clone())
-                .app_data(gauges.clone())
-                .route("/metrics", web::get().to(metrics_endpoint))
-                .default_service(web::to(not_found))
-        })
-        .listen(admin_listener)?
-        .workers(1)
-        .disable_signals()
-        .shutdown_timeout(1)
-        .run();
+
+        let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
+        let public_addr = listener.local_addr()?;
+        let public = public_server(listener, state, workers, settings.shutdown_timeout)?;
+        let admin_listener = bind_listener(settings.admin_bind_addr, "ADMIN_BIND_ADDR")?;
+        let admin_addr = admin_listener.local_addr()?;
+        let admin = admin_server(admin_listener, admin_state)?;
 
         let shutdown = ShutdownTrigger {
             draining: Arc::new(draining),
@@ -239,6 +111,7 @@ impl Application {
             admin,
             mysql,
             redis,
+            _sweeper: sweeper,
             shutdown,
         })
     }
@@ -275,6 +148,55 @@ impl Application {
     }
 }
 
+/// The public listener's state: both capabilities over the pools, and what
+/// the middlewares and probes need.
+fn app_state(
+    settings: &Settings,
+    mysql: &MySqlPool,
+    redis: &Arc<RedisPools>,
+    metrics: &Metrics,
+    peers: PeerWatch,
+    draining: watch::Receiver<bool>,
+) -> Result<AppState, ConfigError> {
+    metrics
+        .mysql_pool_max
+        .set(i64::from(settings.database.pool_max));
+    // Queries and background tasks run on this (the main) runtime, which
+    // outlives the HTTP workers: connections stay usable until closed cleanly.
+    let backend = tokio::runtime::Handle::current();
+    let redis_client =
+        redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
+    Ok(AppState {
+        reader: web::Data::new(TranscriptionReader::new(
+            TranscriptionRepo::new(mysql.clone(), metrics.clone()),
+            metrics.clone(),
+            backend.clone(),
+        )),
+        locks: LockEngine::new(
+            redis.background().clone(),
+            redis_client,
+            &settings.redis_key_prefix,
+            settings.lock_max_waiters,
+            metrics.clone(),
+            backend.clone(),
+            draining.clone(),
+        ),
+        redis: Arc::clone(redis),
+        readiness: web::Data::new(Readiness {
+            mysql: mysql.clone(),
+            redis: redis.background().clone(),
+            draining,
+            runtime: backend,
+        }),
+        auth: web::Data::new(AuthPolicy(
+            (!settings.auth_disabled).then(|| settings.api_keys.clone()),
+        )),
+        limit: web::Data::new(InFlightLimit::new(settings.max_in_flight)),
+        metrics: web::Data::new(metrics.clone()),
+        peers: web::Data::new(peers),
+    })
+}
+
 /// Pending connections the kernel queues before `accept` (capped by
 /// `net.core.somaxconn`). `std`'s default of 128 overflows when hundreds of
 /// cold functions connect at once, costing each overflow a 1 s SYN retry.
@@ -309,50 +231,4 @@ async fn wait_for_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
-}
-
-fn mysql_pool(settings: &Settings) -> Result<MySqlPool, ConfigError> {
-    let options =
-        MySqlConnectOptions::from_str(settings.database_url.expose()).map_err(|_| ConfigError {
-            variable: "DATABASE_URL",
-            message: "is not a valid mysql:// URL".into(),
-        })?;
-    Ok(MySqlPoolOptions::new()
-        .max_connections(settings.db_pool_max)
-        .min_connections(0)
-        .acquire_timeout(settings.db_acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
-        .max_lifetime(Duration::from_secs(1800))
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > TEST_IDLE_CONNECTION_AFTER {
-                    use sqlx::Connection;
-                    // A failed ping makes the pool discard this connection and try another.
-                    return conn.ping().await.map(|_| true);
-                }
-                Ok(true)
-            })
-        })
-        .connect_lazy_with(options))
-}
-
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".into()))
-}
-
-async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed { allow })
-}
-
-/// A GET route that needs no key, answering 405 to other methods.
-fn open_get<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::get().to(handler))
-        .default_service(web::to(|| method_not_allowed("GET")))
 }

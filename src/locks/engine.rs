@@ -4,60 +4,25 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
-use super::domain::{AcquireRequest, ExtendRequest, ReleaseRequest};
+use super::domain::LockName;
+use super::error::LockError;
+use super::queues::{WaitQueues, Waiter};
+use super::shared::Shared;
 use super::store::{AcquireOutcome, Grant, LockStore};
-use super::waiters::{WaitQueues, Waiter, run_wait_loop};
-use crate::error::ApiError;
+use super::waiters::run_wait_loop;
+use super::wire::{AcquireRequest, ExtendRequest, ReleaseRequest};
 use crate::metrics::Metrics;
-use crate::redis_pool::{RedisConnection, RedisPool};
+use crate::pools::redis::RedisPool;
 
 /// A bound on every non-blocking Redis call: past it Redis counts as unreachable.
 const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// State shared by the engine, its wait loops and their reapers.
-pub struct Shared {
-    /// Scripts and key names.
-    pub store: LockStore,
-    /// Local waiters by name.
-    pub queues: WaitQueues,
-    /// Pooled connections for the wait loops' and reapers' scripts (on `runtime`).
-    pool: RedisPool,
-    /// Opens the dedicated BLPOP connections.
-    client: redis::Client,
-    /// Where wait loops run: the main runtime, which outlives HTTP workers.
-    pub runtime: Handle,
-    /// Lock metrics.
-    pub metrics: Metrics,
-    /// Requests waiting now, against `max_waiters`.
-    waiting: AtomicUsize,
-    max_waiters: usize,
-}
-
-impl Shared {
-    /// A pooled connection for tasks on `runtime`, or an error when Redis
-    /// or the pool is unavailable.
-    pub async fn pooled(&self) -> redis::RedisResult<RedisConnection> {
-        self.pool.connection().await
-    }
-
-    /// A fresh connection of its own for one BLPOP loop (no response timeout: it blocks by design).
-    pub async fn blocking_connection(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(None);
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-    }
-}
-
 /// The lock service.
 #[derive(Clone)]
-pub struct LockEngine {
+pub(crate) struct LockEngine {
     shared: Arc<Shared>,
     /// Connections for the calls of requests, owned by this HTTP worker.
     pool: RedisPool,
@@ -75,9 +40,9 @@ impl Drop for WaitingSlot<'_> {
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> ApiError {
+fn unavailable(error: impl std::fmt::Display) -> LockError {
     tracing::warn!(%error, "Redis call failed");
-    ApiError::unavailable("Redis is unreachable")
+    LockError::RedisUnavailable
 }
 
 /// Runs one Redis call with a time bound. The call is boxed before the
@@ -85,7 +50,7 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
 /// they would size every waiting request's future (held up to `wait_ms`) to match.
 fn bounded<'a, T: 'a>(
     call: impl Future<Output = redis::RedisResult<T>> + 'a,
-) -> impl Future<Output = Result<T, ApiError>> + 'a {
+) -> impl Future<Output = Result<T, LockError>> + 'a {
     let call = Box::pin(call);
     async move {
         match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
@@ -97,7 +62,7 @@ fn bounded<'a, T: 'a>(
 
 /// Spawns the wait loop for a name. A plain function, so the loop's large
 /// future is built here and never becomes part of the caller's async state.
-fn start_wait_loop(shared: &Arc<Shared>, name: &super::domain::LockName) {
+fn start_wait_loop(shared: &Arc<Shared>, name: &LockName) {
     shared
         .runtime
         .spawn(run_wait_loop(Arc::clone(shared), name.clone()));
@@ -106,7 +71,7 @@ fn start_wait_loop(shared: &Arc<Shared>, name: &super::domain::LockName) {
 impl LockEngine {
     /// An engine over `pool` (scripts, used on `runtime`) and `client`
     /// (BLPOP connections). Give each HTTP worker its own with [`Self::for_worker`].
-    pub fn new(
+    pub(crate) fn new(
         pool: RedisPool,
         client: redis::Client,
         key_prefix: &str,
@@ -135,7 +100,7 @@ impl LockEngine {
     }
 
     /// The same engine, making the calls of requests through `pool`.
-    pub fn for_worker(&self, pool: RedisPool) -> Self {
+    pub(crate) fn for_worker(&self, pool: RedisPool) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
             pool,
@@ -148,29 +113,27 @@ impl LockEngine {
         let (shared, mut draining) = (Arc::clone(&self.shared), self.draining.clone());
         self.shared.runtime.spawn(async move {
             if draining.wait_for(|d| *d).await.is_ok() {
-                shared
-                    .queues
-                    .fail_everyone(|| ApiError::unavailable("the service is shutting down"));
+                shared.queues.fail_everyone(|| LockError::Draining);
             }
         });
     }
 
     /// Grants a slot, waiting up to `request.wait` for one. A wait ends early
     /// when `caller_gone` resolves, giving the caller's place to the next waiter.
-    pub async fn acquire(
+    pub(crate) async fn acquire(
         &self,
         request: &AcquireRequest,
         caller_gone: impl Future<Output = ()>,
-    ) -> Result<Grant, ApiError> {
+    ) -> Result<Grant, LockError> {
         let shared = &self.shared;
         // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
-        let take_now = request.wait.is_zero() || !shared.queues.has_waiters(&request.name);
+        let take_now = request.wait().is_zero() || !shared.queues.has_waiters(&request.name);
         let outcome = bounded(async {
             let keys = shared.store.keys(&request.name);
             let mut conn = self.pool.connection().await?;
             shared
                 .store
-                .acquire(&mut conn, &keys, request.permits, request.lease, take_now)
+                .acquire(&mut conn, &keys, request.permits, request.lease(), take_now)
                 .await
         })
         .await?;
@@ -184,9 +147,9 @@ impl LockEngine {
                 return Ok(grant);
             }
             AcquireOutcome::PermitsMismatch(existing) => {
-                return Err(ApiError::PermitsMismatch { existing });
+                return Err(LockError::PermitsMismatch(existing));
             }
-            AcquireOutcome::Empty if request.wait.is_zero() => return Err(self.timed_out()),
+            AcquireOutcome::Empty if request.wait().is_zero() => return Err(self.timed_out()),
             AcquireOutcome::Empty => {}
         }
         self.wait_for_slot(request, caller_gone).await
@@ -196,16 +159,14 @@ impl LockEngine {
         &self,
         request: &AcquireRequest,
         caller_gone: impl Future<Output = ()>,
-    ) -> Result<Grant, ApiError> {
+    ) -> Result<Grant, LockError> {
         let shared = &self.shared;
         if *self.draining.borrow() {
-            return Err(ApiError::unavailable("the service is shutting down"));
+            return Err(LockError::Draining);
         }
         if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.max_waiters {
             shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::unavailable(
-                "too many lock requests are waiting; retry shortly",
-            ));
+            return Err(LockError::TooManyWaiters);
         }
         shared.metrics.lock_waiters.inc();
         let _waiting = WaitingSlot(&shared.waiting, &shared.metrics);
@@ -213,7 +174,7 @@ impl LockEngine {
         if shared.queues.enqueue(
             &request.name,
             Waiter {
-                lease: request.lease,
+                lease: request.lease(),
                 reply,
             },
         ) {
@@ -223,9 +184,9 @@ impl LockEngine {
         // the wait loop skips this waiter, or hands on a slot it raced to us.
         let caller_left = tokio::select! {
             outcome = &mut granted => {
-                return outcome.unwrap_or_else(|_| Err(ApiError::unavailable("the lock wait loop stopped")));
+                return outcome.unwrap_or(Err(LockError::RedisUnavailable));
             }
-            () = tokio::time::sleep(request.wait) => false,
+            () = tokio::time::sleep(request.wait()) => false,
             () = caller_gone => true,
         };
         // A grant may have landed just as we gave up. A caller still here
@@ -248,20 +209,20 @@ impl LockEngine {
             })
             .await;
         }
-        Err(ApiError::unavailable("the client disconnected"))
+        Err(LockError::CallerGone)
     }
 
-    fn timed_out(&self) -> ApiError {
+    fn timed_out(&self) -> LockError {
         self.shared
             .metrics
             .lock_operations
             .with_label_values(&["acquire", "timeout"])
             .inc();
-        ApiError::LockTimeout { retry_after_s: 1 }
+        LockError::Timeout
     }
 
     /// Ends a grant; `NotHeld` unless `request.token` holds the lock now.
-    pub async fn release(&self, request: &ReleaseRequest) -> Result<(), ApiError> {
+    pub(crate) async fn release(&self, request: &ReleaseRequest) -> Result<(), LockError> {
         let shared = &self.shared;
         if !request.token.is_well_formed() {
             return Err(self.not_held("release"));
@@ -284,7 +245,7 @@ impl LockEngine {
     }
 
     /// Extends a live grant; returns it with its new deadline.
-    pub async fn extend(&self, request: &ExtendRequest) -> Result<Grant, ApiError> {
+    pub(crate) async fn extend(&self, request: &ExtendRequest) -> Result<Grant, LockError> {
         let shared = &self.shared;
         if !request.token.is_well_formed() {
             return Err(self.not_held("extend"));
@@ -294,7 +255,7 @@ impl LockEngine {
             let mut conn = self.pool.connection().await?;
             shared
                 .store
-                .extend(&mut conn, &keys, &request.token, request.lease)
+                .extend(&mut conn, &keys, &request.token, request.lease())
                 .await
         })
         .await?
@@ -304,13 +265,7 @@ impl LockEngine {
             .lock_operations
             .with_label_values(&["extend", "extended"])
             .inc();
-        let fence = request
-            .token
-            .as_str()
-            .split('.')
-            .nth(1)
-            .and_then(|f| f.parse().ok())
-            .unwrap_or_default();
+        let fence = request.token.fence().unwrap_or_default();
         Ok(Grant {
             token: request.token.clone(),
             fence,
@@ -318,20 +273,20 @@ impl LockEngine {
         })
     }
 
-    fn not_held(&self, op: &str) -> ApiError {
+    fn not_held(&self, op: &str) -> LockError {
         self.shared
             .metrics
             .lock_operations
             .with_label_values(&[op, "not_held"])
             .inc();
-        ApiError::NotHeld
+        LockError::NotHeld
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locks::LockName;
+    use crate::locks::domain::LockName;
 
     /// 10,000 waiters each hold an acquire future for up to `wait_ms`: it
     /// must stay small (it was 14 KB before the Redis calls were boxed).
@@ -351,8 +306,8 @@ mod tests {
         );
         let request = AcquireRequest {
             name: LockName::parse("a").unwrap(),
-            wait: Duration::from_secs(1),
-            lease: Duration::from_secs(1),
+            wait_ms: 1000,
+            lease_ms: 1000,
             permits: 1,
         };
         let acquire = engine.acquire(&request, std::future::pending());

@@ -1,16 +1,21 @@
-//! Distributed locks on Redis lists (LOCKS.md): request types, the Redis
-//! store and its Lua scripts, the per-name wait loops, the engine, the route.
+//! Distributed locks on Redis lists (docs/locks.md): the request bodies
+//! (`wire`), names and tokens (`domain`), the Redis side and its Lua scripts
+//! (`store`), per-name wait loops (`waiters`) and the engine that ties them
+//! together. HTTP knows this module; this module knows nothing of HTTP.
 
 mod domain;
 mod engine;
-pub(crate) mod route;
+mod error;
+mod queues;
+mod shared;
 mod store;
 mod waiters;
+mod wire;
 
-pub use domain::{
-    ACQUIRE_FIELDS, AcquireRequest, EXTEND_FIELDS, ExtendRequest, LockName, LockRequest,
-    LockRequestSchema, LockToken, RELEASE_FIELDS, ReleaseRequest,
-};
-pub use engine::LockEngine;
-pub use route::{GrantBody, ReleasedBody, compact_headers, post_locks};
-pub use store::{AcquireOutcome, Grant, HANDOFF_GRACE, LockKeys, LockStore};
+pub(crate) use engine::LockEngine;
+pub(crate) use error::LockError;
+pub(crate) use store::Grant;
+pub(crate) use wire::LockRequest;
+// The benchmark's `direct-scripts` strategy runs the scripts without HTTP.
+pub use domain::LockName;
+pub use store::{AcquireOutcome, LockStore};

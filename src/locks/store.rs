@@ -10,7 +10,7 @@ use super::domain::{LockName, LockToken};
 /// A slot handed to a replica by BLPOP and not yet claimed is recreated after
 /// this long: long enough that a busy but alive replica claims in time, short
 /// enough that a killed one costs waiters a few seconds at most.
-pub const HANDOFF_GRACE: Duration = Duration::from_secs(5);
+pub(super) const HANDOFF_GRACE: Duration = Duration::from_secs(5);
 
 macro_rules! lock_script {
     ($file:literal) => {

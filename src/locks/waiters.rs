@@ -1,18 +1,17 @@
-//! Waiting for a slot: one BLPOP loop per lock name per replica, serving a
-//! local FIFO queue, on a dedicated connection, in a task that outlives the
-//! HTTP requests it serves.
+//! Waiting for a slot: one BLPOP loop per lock name per replica, serving
+//! the local FIFO queue (`queues`), on a dedicated connection, in a task
+//! that outlives the HTTP requests it serves.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use super::domain::LockName;
-use super::engine::Shared;
-use super::store::{Grant, LockKeys};
-use crate::error::ApiError;
+use super::error::LockError;
+use super::shared::Shared;
+use super::store::LockKeys;
 
 /// How long one BLPOP blocks before the loop looks at its queue again (to
 /// notice that every waiter has left). Short blocks cost one round trip each.
@@ -22,108 +21,12 @@ const BLPOP_BLOCK: Duration = Duration::from_secs(1);
 /// keeps "waiters get the slot within 100 ms of the deadline" true anyway.
 const REAP_EVERY: Duration = Duration::from_millis(50);
 
-/// What a waiter is eventually told.
-pub type WaitResult = Result<Grant, ApiError>;
-
-/// One queued acquire.
-pub struct Waiter {
-    /// The lease to claim with.
-    pub lease: Duration,
-    /// Where the grant goes; closed when the HTTP request is gone.
-    pub reply: oneshot::Sender<WaitResult>,
-}
-
-/// Local FIFO queues by lock name; a name has an entry while its loop runs.
-#[derive(Default)]
-pub struct WaitQueues {
-    queues: Mutex<HashMap<LockName, VecDeque<Waiter>>>,
-}
-
-impl WaitQueues {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LockName, VecDeque<Waiter>>> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Whether local waiters are queued on `name` (newcomers must queue behind them).
-    pub fn has_waiters(&self, name: &LockName) -> bool {
-        self.lock().get(name).is_some_and(|q| !q.is_empty())
-    }
-
-    /// Queues `waiter`; true when no loop serves `name` yet and the caller must start one.
-    pub fn enqueue(&self, name: &LockName, waiter: Waiter) -> bool {
-        let mut queues = self.lock();
-        match queues.get_mut(name) {
-            Some(queue) => {
-                queue.push_back(waiter);
-                false
-            }
-            None => {
-                queues.insert(name.clone(), VecDeque::from([waiter]));
-                true
-            }
-        }
-    }
-
-    /// The first waiter still listening, dropping those that left.
-    fn next_live(&self, name: &LockName) -> Option<Waiter> {
-        let mut queues = self.lock();
-        let queue = queues.get_mut(name)?;
-        while let Some(waiter) = queue.pop_front() {
-            if !waiter.reply.is_closed() {
-                return Some(waiter);
-            }
-        }
-        None
-    }
-
-    fn push_front(&self, name: &LockName, waiter: Waiter) {
-        if let Some(queue) = self.lock().get_mut(name) {
-            queue.push_front(waiter);
-        }
-    }
-
-    /// Ends the loop for `name` if nobody is waiting; dead waiters are dropped.
-    /// Deciding under the lock means an enqueue either sees the loop or starts a new one.
-    fn retire_if_idle(&self, name: &LockName) -> bool {
-        let mut queues = self.lock();
-        let idle = queues.get_mut(name).is_none_or(|queue| {
-            queue.retain(|w| !w.reply.is_closed());
-            queue.is_empty()
-        });
-        if idle {
-            queues.remove(name);
-        }
-        idle
-    }
-
-    /// Fails every waiter of `name` and ends its loop.
-    fn fail_all(&self, name: &LockName, error: impl Fn() -> ApiError) {
-        if let Some(queue) = self.lock().remove(name) {
-            for waiter in queue {
-                let _ = waiter.reply.send(Err(error()));
-            }
-        }
-    }
-
-    /// Fails every waiter of every name (shutdown).
-    pub fn fail_everyone(&self, error: impl Fn() -> ApiError) {
-        let all: Vec<_> = self.lock().drain().collect();
-        for (_, queue) in all {
-            for waiter in queue {
-                let _ = waiter.reply.send(Err(error()));
-            }
-        }
-    }
-}
-
-fn redis_down() -> ApiError {
-    ApiError::unavailable("Redis is unreachable")
+fn redis_down() -> LockError {
+    LockError::RedisUnavailable
 }
 
 /// Serves `name`'s queue until it is empty. Never returns early with a slot in hand.
-pub async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
+pub(super) async fn run_wait_loop(shared: Arc<Shared>, name: LockName) {
     let keys = shared.store.keys(&name);
     let Ok(mut conn) = shared.blocking_connection().await else {
         shared.queues.fail_all(&name, redis_down);

@@ -13,7 +13,7 @@ type InFlight<K, V> = Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>;
 
 /// Runs at most one computation per key at a time; callers that arrive while
 /// it runs wait for the same result instead of starting their own.
-pub struct Coalescer<K, V: Clone> {
+pub(super) struct Coalescer<K, V: Clone> {
     in_flight: InFlight<K, V>,
     /// Where computations run (the runtime that owns the pools' connections).
     runtime: Handle,
@@ -25,7 +25,7 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A coalescer whose computations run on `runtime`.
-    pub fn new(runtime: Handle) -> Self {
+    pub(super) fn new(runtime: Handle) -> Self {
         Self {
             in_flight: Arc::new(Mutex::new(HashMap::new())),
             runtime,
@@ -38,7 +38,7 @@ where
     /// The computation runs in its own task: a caller that goes away (client
     /// disconnect) never cancels a query that others are waiting on, and a
     /// query is never cut off mid-protocol on its connection.
-    pub async fn run<F, Fut>(
+    pub(super) async fn run<F, Fut>(
         &self,
         key: K,
         start: F,

@@ -8,11 +8,11 @@ use time::macros::format_description;
 
 /// A valid transcription id: 1..=u64::MAX written as `[1-9][0-9]*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TranscriptionId(u64);
+pub(crate) struct TranscriptionId(u64);
 
 impl TranscriptionId {
     /// Strict parse: no sign, no leading zero, no spaces, at most 20 digits, no overflow.
-    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, &'static str> {
         let bytes = raw.as_bytes();
         if bytes.is_empty() || bytes.len() > 20 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err("must be a decimal integer written as [1-9][0-9]*");
@@ -28,7 +28,7 @@ impl TranscriptionId {
     }
 
     /// The numeric value.
-    pub fn get(self) -> u64 {
+    pub(crate) fn get(self) -> u64 {
         self.0
     }
 }
@@ -41,7 +41,7 @@ impl fmt::Display for TranscriptionId {
 
 /// One row of `transcriptions`, as the API returns it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow, Serialize, utoipa::ToSchema)]
-pub struct Transcription {
+pub(crate) struct Transcription {
     /// Primary key.
     #[schema(minimum = 1)]
     pub transcription_id: u64,

@@ -1,12 +1,12 @@
-//! Reading call transcriptions: the id type, the row, the repository, the
-//! read coalescer and the HTTP route.
+//! Reading call transcriptions: the id and the row (`domain`), the only SQL
+//! (`repo`), and one query per id in flight (`coalesce`, `reader`). HTTP
+//! knows this module; this module knows nothing of HTTP.
 
 mod coalesce;
 mod domain;
+mod reader;
 mod repo;
-pub(crate) mod route;
 
-pub use coalesce::Coalescer;
-pub use domain::{Transcription, TranscriptionId};
-pub use repo::{ReadError, TranscriptionRepo};
-pub use route::{TranscriptionReader, get_transcription};
+pub(crate) use domain::{Transcription, TranscriptionId};
+pub(crate) use reader::TranscriptionReader;
+pub(crate) use repo::{ReadError, TranscriptionRepo};

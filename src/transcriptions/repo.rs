@@ -18,7 +18,7 @@ const SELECT_BY_ID: &str = "SELECT transcription_id, call_id, language, CAST(sta
 
 /// Why a read failed; every case is the database's fault, not the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     /// No pooled connection came free within the acquire timeout.
     #[error("MySQL pool exhausted")]
     PoolExhausted,
@@ -29,14 +29,14 @@ pub enum ReadError {
 
 /// Reads transcriptions over the bounded pool.
 #[derive(Clone)]
-pub struct TranscriptionRepo {
+pub(crate) struct TranscriptionRepo {
     pool: MySqlPool,
     metrics: Metrics,
 }
 
 impl TranscriptionRepo {
     /// A repository over `pool`.
-    pub fn new(pool: MySqlPool, metrics: Metrics) -> Self {
+    pub(crate) fn new(pool: MySqlPool, metrics: Metrics) -> Self {
         Self { pool, metrics }
     }
 
@@ -45,7 +45,10 @@ impl TranscriptionRepo {
     /// A pooled connection can be dead without the pool knowing (MySQL
     /// restarted, `wait_timeout` passed): such a connection is discarded and
     /// the read retried once on a fresh one, so callers see no error for it.
-    pub async fn get(&self, id: TranscriptionId) -> Result<Option<Transcription>, ReadError> {
+    pub(crate) async fn get(
+        &self,
+        id: TranscriptionId,
+    ) -> Result<Option<Transcription>, ReadError> {
         for _attempt in 0..2 {
             let waiting = Instant::now();
             let acquired = self.pool.acquire().await;

@@ -6,15 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    OwnRedis, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
-    mysql_admin_url, random_suffix, redis_connection, redis_url, slots_accounted, spawn_app_with,
+    OwnRedis, ServiceProcess, TEST_KEY, base_env, client, client_list, create_database, eventually,
+    metrics_text, mysql_admin_url, raise_fd_limit, random_suffix, redis_url, slots_accounted,
+    spawn_app_with,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,23 +161,18 @@ async fn a_thousand_waiters_on_ten_names_use_one_blocking_connection_per_name() 
             http.post(url).bearer_auth(TEST_KEY).json(&body).send().await.unwrap().status()
         });
     }
-    let mut inspector = redis_connection(&url).await.unwrap();
     let all_waiting = eventually(Duration::from_secs(30), async || {
-        let metrics = crate::helpers::metrics_text(&app.admin_address).await;
+        let metrics = metrics_text(&app.admin_address).await;
         metrics.contains("middleway_lock_waiters 1000")
     })
     .await;
     assert!(all_waiting, "1000 waiters queued");
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut inspector)
-        .await
-        .unwrap();
-    let blocking = clients.lines().filter(|l| l.contains("cmd=blpop")).count();
-    let total = clients.lines().count();
+    let clients = client_list(&url).await;
+    let blocking = clients.iter().filter(|l| l.contains("cmd=blpop")).count();
+    let total = clients.len();
     assert_eq!(blocking, 10, "one BLPOP connection per waited-on name");
     // 10 blocking + at most 4 pooled + this inspector.
-    assert!(total <= 15, "{total} Redis connections:\n{clients}");
+    assert!(total <= 15, "{total} Redis connections:\n{clients:#?}");
 
     for (n, held) in holders.iter().enumerate() {
         let release = json!({"op": "release", "name": format!("n{n}"), "token": held["token"]});
@@ -197,12 +191,6 @@ async fn a_thousand_waiters_on_ten_names_use_one_blocking_connection_per_name() 
         granted >= 100,
         "{granted} waiters were granted before timing out"
     );
-}
-
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard);
 }
 
 /// The independent checker: records who is inside each critical section.
@@ -321,11 +309,7 @@ async fn storm_of_three_replicas_with_disconnects_and_a_kill_keeps_exclusion_and
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     dead.store(true, Ordering::Relaxed);
-    kill(
-        Pid::from_raw(replicas[0].child.id() as i32),
-        Signal::SIGKILL,
-    )
-    .unwrap();
+    replicas[0].process.kill();
     while let Some(outcome) = clients.join_next().await {
         outcome.unwrap();
     }

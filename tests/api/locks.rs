@@ -5,7 +5,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TEST_KEY, TestApp, redis_url, slots_accounted, spawn_app};
+use crate::helpers::{
+    TEST_KEY, assert_problem, named_fields, redis_url, slots_accounted, spawn_app,
+};
 
 fn unix_ms_now() -> i64 {
     SystemTime::now()
@@ -21,40 +23,11 @@ fn unix_ms(rfc3339: &str) -> i64 {
     (at.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-async fn acquire(app: &TestApp, name: &str, wait_ms: u64, lease_ms: u64) -> reqwest::Response {
-    app.lock(json!({"op": "acquire", "name": name, "wait_ms": wait_ms, "lease_ms": lease_ms}))
-        .await
-}
-
-async fn grant(app: &TestApp, name: &str, wait_ms: u64, lease_ms: u64) -> Value {
-    let response = acquire(app, name, wait_ms, lease_ms).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    response.json().await.unwrap()
-}
-
-async fn release(app: &TestApp, name: &str, token: &Value) -> reqwest::Response {
-    app.lock(json!({"op": "release", "name": name, "token": token}))
-        .await
-}
-
-async fn problem_type(response: reqwest::Response) -> String {
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    body["type"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("urn:middleway:problem:")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn acquire_extend_release_follow_the_contract() {
     let app = spawn_app().await;
     let before = unix_ms_now();
-    let first = grant(&app, "device-42", 0, 30_000).await;
+    let first = app.grant("device-42", 0, 30_000).await;
     assert_eq!(first["name"], "device-42");
     assert_eq!(first["lease_ms"], 30_000);
     let token = first["token"].as_str().unwrap();
@@ -67,10 +40,9 @@ async fn acquire_extend_release_follow_the_contract() {
     assert!(first["expires_at"].as_str().unwrap().ends_with('Z'));
 
     // Held: a try-once acquire gets 423 with Retry-After.
-    let busy = acquire(&app, "device-42", 0, 30_000).await;
-    assert_eq!(busy.status(), StatusCode::LOCKED);
+    let busy = app.acquire("device-42", 0, 30_000).await;
     assert!(busy.headers().contains_key("retry-after"));
-    assert_eq!(problem_type(busy).await, "lock-timeout");
+    assert_problem(busy, StatusCode::LOCKED, "lock-timeout").await;
 
     let extended = app
         .lock(json!({"op": "extend", "name": "device-42", "token": token, "lease_ms": 60_000}))
@@ -82,7 +54,7 @@ async fn acquire_extend_release_follow_the_contract() {
     assert_eq!(extended["lease_ms"], 60_000);
     assert!(unix_ms(extended["expires_at"].as_str().unwrap()) > expires);
 
-    let released = release(&app, "device-42", &first["token"]).await;
+    let released = app.release("device-42", &first["token"]).await;
     assert_eq!(released.status(), StatusCode::OK);
     assert_eq!(
         released.json::<Value>().await.unwrap(),
@@ -90,45 +62,46 @@ async fn acquire_extend_release_follow_the_contract() {
     );
 
     // Gone: release and extend again are 409 not-held.
-    assert_eq!(
-        problem_type(release(&app, "device-42", &first["token"]).await).await,
-        "not-held"
-    );
+    assert_problem(
+        app.release("device-42", &first["token"]).await,
+        StatusCode::CONFLICT,
+        "not-held",
+    )
+    .await;
     let again = app
         .lock(json!({"op": "extend", "name": "device-42", "token": token}))
         .await;
-    assert_eq!(again.status(), StatusCode::CONFLICT);
-    assert_eq!(problem_type(again).await, "not-held");
+    assert_problem(again, StatusCode::CONFLICT, "not-held").await;
 
     // Free again, with a larger fence.
-    let second = grant(&app, "device-42", 0, 30_000).await;
+    let second = app.grant("device-42", 0, 30_000).await;
     assert!(second["fence"].as_u64().unwrap() > first["fence"].as_u64().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_never_frees_a_slot_it_does_not_hold() {
     let app = spawn_app().await;
-    let held = grant(&app, "shared", 0, 30_000).await;
+    let held = app.grant("shared", 0, 30_000).await;
     for forged in [
         json!("1.1.0000000000000000"),
         json!("garbage"),
         json!("9.9.9.9"),
     ] {
-        let response = release(&app, "shared", &forged).await;
+        let response = app.release("shared", &forged).await;
         assert_eq!(response.status(), StatusCode::CONFLICT, "{forged}");
     }
     // A real token of another lock does not release this one.
-    let other = grant(&app, "other", 0, 30_000).await;
+    let other = app.grant("other", 0, 30_000).await;
     assert_eq!(
-        release(&app, "shared", &other["token"]).await.status(),
+        app.release("shared", &other["token"]).await.status(),
         StatusCode::CONFLICT
     );
     assert_eq!(
-        acquire(&app, "shared", 0, 30_000).await.status(),
+        app.acquire("shared", 0, 30_000).await.status(),
         StatusCode::LOCKED
     );
     assert_eq!(
-        release(&app, "shared", &held["token"]).await.status(),
+        app.release("shared", &held["token"]).await.status(),
         StatusCode::OK
     );
 }
@@ -159,8 +132,7 @@ async fn a_semaphore_grants_exactly_its_permits() {
     let mismatch = app
         .lock(json!({"op": "acquire", "name": "pool", "permits": 2}))
         .await;
-    assert_eq!(mismatch.status(), StatusCode::CONFLICT);
-    assert_eq!(problem_type(mismatch).await, "permits-mismatch");
+    assert_problem(mismatch, StatusCode::CONFLICT, "permits-mismatch").await;
     assert_eq!(
         slots_accounted(&redis_url(), &app.key_prefix, "pool").await,
         (0, 3)
@@ -237,17 +209,16 @@ async fn every_bad_lock_request_is_a_clear_4xx() {
         (json!(null), "body"),
     ];
     for (body, field) in bad {
-        let response = app.lock(body.clone()).await;
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
-        let problem: Value = response.json().await.unwrap();
-        assert_eq!(problem["type"], "urn:middleway:problem:invalid-request");
-        let named: Vec<&str> = problem["errors"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["field"].as_str().unwrap())
-            .collect();
-        assert!(named.contains(&field), "{body}: {named:?}");
+        let problem = assert_problem(
+            app.lock(body.clone()).await,
+            StatusCode::BAD_REQUEST,
+            "invalid-request",
+        )
+        .await;
+        assert!(
+            named_fields(&problem).contains(&field.to_owned()),
+            "{body}: {problem}"
+        );
     }
     let post = |body: Vec<u8>, content_type: &'static str| {
         app.client
@@ -264,6 +235,23 @@ async fn every_bad_lock_request_is_a_clear_4xx() {
             StatusCode::BAD_REQUEST,
         ),
         (b"".to_vec(), "application/json", StatusCode::BAD_REQUEST),
+        // A key given twice is ambiguous: refused, never "the last one wins".
+        (
+            br#"{"op":"acquire","op":"release","name":"a","token":"t"}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            br#"{"op":"acquire","name":"a","name":"b"}"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
+        // Positional arrays are not objects, even when serde could read them.
+        (
+            br#"["acquire","a"]"#.to_vec(),
+            "application/json",
+            StatusCode::BAD_REQUEST,
+        ),
         (
             vec![0xff, 0xfe],
             "application/json",
@@ -327,9 +315,9 @@ async fn every_bad_lock_request_is_a_clear_4xx() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_holder_loses_the_slot_at_its_deadline() {
     let app = spawn_app().await;
-    let holder = grant(&app, "expiring", 0, 1_000).await;
+    let holder = app.grant("expiring", 0, 1_000).await;
     let deadline = unix_ms(holder["expires_at"].as_str().unwrap());
-    let waiter = grant(&app, "expiring", 5_000, 30_000).await;
+    let waiter = app.grant("expiring", 5_000, 30_000).await;
     let granted_at = unix_ms_now();
     let late = granted_at - deadline;
     assert!(
@@ -339,7 +327,7 @@ async fn an_expired_holder_loses_the_slot_at_its_deadline() {
     assert!(waiter["fence"].as_u64().unwrap() > holder["fence"].as_u64().unwrap());
     // The old token is dead: neither release nor extend revives it.
     assert_eq!(
-        release(&app, "expiring", &holder["token"]).await.status(),
+        app.release("expiring", &holder["token"]).await.status(),
         StatusCode::CONFLICT
     );
     let extend = app
@@ -347,7 +335,7 @@ async fn an_expired_holder_loses_the_slot_at_its_deadline() {
         .await;
     assert_eq!(extend.status(), StatusCode::CONFLICT);
     assert_eq!(
-        release(&app, "expiring", &waiter["token"]).await.status(),
+        app.release("expiring", &waiter["token"]).await.status(),
         StatusCode::OK
     );
 }
@@ -355,7 +343,7 @@ async fn an_expired_holder_loses_the_slot_at_its_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expired_lease_is_not_revived_by_extend_even_when_nobody_waits() {
     let app = spawn_app().await;
-    let holder = grant(&app, "lonely", 0, 100).await;
+    let holder = app.grant("lonely", 0, 100).await;
     tokio::time::sleep(Duration::from_millis(250)).await;
     let extend = app
         .lock(json!({"op": "extend", "name": "lonely", "token": holder["token"]}))
@@ -366,7 +354,7 @@ async fn an_expired_lease_is_not_revived_by_extend_even_when_nobody_waits() {
         (1, 0)
     );
     assert_eq!(
-        acquire(&app, "lonely", 0, 1_000).await.status(),
+        app.acquire("lonely", 0, 1_000).await.status(),
         StatusCode::OK
     );
 }
@@ -374,9 +362,9 @@ async fn an_expired_lease_is_not_revived_by_extend_even_when_nobody_waits() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wait_that_runs_out_answers_423_on_time() {
     let app = spawn_app().await;
-    let _holder = grant(&app, "busy", 0, 30_000).await;
+    let _holder = app.grant("busy", 0, 30_000).await;
     let started = Instant::now();
-    let response = acquire(&app, "busy", 500, 30_000).await;
+    let response = app.acquire("busy", 500, 30_000).await;
     let elapsed = started.elapsed();
     assert_eq!(response.status(), StatusCode::LOCKED);
     assert!(response.headers().contains_key("retry-after"));
@@ -389,7 +377,7 @@ async fn a_wait_that_runs_out_answers_423_on_time() {
 #[tokio::test(flavor = "multi_thread")]
 async fn waiters_that_hang_up_do_not_lose_the_slot() {
     let app = spawn_app().await;
-    let holder = grant(&app, "door", 0, 30_000).await;
+    let holder = app.grant("door", 0, 30_000).await;
     let mut quitters = Vec::new();
     for _ in 0..50 {
         let (client, url) = (crate::helpers::client(), format!("{}/locks", app.address));
@@ -412,10 +400,10 @@ async fn waiters_that_hang_up_do_not_lose_the_slot() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let released = Instant::now();
     assert_eq!(
-        release(&app, "door", &holder["token"]).await.status(),
+        app.release("door", &holder["token"]).await.status(),
         StatusCode::OK
     );
-    let next = acquire(&app, "door", 5_000, 30_000).await;
+    let next = app.acquire("door", 5_000, 30_000).await;
     assert_eq!(next.status(), StatusCode::OK);
     let waited = released.elapsed();
     assert!(
@@ -429,16 +417,16 @@ async fn waiters_that_hang_up_do_not_lose_the_slot() {
 #[tokio::test(flavor = "multi_thread")]
 async fn waiters_are_served_in_arrival_order() {
     let app = std::sync::Arc::new(spawn_app().await);
-    let holder = grant(&app, "queue", 0, 30_000).await;
+    let holder = app.grant("queue", 0, 30_000).await;
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut waiters = Vec::new();
     for position in 0..20 {
         let (app, order_tx) = (app.clone(), order_tx.clone());
         waiters.push(tokio::spawn(async move {
-            let granted = grant(&app, "queue", 30_000, 30_000).await;
+            let granted = app.grant("queue", 30_000, 30_000).await;
             order_tx.send(position).unwrap();
             assert_eq!(
-                release(&app, "queue", &granted["token"]).await.status(),
+                app.release("queue", &granted["token"]).await.status(),
                 StatusCode::OK
             );
         }));
@@ -446,7 +434,7 @@ async fn waiters_are_served_in_arrival_order() {
         tokio::time::sleep(Duration::from_millis(40)).await;
     }
     assert_eq!(
-        release(&app, "queue", &holder["token"]).await.status(),
+        app.release("queue", &holder["token"]).await.status(),
         StatusCode::OK
     );
     for waiter in waiters {

@@ -1,18 +1,17 @@
 //! Production edges: API keys, load shedding, metrics, many connections.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    TEST_KEY, base_env, client, create_database, eventually, free_port, mysql_admin_url,
-    random_suffix, redis_url, scratch_dir, spawn_app, spawn_app_with,
+    ServiceProcess, TEST_KEY, base_env, client, create_database, eventually, free_port,
+    mysql_admin_url, random_suffix, redis_url, scratch_dir, spawn_app, spawn_app_with,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -119,64 +118,36 @@ async fn the_service_refuses_to_start_without_keys_unless_auth_is_disabled() {
 #[tokio::test(flavor = "multi_thread")]
 async fn keys_never_reach_the_logs_but_their_names_do() {
     let (_db, url) = create_database(&mysql_admin_url()).await;
-    let port = free_port();
     let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
-    env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
     env.insert(
         "API_KEYS".into(),
         "lambda-fleet:super-secret-key-0123456789".into(),
     );
-    let mut service = Command::new(env!("CARGO_BIN_EXE_middleway"))
-        .arg("serve")
-        .env_clear()
-        .envs(&env)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    env.insert("RUST_LOG".into(), "debug".into());
+    let mut service = ServiceProcess::start_logged(env).await;
     let http = client();
-    assert!(
-        eventually(Duration::from_secs(20), async || http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok())
-        .await
-    );
     for key in [
         "super-secret-key-0123456789",
         "guessed-wrong-key-0123456789",
     ] {
         let _ = http
-            .get(format!("{base}/transcriptions/1"))
+            .get(format!("{}/transcriptions/1", service.base))
             .bearer_auth(key)
             .send()
             .await
             .unwrap();
         let _ = http
-            .post(format!("{base}/locks"))
+            .post(format!("{}/locks", service.base))
             .bearer_auth(key)
             .json(&json!({"op": "acquire", "name": "a"}))
             .send()
             .await
             .unwrap();
     }
-    kill(Pid::from_raw(service.id() as i32), Signal::SIGTERM).unwrap();
+    service.process.signal(Signal::SIGTERM);
     drop(http);
-    let mut logs = String::new();
-    service
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string_blocking(&mut logs);
-    service
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string_blocking(&mut logs);
-    let _ = service.wait();
+    let _ = service.process.child().wait();
+    let logs = service.logs();
     assert!(logs.contains("lambda-fleet"), "the key name is logged");
     assert!(
         !logs.contains("super-secret-key"),
@@ -190,16 +161,6 @@ async fn keys_never_reach_the_logs_but_their_names_do() {
         !logs.contains("middleway:middleway@"),
         "the database password leaked"
     );
-}
-
-trait ReadAll {
-    fn read_to_string_blocking(self, into: &mut String);
-}
-
-impl<R: std::io::Read> ReadAll for R {
-    fn read_to_string_blocking(mut self, into: &mut String) {
-        let _ = self.read_to_string(into);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +366,7 @@ async fn ten_thousand_keep_alive_connections_all_get_answers_in_bounded_memory()
         }
     }
     assert_eq!(sockets.len(), CONNECTIONS);
-    let rss_mib = rss_kib(service.child.id()) / 1024;
+    let rss_mib = rss_kib(service.process.pid().as_raw() as u32) / 1024;
     // Every connection is still open and answers a second request.
     let mut answering = tokio::task::JoinSet::new();
     for mut socket in sockets {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use middleway::redis_pool::{RedisConnection, RedisPool};
+use middleway::pools::redis::{RedisConnection, RedisPool};
 
 use crate::helpers::{OwnRedis, redis_connection, redis_url};
 

@@ -3,8 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use sqlx::mysql::MySqlPoolOptions;
 
@@ -131,7 +130,7 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     })
     .await;
     assert!(all_in, "200 requests in flight");
-    kill(Pid::from_raw(service.child.id() as i32), Signal::SIGTERM).unwrap();
+    service.process.signal(Signal::SIGTERM);
     // Let the drain begin (listener closed) while every read is still blocked.
     tokio::time::sleep(Duration::from_millis(200)).await;
     sqlx::query("UNLOCK TABLES")
@@ -153,7 +152,7 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     drop(http);
 
     let mut service = service;
-    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap())
+    let exit = tokio::task::spawn_blocking(move || service.process.child().wait().unwrap())
         .await
         .unwrap();
     assert_eq!(exit.code(), Some(0), "the service exits 0 after draining");

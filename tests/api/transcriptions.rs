@@ -3,24 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{NewRow, TEST_KEY, spawn_app};
-
-async fn assert_problem(response: reqwest::Response, status: StatusCode, slug: &str) -> Value {
-    assert_eq!(response.status(), status);
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(body["type"], format!("urn:middleway:problem:{slug}"));
-    assert_eq!(body["status"], status.as_u16());
-    assert_eq!(body["request_id"], request_id);
-    body
-}
+use crate::helpers::{NewRow, TEST_KEY, assert_problem, spawn_app};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_malformed_id_is_400() {

@@ -6,15 +6,15 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 use sqlx::MySqlPool;
 
-use crate::error::ApiError;
-use crate::redis_pool::RedisPool;
+use crate::http::error::ApiError;
+use crate::pools::redis::RedisPool;
 
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// What readiness looks at.
 #[derive(Clone)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// MySQL pool to ping.
     pub mysql: MySqlPool,
     /// Redis pool to ping.
@@ -47,7 +47,7 @@ impl Readiness {
 /// `GET /healthz`.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "The process serves", body = inline(Object), example = json!({"status": "ok"}))))]
-pub async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
@@ -56,12 +56,12 @@ pub async fn healthz() -> HttpResponse {
     responses(
         (status = 200, description = "MySQL and Redis answer", body = inline(Object)),
         (status = 503, description = "A dependency fails, or the service is draining",
-            body = inline(crate::error::ProblemSchema), content_type = "application/problem+json",
+            body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds"))),
     ))]
-pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
     if *readiness.draining.borrow() {
-        return Err(ApiError::unavailable(
+        return Err(ApiError::Unavailable(
             "draining: the service is shutting down",
         ));
     }
@@ -75,9 +75,9 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, Api
         (true, true) => {
             Ok(HttpResponse::Ok().json(json!({"status": "ok", "mysql": "ok", "redis": "ok"})))
         }
-        (false, true) => Err(ApiError::unavailable("mysql: unreachable")),
-        (true, false) => Err(ApiError::unavailable("redis: unreachable")),
-        (false, false) => Err(ApiError::unavailable(
+        (false, true) => Err(ApiError::Unavailable("mysql: unreachable")),
+        (true, false) => Err(ApiError::Unavailable("redis: unreachable")),
+        (false, false) => Err(ApiError::Unavailable(
             "mysql: unreachable; redis: unreachable",
         )),
     }

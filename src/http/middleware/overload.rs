@@ -9,13 +9,15 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 
 /// Counts requests in flight against a cap.
 #[derive(Debug)]
-pub struct InFlightLimit {
+pub(crate) struct InFlightLimit {
+    /// Requests holding a place now.
     current: AtomicUsize,
+    /// `MAX_IN_FLIGHT`.
     max: usize,
 }
 
@@ -31,7 +33,7 @@ impl Drop for Permit {
 
 impl InFlightLimit {
     /// A cap of `max` requests in flight.
-    pub fn new(max: usize) -> Arc<Self> {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             current: AtomicUsize::new(0),
             max,
@@ -46,7 +48,7 @@ impl InFlightLimit {
 }
 
 /// Middleware for the protected routes: sheds past the cap.
-pub async fn shed_overload(
+pub(crate) async fn shed_overload(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
@@ -60,7 +62,7 @@ pub async fn shed_overload(
         if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
             metrics.requests_shed.inc();
         }
-        return Ok(req.error_response(ApiError::unavailable(
+        return Ok(req.error_response(ApiError::Unavailable(
             "the service is overloaded; retry shortly",
         )));
     };

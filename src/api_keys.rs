@@ -1,17 +1,11 @@
-//! Bearer API keys: parsing `name:key` pairs and a constant-time check.
+//! Bearer API keys: `name:key` pairs, kept as SHA-256 digests and compared in
+//! constant time.
 
 use std::fmt;
 use std::sync::Arc;
 
-use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::AUTHORIZATION;
-use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-
-use crate::error::ApiError;
 
 /// Shortest key accepted: anything shorter is guessable.
 const MIN_KEY_LEN: usize = 16;
@@ -20,7 +14,9 @@ const MIN_KEY_LEN: usize = 16;
 /// sits in memory dumps or `Debug` output.
 #[derive(Clone)]
 pub struct ApiKey {
+    /// The key's name: shown in logs and metrics instead of the key.
     name: Arc<str>,
+    /// SHA-256 of the key.
     digest: [u8; 32],
 }
 
@@ -44,11 +40,6 @@ impl ApiKey {
             digest: Sha256::digest(key.as_bytes()).into(),
         })
     }
-
-    /// The key's name, safe to log.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -60,10 +51,6 @@ impl fmt::Debug for ApiKey {
 /// The set of keys active at once (several during a rotation).
 #[derive(Clone, Debug, Default)]
 pub struct ApiKeys(Arc<[ApiKey]>);
-
-/// The key name a request authenticated with, in request extensions.
-#[derive(Clone, Debug)]
-pub struct KeyName(pub Arc<str>);
 
 impl ApiKeys {
     /// Wraps the configured keys.
@@ -89,34 +76,6 @@ impl ApiKeys {
         }
         found
     }
-}
-
-/// What the auth middleware needs: the keys, or `None` when auth is disabled.
-#[derive(Clone)]
-pub struct AuthPolicy(pub Option<ApiKeys>);
-
-fn bearer_token(req: &ServiceRequest) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Rejects requests without a valid bearer key with 401; notes the key name for logs.
-pub async fn require_api_key(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
-    let policy = req.app_data::<web::Data<AuthPolicy>>().map(|p| p.0.clone());
-    if let Some(Some(keys)) = policy {
-        let Some(name) = bearer_token(&req).and_then(|token| keys.authenticate(token)) else {
-            return Ok(req.error_response(ApiError::Unauthorized));
-        };
-        if let Some(metrics) = req.app_data::<web::Data<crate::metrics::Metrics>>() {
-            metrics.requests_by_key.with_label_values(&[&*name]).inc();
-        }
-        req.extensions_mut().insert(KeyName(name));
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 #[cfg(test)]

@@ -1,0 +1,65 @@
+//! The root span of each request (method, route, request id), so log lines
+//! written while serving it carry them, and the one completion line per request.
+
+use std::sync::Arc;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{Error, HttpMessage};
+use tracing::Span;
+use tracing_actix_web::RootSpanBuilder;
+
+use super::auth::KeyName;
+use super::request_id::{RequestId, RequestStart};
+
+/// Builds the request span for `tracing_actix_web::TracingLogger`.
+///
+/// Status, latency and key name go on the completion line, not on the span:
+/// the JSON formatter keeps span fields as a JSON string and re-parses and
+/// re-serializes it on every `record` (what that cost is in bench/README.md).
+pub(crate) struct AccessLog;
+
+impl RootSpanBuilder for AccessLog {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| Arc::clone(&r.0))
+            .unwrap_or_default();
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route = %route,
+            request_id = %request_id,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let response = match outcome {
+            Ok(response) => response,
+            // Our middlewares answer errors as responses; an `Err` here is actix's own.
+            Err(error) => {
+                let status = error.as_response_error().status_code().as_u16();
+                span.in_scope(|| tracing::info!(status, "request completed"));
+                return;
+            }
+        };
+        let extensions = response.request().extensions();
+        let latency_ms = extensions
+            .get::<RequestStart>()
+            .map(|s| s.0.elapsed().as_secs_f64() * 1000.0)
+            .unwrap_or_default();
+        let api_key = extensions.get::<KeyName>().map(|k| &*k.0);
+        span.in_scope(|| {
+            tracing::info!(
+                status = response.status().as_u16(),
+                latency_ms,
+                api_key,
+                "request completed"
+            )
+        });
+    }
+}

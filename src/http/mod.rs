@@ -1,0 +1,182 @@
+//! Everything HTTP: the route table of the public and admin listeners, the
+//! two capabilities' routes, errors as problem+json, JSON bodies, the
+//! middlewares, health, OpenAPI, and noticing clients that hang up.
+
+pub(crate) mod admin;
+pub(crate) mod body;
+pub(crate) mod error;
+pub(crate) mod health;
+pub(crate) mod middleware;
+pub(crate) mod openapi;
+pub(crate) mod peer;
+pub(crate) mod routes;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use self::admin::{AdminState, metrics_endpoint};
+use self::error::ApiError;
+use self::health::{Readiness, healthz, readyz};
+use self::middleware::access_log::AccessLog;
+use self::middleware::auth::{AuthPolicy, require_api_key};
+use self::middleware::compact_headers::compact_headers;
+use self::middleware::metrics::track_requests;
+use self::middleware::overload::{InFlightLimit, shed_overload};
+use self::middleware::request_id::stamp_request_id;
+use self::openapi::openapi_json;
+use self::peer::{PeerWatch, record_peer_socket};
+use self::routes::locks::post_locks;
+use self::routes::transcriptions::get_transcription;
+use crate::locks::LockEngine;
+use crate::metrics::Metrics;
+use crate::pools::redis::RedisPools;
+use crate::transcriptions::TranscriptionReader;
+
+/// What the public listener's handlers and middlewares share, built once by
+/// `startup`; each HTTP worker gets a clone for [`public_app`].
+#[derive(Clone)]
+pub(crate) struct AppState {
+    /// Transcription reads.
+    pub reader: web::Data<TranscriptionReader>,
+    /// The lock engine; each worker gets a copy making calls through its own Redis pool.
+    pub locks: LockEngine,
+    /// The per-worker Redis pools the engine copies use.
+    pub redis: Arc<RedisPools>,
+    /// What `/readyz` checks.
+    pub readiness: web::Data<Readiness>,
+    /// Which bearer keys are accepted.
+    pub auth: web::Data<AuthPolicy>,
+    /// The in-flight cap.
+    pub limit: web::Data<Arc<InFlightLimit>>,
+    /// Metrics registry.
+    pub metrics: web::Data<Metrics>,
+    /// Sockets of waiting requests.
+    pub peers: web::Data<PeerWatch>,
+}
+
+/// The public server on `listener`: `workers` threads, each with its own
+/// [`public_app`]; in-flight requests get `drain` to finish at shutdown.
+pub(crate) fn public_server(
+    listener: TcpListener,
+    state: AppState,
+    workers: usize,
+    drain: Duration,
+) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || public_app(state.clone()))
+        .on_connect(record_peer_socket)
+        .workers(workers)
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(drain.as_secs())
+        // Time to receive a request's headers; slow-loris clients are cut off.
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        // Longer than the keep-alive of typical client agents, so the server
+        // is not the side that closes a connection a client is about to reuse.
+        .keep_alive(Duration::from_secs(75))
+        .run())
+}
+
+/// The admin server on `listener`: one worker, `/metrics`.
+pub(crate) fn admin_server(
+    listener: TcpListener,
+    state: web::Data<AdminState>,
+) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || admin_app(state.clone()))
+        .listen(listener)?
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .run())
+}
+
+/// The public listener's app, for one HTTP worker.
+fn public_app(
+    state: AppState,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let locks = state.locks.for_worker(state.redis.for_worker());
+    App::new()
+        .app_data(state.reader)
+        .app_data(web::Data::new(locks))
+        .app_data(state.readiness)
+        .app_data(state.auth)
+        .app_data(state.limit)
+        .app_data(state.metrics)
+        .app_data(state.peers)
+        .app_data(body::json_config())
+        .wrap(from_fn(track_requests))
+        .wrap(TracingLogger::<AccessLog>::new())
+        .wrap(from_fn(stamp_request_id))
+        .service(open_get("/healthz", healthz))
+        .service(open_get("/readyz", readyz))
+        .service(open_get("/openapi.json", openapi_json))
+        .service(
+            web::resource("/transcriptions/{id}")
+                .wrap(from_fn(shed_overload))
+                .wrap(from_fn(require_api_key))
+                .route(web::get().to(get_transcription))
+                .default_service(web::to(|| method_not_allowed("GET"))),
+        )
+        .service(
+            web::resource("/locks")
+                .wrap(from_fn(compact_headers))
+                .wrap(from_fn(shed_overload))
+                .wrap(from_fn(require_api_key))
+                .route(web::post().to(post_locks))
+                .default_service(web::to(|| method_not_allowed("POST"))),
+        )
+        .default_service(web::to(not_found))
+}
+
+/// The admin listener's app: `/metrics` only.
+fn admin_app(
+    state: web::Data<AdminState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(state)
+        .route("/metrics", web::get().to(metrics_endpoint))
+        .default_service(web::to(not_found))
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such route".into()))
+}
+
+async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed { allow })
+}
+
+/// A GET route that needs no key, answering 405 to other methods.
+fn open_get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(|| method_not_allowed("GET")))
+}

@@ -1,0 +1,28 @@
+//! Why a lock operation did not succeed, in the lock's own words; the route
+//! maps each to an HTTP problem.
+
+/// A lock operation's failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum LockError {
+    /// The token does not hold the lock now.
+    #[error("the token does not hold the lock")]
+    NotHeld,
+    /// The lock exists with another `permits` value.
+    #[error("the lock exists with permits = {0}")]
+    PermitsMismatch(u32),
+    /// No slot came free within `wait_ms`.
+    #[error("no slot came free in time")]
+    Timeout,
+    /// Redis did not answer.
+    #[error("Redis is unreachable")]
+    RedisUnavailable,
+    /// `LOCK_MAX_WAITERS` requests are waiting already.
+    #[error("too many lock requests are waiting")]
+    TooManyWaiters,
+    /// The service is shutting down.
+    #[error("the service is shutting down")]
+    Draining,
+    /// The client hung up while waiting.
+    #[error("the client disconnected")]
+    CallerGone,
+}

@@ -1,0 +1,66 @@
+//! Test harness: a real service on port 0 against real MariaDB and Redis,
+//! each test with its own database and Redis key prefix.
+//!
+//! - `app`: the in-process service (`spawn_app`), its HTTP helpers and rows.
+//! - `servers`: processes a test owns (its own mariadbd, redis-server, or
+//!   `middleway serve`), killed when dropped.
+//! - `contract`: assertions on problem+json answers.
+//! - `redis`: looking at Redis from a test.
+
+// Shared by every test area; not every area uses every helper.
+#![allow(dead_code, unused_imports)]
+
+mod app;
+mod contract;
+mod redis;
+mod servers;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use app::*;
+pub use contract::*;
+pub use redis::*;
+pub use servers::*;
+
+/// A short random lowercase suffix for database names and key prefixes.
+pub fn random_suffix() -> String {
+    format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a: SocketAddr| a.port())
+        .expect("free port")
+}
+
+/// A folder under target/ for test-owned server data.
+pub fn scratch_dir(kind: &str) -> PathBuf {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{kind}-{}", random_suffix()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// Polls `check` until it is true or `within` passes.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Raises this process's descriptor limit to its hard limit (tests with
+/// thousands of connections; spawned services inherit it).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard);
+}

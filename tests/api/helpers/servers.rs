@@ -1,0 +1,310 @@
+//! Processes a test owns: its own `mariadbd` or `redis-server` (to stop and
+//! restart them), or `middleway serve` (for kill -9 and several replicas).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sqlx::Executor;
+use sqlx::mysql::MySqlPoolOptions;
+
+use super::{client, eventually, free_port, redis_connection, scratch_dir};
+
+/// A child process a test owns: killed and reaped when dropped, and its
+/// scratch directory (if any) removed.
+pub struct OwnedProcess {
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+}
+
+impl OwnedProcess {
+    /// A process with no child yet, whose data lives in `dir`.
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self {
+            child: None,
+            dir: Some(dir),
+        }
+    }
+
+    /// Spawns `command` (output discarded unless the command set it).
+    pub fn spawn(command: &mut Command) -> Self {
+        let mut process = Self {
+            child: None,
+            dir: None,
+        };
+        process.start(command);
+        process
+    }
+
+    /// (Re)starts the process with `command`.
+    pub fn start(&mut self, command: &mut Command) {
+        self.kill();
+        let child = command.spawn().expect("test process starts");
+        self.child = Some(child);
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_deref().expect("a process with a scratch dir")
+    }
+
+    /// The running child's process id.
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, SIGTERM...).
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal delivered");
+    }
+
+    /// The child, for its exit status or output pipes.
+    pub fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// SIGKILL (the harshest outage) and wait for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnedProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A MariaDB server owned by one test, so the test can stop and restart it.
+pub struct OwnMariaDb {
+    pub port: u16,
+    process: OwnedProcess,
+}
+
+impl OwnMariaDb {
+    /// Initialises a data directory and starts the server.
+    pub async fn start() -> Self {
+        let process = OwnedProcess::in_dir(scratch_dir("mariadb"));
+        let status = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!(
+                "--datadir={}",
+                process.dir().join("data").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("mariadb-install-db runs");
+        assert!(status.success(), "mariadb-install-db failed");
+        let mut db = Self {
+            port: free_port(),
+            process,
+        };
+        db.restart().await;
+        let root = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.root_url())
+            .await
+            .expect("root");
+        root.execute("CREATE USER 'middleway'@'127.0.0.1' IDENTIFIED BY 'middleway'; GRANT ALL ON *.* TO 'middleway'@'127.0.0.1';").await.expect("create user");
+        root.close().await;
+        db
+    }
+
+    /// `mysql://middleway:middleway@127.0.0.1:<port>` (no database).
+    pub fn admin_url(&self) -> String {
+        format!("mysql://middleway:middleway@127.0.0.1:{}", self.port)
+    }
+
+    fn root_url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server on its port and waits until it answers.
+    pub async fn restart(&mut self) {
+        let dir = self.process.dir().to_owned();
+        let path = |name: &str| dir.join(name).display().to_string();
+        self.process.start(
+            Command::new("/usr/sbin/mariadbd")
+                .args([
+                    "--no-defaults",
+                    "--user=root",
+                    "--bind-address=127.0.0.1",
+                    "--skip-name-resolve",
+                    "--innodb-buffer-pool-size=32M",
+                    "--log-warnings=4",
+                ])
+                .arg(format!("--port={}", self.port))
+                .arg(format!("--datadir={}", path("data")))
+                .arg(format!("--socket={}", path("mysqld.sock")))
+                .arg(format!("--pid-file={}", path("mysqld.pid")))
+                .arg(format!("--log-error={}", path("error.log")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let url = self.root_url();
+        let up = eventually(
+            Duration::from_secs(30),
+            async || match MySqlPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+            {
+                Ok(pool) => {
+                    pool.close().await;
+                    true
+                }
+                Err(_) => false,
+            },
+        )
+        .await;
+        assert!(up, "own mariadbd did not come up");
+    }
+
+    /// Stops the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// The server's error log (aborted connections are reported there).
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.process.dir().join("error.log")).unwrap_or_default()
+    }
+
+    /// A global status counter, read over a fresh root connection.
+    pub async fn status(&self, name: &str) -> u64 {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&self.root_url())
+            .await
+            .expect("root");
+        let value: String = sqlx::query_scalar(
+            "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = ?",
+        )
+        .bind(name)
+        .fetch_one(&pool)
+        .await
+        .expect("status");
+        pool.close().await;
+        value.parse().expect("numeric status")
+    }
+}
+
+/// A Redis server owned by one test, so the test can stop and restart it.
+pub struct OwnRedis {
+    pub port: u16,
+    process: OwnedProcess,
+}
+
+impl OwnRedis {
+    /// Starts a throwaway redis-server on a free port.
+    pub async fn start() -> Self {
+        let mut redis = Self {
+            port: free_port(),
+            process: OwnedProcess::in_dir(scratch_dir("redis")),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/0`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts the server (empty: no persistence) and waits until it answers.
+    pub async fn restart(&mut self) {
+        let dir = self.process.dir().to_owned();
+        self.process.start(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--port")
+                .arg(self.port.to_string())
+                .arg("--dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let url = self.url();
+        let up = eventually(Duration::from_secs(10), async || {
+            redis_connection(&url).await.is_some()
+        })
+        .await;
+        assert!(up, "own redis-server did not come up");
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+}
+
+/// A spawned `middleway serve` process (for kill -9 and multi-replica tests).
+pub struct ServiceProcess {
+    pub process: OwnedProcess,
+    pub base: String,
+}
+
+impl ServiceProcess {
+    /// Starts the binary with `env` on a free port and waits until /readyz is 200.
+    pub async fn start(env: HashMap<String, String>) -> Self {
+        Self::start_on(env, free_port()).await
+    }
+
+    /// Starts the binary with `env` on `port` and waits until /readyz is 200.
+    pub async fn start_on(env: HashMap<String, String>, port: u16) -> Self {
+        Self::launch(env, port, None).await
+    }
+
+    /// Like [`Self::start`], with standard output and error kept for [`Self::logs`].
+    pub async fn start_logged(env: HashMap<String, String>) -> Self {
+        Self::launch(env, free_port(), Some(scratch_dir("service"))).await
+    }
+
+    /// What the process wrote so far (see [`Self::start_logged`]).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.process.dir().join("service.log")).unwrap_or_default()
+    }
+
+    async fn launch(mut env: HashMap<String, String>, port: u16, dir: Option<PathBuf>) -> Self {
+        env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+        env.entry("RUST_LOG".into())
+            .or_insert_with(|| "warn".into());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
+        command.arg("serve").env_clear().envs(&env);
+        let process = match dir {
+            Some(dir) => {
+                let log = std::fs::File::create(dir.join("service.log")).expect("log file");
+                command
+                    .stdout(log.try_clone().expect("log file"))
+                    .stderr(log);
+                let mut process = OwnedProcess::in_dir(dir);
+                process.start(&mut command);
+                process
+            }
+            None => OwnedProcess::spawn(command.stdout(Stdio::null()).stderr(Stdio::null())),
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let http = client();
+        let ready = eventually(Duration::from_secs(20), async || {
+            matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
+        })
+        .await;
+        assert!(ready, "service process became ready");
+        Self { process, base }
+    }
+}
