@@ -57,9 +57,9 @@ pub(crate) enum ApiError {
     /// 415: a body that is not `application/json`.
     #[error("unsupported media type")]
     UnsupportedMediaType,
-    /// 409: the token does not hold the lock now.
-    #[error("lock not held")]
-    NotHeld,
+    /// 409: the token does not hold the lock now; why (`expired`, `released`, `unknown`).
+    #[error("lock not held ({0})")]
+    NotHeld(&'static str),
     /// 409: the lock exists with another `permits` value.
     #[error("permits mismatch: the lock has {existing} permits")]
     PermitsMismatch {
@@ -115,11 +115,16 @@ impl ApiError {
                 "Unsupported media type",
                 "the request body must be `application/json`".into(),
             ),
-            Self::NotHeld => (
+            Self::NotHeld(reason) => (
                 S::CONFLICT,
                 "not-held",
                 "Lock not held",
-                "that token does not hold the lock (released, expired or never granted)".into(),
+                match *reason {
+                    "expired" => "that token's lease has expired",
+                    "released" => "that token was released",
+                    _ => "that token does not hold the lock (never granted, or too long ago)",
+                }
+                .into(),
             ),
             Self::PermitsMismatch { existing } => (
                 S::CONFLICT,
@@ -187,6 +192,10 @@ pub(crate) struct ProblemSchema<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     errors: Option<[&'a FieldError; 1]>,
+    /// Why the token does not hold the lock (409 `not-held` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^(expired|released|unknown)$")]
+    reason: Option<&'static str>,
 }
 
 impl ResponseError for ApiError {
@@ -205,6 +214,10 @@ impl ResponseError for ApiError {
             request_id: request_id.as_deref().unwrap_or(""),
             errors: match self {
                 Self::InvalidRequest(e) => Some([e]),
+                _ => None,
+            },
+            reason: match self {
+                Self::NotHeld(reason) => Some(reason),
                 _ => None,
             },
         };

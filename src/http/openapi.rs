@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::error::{FieldError, ProblemSchema};
-use crate::http::routes::locks::{GrantBody, ReleasedBody};
+use crate::http::routes::locks::{GrantBody, HolderBody, InspectBody, ReleasedBody};
 use crate::transcriptions::Transcription;
 
 /// The document.
@@ -24,7 +24,7 @@ use crate::transcriptions::Transcription;
         crate::http::health::readyz,
         openapi_json
     ),
-    components(schemas(Transcription, ProblemSchema, FieldError, GrantBody, ReleasedBody)),
+    components(schemas(Transcription, ProblemSchema, FieldError, GrantBody, ReleasedBody, InspectBody, HolderBody)),
     modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;

@@ -1,12 +1,22 @@
-//! Noticing that an HTTP client has hung up while its request waits.
+//! What has become of an HTTP client while its request waits.
 //!
 //! actix-web keeps polling a handler after the client disconnects
-//! (actix/actix-web#1313, #3462), so a lock waiter would otherwise stay queued
-//! and be granted a slot nobody will use until its lease runs out. Each
-//! connection's socket is recorded at accept time; while a request waits, its
-//! socket is on a watch list that one sweeper thread checks with a single
-//! `poll(2)`: one syscall per sweep for all waiters, no extra descriptor and
-//! no reactor registration per waiter.
+//! (actix/actix-web#1313, #3462), so a lock waiter would otherwise keep its
+//! place. Each connection's socket is recorded at accept time; while a
+//! request waits, its socket is on a watch list that one sweeper thread
+//! checks with a single `poll(2)`: one syscall per sweep for all waiters, no
+//! extra descriptor and no reactor registration per waiter.
+//!
+//! A peer that closed only its sending side is not gone: half-close is legal
+//! HTTP/1.1 and such a client still reads the answer. A peer that closed its
+//! socket looks the same until something is written to it; then its reset
+//! comes back. So when a waiting HTTP/1.1 peer closes its side, the sweeper
+//! writes it an interim `102 Processing` (RFC 9110 §15.2: a 1.1 client must
+//! accept and may ignore any 1xx): a half-closed client reads on, a closed
+//! socket resets and the waiter is dropped at the next sweep. (HTTP/1.0 has
+//! no 1xx, so a 1.0 peer that closes its side counts as gone.) A grant
+//! answered to a half-closed peer is watched for the same reset
+//! ([`PeerWatch::watch_delivery`]).
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -20,18 +30,41 @@ use actix_web::HttpRequest;
 use actix_web::dev::Extensions;
 use tokio::sync::oneshot;
 
-/// How often the watch list is checked: the longest a hung-up waiter keeps its place.
+/// How often the watch list is checked: the longest a waiter whose client
+/// reset its connection keeps its place.
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
-/// The accepted socket of a connection, in its connection data.
+/// How long an answer to a half-closed peer is watched for a reset: well
+/// over a round trip, and the promise "handed on within 100 ms".
+const DELIVERY_WINDOW: Duration = Duration::from_millis(100);
+
+/// The accepted socket of a connection, in its connection data, with the
+/// kernel's unique cookie for it (a descriptor number can be reused).
 #[derive(Clone, Copy)]
-struct PeerSocket(RawFd);
+struct PeerSocket {
+    fd: RawFd,
+    cookie: Option<u64>,
+}
 
 /// `HttpServer::on_connect` hook: remembers the socket of each plain TCP connection.
 pub(crate) fn record_peer_socket(connection: &dyn Any, data: &mut Extensions) {
     if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        data.insert(PeerSocket(stream.as_raw_fd()));
+        data.insert(PeerSocket {
+            fd: stream.as_raw_fd(),
+            cookie: sys::cookie(stream),
+        });
     }
+}
+
+/// What a peer has done with its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// Both directions open.
+    Open,
+    /// It closed its sending side: half-closed, or closed and not yet told.
+    HalfClosed,
+    /// Reset, hung up, or the socket is gone.
+    Gone,
 }
 
 /// The sockets of waiting requests, each with the signal to fire when its peer goes.
@@ -40,16 +73,37 @@ pub(crate) struct PeerWatch {
     list: Arc<WatchList>,
 }
 
+/// A waiting request's socket: whether a 1xx may be written to it (HTTP/1.1)
+/// and has been, and the signal to fire when its peer goes.
+struct Watched {
+    socket: PeerSocket,
+    probe: Probe,
+    gone: oneshot::Sender<()>,
+}
+
+/// Whether a waiting peer that closed its side gets a `102 Processing`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// HTTP/1.1, not yet probed.
+    Allowed,
+    /// Probed: no reset came back yet.
+    Sent,
+    /// HTTP/1.0 (no 1xx exists): a closed side means gone.
+    Forbidden,
+}
+
+type Entries = HashMap<u64, Watched>;
+
 #[derive(Default)]
 struct WatchList {
     /// Watched sockets by watch id, with the signal to fire.
-    entries: Mutex<HashMap<u64, (RawFd, oneshot::Sender<()>)>>,
+    entries: Mutex<Entries>,
     /// The next watch id.
     next_id: AtomicU64,
 }
 
 impl WatchList {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (RawFd, oneshot::Sender<()>)>> {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
         self.entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -62,12 +116,25 @@ impl WatchList {
             return;
         }
         let ids: Vec<u64> = entries.keys().copied().collect();
-        let fds: Vec<RawFd> = ids.iter().map(|id| entries[id].0).collect();
-        // Every fd is open: an entry is removed (under this lock) before its request can finish.
-        let gone = sys::peers_gone(&fds);
-        for (id, gone) in ids.iter().zip(gone) {
-            if gone && let Some((_, signal)) = entries.remove(id) {
-                let _ = signal.send(());
+        let sockets: Vec<PeerSocket> = ids.iter().map(|id| entries[id].socket).collect();
+        let states = sys::states(&sockets);
+        for (id, state) in ids.iter().zip(states) {
+            let Some(entry) = entries.get_mut(id) else {
+                continue;
+            };
+            let gone = match (state, entry.probe) {
+                (PeerState::Gone, _) | (PeerState::HalfClosed, Probe::Forbidden) => true,
+                // Written under the list lock: the request still waits (its
+                // entry leaves the list before its answer can be written),
+                // so the 1xx can never land inside the response.
+                (PeerState::HalfClosed, Probe::Allowed) => {
+                    entry.probe = Probe::Sent;
+                    !sys::write_processing(&entry.socket)
+                }
+                _ => false,
+            };
+            if gone && let Some(entry) = entries.remove(id) {
+                let _ = entry.gone.send(());
             }
         }
     }
@@ -86,6 +153,18 @@ impl Drop for SweeperGuard {
             thread.thread().unpark();
             let _ = thread.join();
         }
+    }
+}
+
+/// An answer written to a half-closed peer, watched for the reset that says
+/// it was not read.
+pub(crate) struct DeliveryWatch(sys::Duplicate);
+
+impl DeliveryWatch {
+    /// True when the peer reset the connection within [`DELIVERY_WINDOW`]:
+    /// it had closed its socket, and the answer was never read.
+    pub(crate) async fn refused(self) -> bool {
+        self.0.reset_within(DELIVERY_WINDOW).await
     }
 }
 
@@ -113,66 +192,170 @@ impl PeerWatch {
         ))
     }
 
-    /// Resolves when the client of `request` has closed or reset its
+    /// Resolves when the client of `request` has reset or hung up its
     /// connection; never resolves when that cannot be known.
     pub(crate) async fn client_gone(&self, request: &HttpRequest) {
-        let Some(PeerSocket(fd)) = request.conn_data::<PeerSocket>().copied() else {
+        let Some(socket) = request.conn_data::<PeerSocket>().copied() else {
             return std::future::pending().await;
         };
         let (gone, signal) = oneshot::channel();
+        let probe = if request.version() >= actix_web::http::Version::HTTP_11 {
+            Probe::Allowed
+        } else {
+            Probe::Forbidden
+        };
         let id = self.list.next_id.fetch_add(1, Ordering::Relaxed);
-        self.list.lock().insert(id, (fd, gone));
-        let _watched = Watched(&self.list, id);
+        self.list.lock().insert(
+            id,
+            Watched {
+                socket,
+                probe,
+                gone,
+            },
+        );
+        let _watched = Unwatch(&self.list, id);
         if signal.await.is_err() {
             std::future::pending::<()>().await;
         }
     }
+
+    /// The peer's state now (`Open` when it cannot be known).
+    pub(crate) fn state(&self, request: &HttpRequest) -> PeerState {
+        match request.conn_data::<PeerSocket>() {
+            Some(socket) => sys::states(std::slice::from_ref(socket))[0],
+            None => PeerState::Open,
+        }
+    }
+
+    /// Watches the answer about to be written to `request`'s peer, if the
+    /// platform lets us.
+    pub(crate) fn watch_delivery(&self, request: &HttpRequest) -> Option<DeliveryWatch> {
+        let socket = request.conn_data::<PeerSocket>()?;
+        sys::Duplicate::of(socket).map(DeliveryWatch)
+    }
 }
 
 /// Removes the socket from the watch list when the wait ends, however it ends.
-struct Watched<'a>(&'a WatchList, u64);
+struct Unwatch<'a>(&'a WatchList, u64);
 
-impl Drop for Watched<'_> {
+impl Drop for Unwatch<'_> {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
     }
 }
 
-/// The one `unsafe` use of a raw descriptor, behind a safe function.
+/// The uses of raw descriptors, behind safe functions.
 mod sys {
-    use std::os::fd::{BorrowedFd, RawFd};
+    use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+    use std::time::Duration;
 
     use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
-    /// What a peer that went away raises: on Linux also `POLLRDHUP` (the
-    /// peer closed its side); elsewhere only a reset or hang-up is seen.
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    const WATCHED: PollFlags = PollFlags::RDHUP;
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    const WATCHED: PollFlags = PollFlags::empty();
+    use super::{PeerSocket, PeerState};
 
-    /// For each socket, whether its peer has gone; one `poll(2)`, never blocking.
-    pub(super) fn peers_gone(fds: &[RawFd]) -> Vec<bool> {
-        let mut polled: Vec<PollFd<'_>> = fds
+    /// The kernel's unique id of a socket (Linux), to tell a reused descriptor number.
+    pub(super) fn cookie(fd: impl AsFd) -> Option<u64> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        return rustix::net::sockopt::socket_cookie(fd).ok();
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        {
+            let _ = fd;
+            None
+        }
+    }
+
+    /// Borrows a recorded socket's descriptor.
+    fn borrow(socket: &PeerSocket) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belonged to the connection when it was
+        // recorded. If the connection has since closed and the number been
+        // reused, the calls below only read the state of whatever it is now
+        // (poll, getsockopt, dup), and the cookie check tells us it changed.
+        unsafe { BorrowedFd::borrow_raw(socket.fd) }
+    }
+
+    /// The descriptor is still the recorded socket (always true where cookies do not exist).
+    fn same_socket(socket: &PeerSocket) -> bool {
+        socket.cookie.is_none() || cookie(borrow(socket)) == socket.cookie
+    }
+
+    /// What each peer has done; one `poll(2)`, never blocking.
+    pub(super) fn states(sockets: &[PeerSocket]) -> Vec<PeerState> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        const CLOSED_ITS_SIDE: PollFlags = PollFlags::RDHUP;
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        const CLOSED_ITS_SIDE: PollFlags = PollFlags::empty();
+        let mut polled: Vec<PollFd<'_>> = sockets
             .iter()
-            .map(|&fd| {
-                // SAFETY: the callers hold the fds of live connections (see
-                // `WatchList::sweep`); poll(2) only reads their state.
-                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                PollFd::from_borrowed_fd(fd, WATCHED)
-            })
+            .map(|s| PollFd::from_borrowed_fd(borrow(s), CLOSED_ITS_SIDE))
             .collect();
         let now = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
         if poll(&mut polled, Some(&now)).unwrap_or(0) == 0 {
-            return vec![false; fds.len()];
+            return vec![PeerState::Open; sockets.len()];
         }
-        let gone = WATCHED | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
+        let gone = PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL;
         polled
             .iter()
-            .map(|p| p.revents().intersects(gone))
+            .zip(sockets)
+            .map(|(p, socket)| {
+                let events = p.revents();
+                if events.intersects(gone) || (!events.is_empty() && !same_socket(socket)) {
+                    PeerState::Gone
+                } else if events.intersects(CLOSED_ITS_SIDE) {
+                    PeerState::HalfClosed
+                } else {
+                    PeerState::Open
+                }
+            })
             .collect()
+    }
+
+    /// Writes `HTTP/1.1 102 Processing` to the peer; false when the socket
+    /// is gone. Where sockets have no cookie (not Linux) a reused descriptor
+    /// could not be told apart, so nothing is written there.
+    pub(super) fn write_processing(socket: &PeerSocket) -> bool {
+        use rustix::net::{SendFlags, send};
+        if socket.cookie.is_none() {
+            return true;
+        }
+        let Some(Duplicate(fd)) = Duplicate::of(socket) else {
+            return false;
+        };
+        const PROCESSING: &[u8] = b"HTTP/1.1 102 Processing\r\n\r\n";
+        matches!(
+            send(&fd, PROCESSING, SendFlags::DONTWAIT | SendFlags::NOSIGNAL),
+            Ok(n) if n == PROCESSING.len()
+        )
+    }
+
+    /// A duplicate of a connection's descriptor: the socket stays ours to
+    /// watch even after actix closes its own descriptor.
+    pub(super) struct Duplicate(OwnedFd);
+
+    impl Duplicate {
+        /// A duplicate checked to be the recorded socket (a descriptor
+        /// number can be reused; the duplicate, once made, cannot).
+        pub(super) fn of(socket: &PeerSocket) -> Option<Self> {
+            let fd = rustix::io::fcntl_dupfd_cloexec(borrow(socket), 0).ok()?;
+            (socket.cookie.is_none() || cookie(&fd) == socket.cookie).then_some(Self(fd))
+        }
+
+        /// Whether the peer resets the connection within `window`.
+        pub(super) async fn reset_within(self, window: Duration) -> bool {
+            use tokio::io::Interest;
+            use tokio::io::unix::AsyncFd;
+            // SAFETY: an OwnedFd stays open, on the same socket, for as long
+            // as the AsyncFd that owns it.
+            let Ok(watched) = (unsafe { AsyncFd::register_with_interest(self.0, Interest::ERROR) })
+            else {
+                return false;
+            };
+            matches!(
+                tokio::time::timeout(window, watched.ready(Interest::ERROR)).await,
+                Ok(Ok(_))
+            )
+        }
     }
 }

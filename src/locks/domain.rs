@@ -1,9 +1,9 @@
-//! The lock's own types: a name that is valid by construction, and the grant
-//! token clients hold.
+//! The lock's own types: a name that is valid by construction, the grant
+//! token clients hold, a grant, why a token does not hold, and a lock's state.
 
 /// A lock name: `[A-Za-z0-9._:-]{1,128}`. It never contains braces, so it is
 /// safe inside a Redis Cluster hash tag.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LockName(String);
 
 impl LockName {
@@ -50,22 +50,91 @@ impl LockToken {
         &self.0
     }
 
-    /// Whether it has the shape of a token we mint; anything else cannot hold a lock.
+    /// Whether it has the shape of a token we mint, `<incarnation>.<fence>.<nonce>`;
+    /// anything else cannot hold a lock.
     pub fn is_well_formed(&self) -> bool {
         let mut parts = self.0.split('.');
-        let digits = |p: Option<&str>| {
-            p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        };
         let hex = |p: Option<&str>| {
             p.is_some_and(|p| p.len() == 16 && p.bytes().all(|b| b.is_ascii_hexdigit()))
         };
-        digits(parts.next()) && digits(parts.next()) && hex(parts.next()) && parts.next().is_none()
+        let digits = |p: Option<&str>| {
+            p.is_some_and(|p| {
+                !p.is_empty() && p.len() <= 19 && p.bytes().all(|b| b.is_ascii_digit())
+            })
+        };
+        hex(parts.next()) && digits(parts.next()) && hex(parts.next()) && parts.next().is_none()
     }
 
     /// The fence the token carries (its second part).
     pub fn fence(&self) -> Option<u64> {
         self.0.split('.').nth(1).and_then(|f| f.parse().ok())
     }
+}
+
+/// A live grant, as the caller receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The bearer token for release and extend.
+    pub token: LockToken,
+    /// Strictly increasing per name.
+    pub fence: u64,
+    /// Lease deadline, Unix ms on the Redis clock.
+    pub deadline_ms: u64,
+}
+
+/// Why a token does not hold its lock (API.md, "Why a token is not held").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHeldReason {
+    /// Its lease ran out.
+    Expired,
+    /// It was released (a retried release after a lost reply sees this).
+    Released,
+    /// Never granted, or longer ago than the lock remembers.
+    Unknown,
+}
+
+impl NotHeldReason {
+    /// Reads a script's word for it.
+    pub fn from_script(word: &str) -> Self {
+        match word {
+            "expired" => Self::Expired,
+            "released" => Self::Released,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The word the API uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::Released => "released",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// One grant of a lock as `inspect` lists it (never its token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holder {
+    /// Its fence.
+    pub fence: u64,
+    /// Its deadline, Unix ms on the Redis clock.
+    pub deadline_ms: u64,
+}
+
+/// What `inspect` sees of a lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockState {
+    /// Slots, or `None` when the lock does not exist.
+    pub permits: Option<u32>,
+    /// Live grants.
+    pub holders: Vec<Holder>,
+    /// Requests waiting, fleet-wide.
+    pub waiting: u64,
+    /// The latest fence granted, when the lock exists.
+    pub fence: Option<u64>,
+    /// About the token asked after, if any: held until this deadline, or why not.
+    pub token: Option<Result<u64, NotHeldReason>>,
 }
 
 #[cfg(test)]
@@ -78,14 +147,16 @@ mod tests {
 
     #[test]
     fn only_minted_token_shapes_are_well_formed() {
-        assert!(token("3.1795000000000001.00ff00ff00ff00ff").is_well_formed());
+        assert!(token("0123456789abcdef.1795000000000001.00ff00ff00ff00ff").is_well_formed());
         for bad in [
             "",
             "3",
             "3.4",
-            "3.4.xyz",
-            "a.4.00ff00ff00ff00ff",
-            "3.4.00ff00ff00ff00ff.9",
+            "3.4.00ff00ff00ff00ff",
+            "0123456789abcdef.4.xyz",
+            "0123456789abcdef.a.00ff00ff00ff00ff",
+            "0123456789abcdef.4.00ff00ff00ff00ff.9",
+            "0123456789abcdef.12345678901234567890.00ff00ff00ff00ff",
         ] {
             assert!(!token(bad).is_well_formed(), "{bad}");
         }

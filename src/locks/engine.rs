@@ -1,76 +1,86 @@
-//! `LockEngine`: acquire, release and extend, on top of the store and the wait queues.
+//! `LockEngine`: acquire, release, extend and inspect, for one request each.
+//! A waiting acquire holds its place in Redis (a ticket in the lock's queue);
+//! the wake loop brings it the slot (see `wake` and docs/locks.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
-use super::domain::LockName;
+use super::core::{Cleanup, Core, bounded};
+use super::domain::{Grant, LockName, LockState, NotHeldReason};
 use super::error::LockError;
-use super::queues::{WaitQueues, Waiter};
-use super::shared::Shared;
-use super::store::{AcquireOutcome, Grant, LockStore};
-use super::waiters::run_wait_loop;
-use super::wire::{AcquireRequest, ExtendRequest, ReleaseRequest};
+use super::store::{AcquireCall, AcquireOutcome, Claimed, LockStore, random_id};
+use super::waiters::{WaitOutcome, Waiter};
+use super::wake::run_wake_loop;
+use super::wire::{AcquireRequest, ExtendRequest, InspectRequest, ReleaseRequest};
 use crate::metrics::Metrics;
 use crate::pools::redis::RedisPool;
 
-/// A bound on every non-blocking Redis call: past it Redis counts as unreachable.
-const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The lock service.
+/// The lock service of one replica.
 #[derive(Clone)]
 pub(crate) struct LockEngine {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
     /// Connections for the calls of requests, owned by this HTTP worker.
     pool: RedisPool,
     /// Flips to true when shutdown begins: waiters are answered 503 at once.
     draining: watch::Receiver<bool>,
 }
 
-/// Releases a place under `LOCK_MAX_WAITERS` when the waiting request ends, however it ends.
-struct WaitingSlot<'a>(&'a AtomicUsize, &'a Metrics);
+/// Holds a place under `LOCK_MAX_WAITERS` while a request waits, however it ends.
+struct WaitingSlot<'a>(&'a Core);
 
 impl Drop for WaitingSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        self.1.lock_waiters.dec();
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.lock_waiters.dec();
     }
 }
 
-fn unavailable(error: impl std::fmt::Display) -> LockError {
-    tracing::warn!(%error, "Redis call failed");
-    LockError::RedisUnavailable
+/// A waiting request's claim on its ticket. If the request ends before its
+/// outcome is settled (its caller hung up and actix dropped it, say), the
+/// ticket leaves the queue and whatever was granted to it is handed on.
+struct Place<'a> {
+    core: &'a Arc<Core>,
+    name: &'a LockName,
+    ticket: String,
+    nonce: String,
+    /// The outcome the wake loop sends, once it has taken the waiter.
+    outcome: oneshot::Receiver<WaitOutcome>,
+    settled: bool,
 }
 
-/// Runs one Redis call with a time bound. The call is boxed before the
-/// returned future exists: Redis client futures are kilobytes, and inlined
-/// they would size every waiting request's future (held up to `wait_ms`) to match.
-fn bounded<'a, T: 'a>(
-    call: impl Future<Output = redis::RedisResult<T>> + 'a,
-) -> impl Future<Output = Result<T, LockError>> + 'a {
-    let call = Box::pin(call);
-    async move {
-        match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
-            Ok(result) => result.map_err(unavailable),
-            Err(_) => Err(unavailable("timed out")),
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if self.core.waiters.take(&self.ticket).is_some() {
+            self.core.cleanup(Cleanup::Forget {
+                name: self.name.clone(),
+                ticket: std::mem::take(&mut self.ticket),
+                nonce: std::mem::take(&mut self.nonce),
+                scan: false,
+            });
+            return;
+        }
+        // The wake loop holds the waiter: a grant it sent (or sends) here goes back.
+        self.outcome.close();
+        if let Ok(Ok(grant)) = self.outcome.try_recv() {
+            self.core.cleanup(Cleanup::Release {
+                name: self.name.clone(),
+                token: grant.token,
+            });
         }
     }
 }
 
-/// Spawns the wait loop for a name. A plain function, so the loop's large
-/// future is built here and never becomes part of the caller's async state.
-fn start_wait_loop(shared: &Arc<Shared>, name: &LockName) {
-    shared
-        .runtime
-        .spawn(run_wait_loop(Arc::clone(shared), name.clone()));
-}
-
 impl LockEngine {
-    /// An engine over `pool` (scripts, used on `runtime`) and `client`
-    /// (BLPOP connections). Give each HTTP worker its own with [`Self::for_worker`].
+    /// An engine over `pool` (for its tasks, used on `runtime`) and `client`
+    /// (its wake connection); keys under `key_prefix`. Starts the wake loop.
+    /// Give each HTTP worker its own copy with [`Self::for_worker`].
     pub(crate) fn new(
         pool: RedisPool,
         client: redis::Client,
@@ -80,213 +90,324 @@ impl LockEngine {
         runtime: Handle,
         draining: watch::Receiver<bool>,
     ) -> Self {
-        let shared = Shared {
-            store: LockStore::new(key_prefix),
-            queues: WaitQueues::default(),
-            pool: pool.clone(),
-            client,
-            runtime,
+        let core = Core::new(
+            LockStore::new(key_prefix),
+            pool.clone(),
             metrics,
-            waiting: AtomicUsize::new(0),
+            runtime.clone(),
             max_waiters,
-        };
-        let engine = Self {
-            shared: Arc::new(shared),
+        );
+        runtime.spawn(run_wake_loop(Arc::clone(&core), client, draining.clone()));
+        let on_drain = (Arc::clone(&core), draining.clone());
+        runtime.spawn(async move {
+            let (core, mut draining) = on_drain;
+            if draining.wait_for(|d| *d).await.is_ok() {
+                core.fail_all(LockError::Draining);
+            }
+        });
+        Self {
+            core,
             pool,
             draining,
-        };
-        engine.fail_waiters_on_drain();
-        engine
+        }
     }
 
     /// The same engine, making the calls of requests through `pool`.
     pub(crate) fn for_worker(&self, pool: RedisPool) -> Self {
         Self {
-            shared: Arc::clone(&self.shared),
+            core: Arc::clone(&self.core),
             pool,
             draining: self.draining.clone(),
         }
     }
 
-    /// On shutdown, waiting callers get 503 at once and retry on another replica.
-    fn fail_waiters_on_drain(&self) {
-        let (shared, mut draining) = (Arc::clone(&self.shared), self.draining.clone());
-        self.shared.runtime.spawn(async move {
-            if draining.wait_for(|d| *d).await.is_ok() {
-                shared.queues.fail_everyone(|| LockError::Draining);
-            }
-        });
-    }
-
-    /// Grants a slot, waiting up to `request.wait` for one. A wait ends early
-    /// when `caller_gone` resolves, giving the caller's place to the next waiter.
+    /// Grants a slot, waiting up to `request.wait()` for one. A wait ends
+    /// early when `caller_gone` resolves, and the caller's place moves on.
     pub(crate) async fn acquire(
         &self,
         request: &AcquireRequest,
         caller_gone: impl Future<Output = ()>,
     ) -> Result<Grant, LockError> {
-        let shared = &self.shared;
-        // Callers queued here go first: a newcomer may only take a free slot directly when none wait.
-        let take_now = request.wait().is_zero() || !shared.queues.has_waiters(&request.name);
-        let outcome = bounded(async {
-            let keys = shared.store.keys(&request.name);
-            let mut conn = self.pool.connection().await?;
-            shared
-                .store
-                .acquire(&mut conn, &keys, request.permits, request.lease(), take_now)
-                .await
-        })
-        .await?;
-        match outcome {
-            AcquireOutcome::Granted(grant) => {
-                shared
-                    .metrics
-                    .lock_operations
-                    .with_label_values(&["acquire", "granted"])
-                    .inc();
-                return Ok(grant);
-            }
-            AcquireOutcome::PermitsMismatch(existing) => {
-                return Err(LockError::PermitsMismatch(existing));
-            }
-            AcquireOutcome::Empty if request.wait().is_zero() => return Err(self.timed_out()),
-            AcquireOutcome::Empty => {}
+        // The wait counts from here, Redis calls included.
+        let deadline = Instant::now() + request.wait();
+        let core = &self.core;
+        let name = &request.name;
+        let nonce = random_id();
+        if request.wait_ms == 0 {
+            let outcome = self.call_acquire(request, "", &nonce, 0).await;
+            return self.settle_immediate(name, &nonce, outcome);
         }
-        self.wait_for_slot(request, caller_gone).await
-    }
-
-    async fn wait_for_slot(
-        &self,
-        request: &AcquireRequest,
-        caller_gone: impl Future<Output = ()>,
-    ) -> Result<Grant, LockError> {
-        let shared = &self.shared;
         if *self.draining.borrow() {
             return Err(LockError::Draining);
         }
-        if shared.waiting.fetch_add(1, Ordering::AcqRel) >= shared.max_waiters {
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+        if core.waiting.fetch_add(1, Ordering::AcqRel) >= core.max_waiters {
+            core.waiting.fetch_sub(1, Ordering::AcqRel);
             return Err(LockError::TooManyWaiters);
         }
-        shared.metrics.lock_waiters.inc();
-        let _waiting = WaitingSlot(&shared.waiting, &shared.metrics);
-        let (reply, mut granted) = oneshot::channel();
-        if shared.queues.enqueue(
-            &request.name,
+        core.metrics.lock_waiters.inc();
+        let _slot = WaitingSlot(core);
+        let (reply, outcome) = oneshot::channel();
+        let ticket = random_id();
+        // Registered before the ticket exists in Redis: an offer can come back at once.
+        core.waiters.insert(
+            ticket.clone(),
             Waiter {
-                lease: request.lease(),
+                name: name.clone(),
+                permits: request.permits,
+                lease_ms: request.lease_ms,
+                nonce: nonce.clone(),
+                deadline,
                 reply,
             },
-        ) {
-            start_wait_loop(shared, &request.name);
+        );
+        let mut place = Place {
+            core,
+            name,
+            ticket,
+            nonce,
+            outcome,
+            settled: false,
+        };
+        let wait_ms = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as u64;
+        match self
+            .call_acquire(request, &place.ticket, &place.nonce, wait_ms.max(1))
+            .await
+        {
+            Ok(AcquireOutcome::Queued {
+                earliest_ms,
+                now_ms,
+            }) => {
+                let next = earliest_ms.map(|e| Duration::from_millis(e.saturating_sub(now_ms)));
+                core.arm(name, next);
+            }
+            // Granted at once, or refused: the ticket was never queued, so
+            // no offer can come for it.
+            Ok(outcome) => {
+                core.waiters.take(&place.ticket);
+                place.settled = true;
+                return self.settle_immediate(name, &place.nonce, Ok(outcome));
+            }
+            Err(error) => {
+                if core.waiters.take(&place.ticket).is_some() {
+                    // The script may have run: undo whatever it did.
+                    place.settled = true;
+                    core.cleanup(Cleanup::Forget {
+                        name: name.clone(),
+                        ticket: place.ticket.clone(),
+                        nonce: place.nonce.clone(),
+                        scan: true,
+                    });
+                    return Err(error);
+                }
+                // It ran, and an offer already came back: its outcome follows.
+                return self.await_outcome(&mut place).await;
+            }
         }
-        // Once this function returns or is dropped, `granted` is closed and
-        // the wait loop skips this waiter, or hands on a slot it raced to us.
         let caller_left = tokio::select! {
-            outcome = &mut granted => {
+            outcome = &mut place.outcome => {
+                place.settled = true;
                 return outcome.unwrap_or(Err(LockError::RedisUnavailable));
             }
-            () = tokio::time::sleep(request.wait()) => false,
+            () = tokio::time::sleep_until(deadline.into()) => false,
             () = caller_gone => true,
         };
-        // A grant may have landed just as we gave up. A caller still here
-        // takes it; a slot for a caller who left goes straight back.
-        granted.close();
-        let raced = granted.try_recv().ok();
-        if !caller_left {
-            return raced.unwrap_or_else(|| Err(self.timed_out()));
+        if core.waiters.take(&place.ticket).is_none() {
+            // The wake loop is claiming an offer for us: a caller still here takes it.
+            if caller_left {
+                core.count("acquire", "caller_gone");
+                return Err(LockError::CallerGone);
+            }
+            return self.await_outcome(&mut place).await;
         }
-        shared
-            .metrics
-            .lock_operations
-            .with_label_values(&["acquire", "caller_gone"])
-            .inc();
-        if let Some(Ok(grant)) = raced {
-            let keys = shared.store.keys(&request.name);
-            let _ = bounded(async {
-                let mut conn = self.pool.connection().await?;
-                shared.store.release(&mut conn, &keys, &grant.token).await
-            })
-            .await;
+        place.settled = true;
+        if caller_left {
+            core.count("acquire", "caller_gone");
+            core.cleanup(Cleanup::Forget {
+                name: name.clone(),
+                ticket: place.ticket.clone(),
+                nonce: place.nonce.clone(),
+                scan: false,
+            });
+            return Err(LockError::CallerGone);
         }
-        Err(LockError::CallerGone)
+        // The wait ran out: a slot offered meanwhile is still ours, else we leave.
+        let cancel = async {
+            let mut conn = self.pool.connection().await?;
+            core.store
+                .cancel(&mut conn, name, &place.ticket, request.lease_ms)
+                .await
+        };
+        match bounded(cancel).await {
+            Ok(Claimed::Granted(grant)) => Ok(self.granted(name, grant)),
+            Ok(Claimed::Nothing) => Err(self.timed_out()),
+            Err(error) => {
+                core.cleanup(Cleanup::Forget {
+                    name: name.clone(),
+                    ticket: place.ticket.clone(),
+                    nonce: place.nonce.clone(),
+                    scan: false,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    async fn call_acquire(
+        &self,
+        request: &AcquireRequest,
+        ticket: &str,
+        nonce: &str,
+        wait_ms: u64,
+    ) -> Result<AcquireOutcome, LockError> {
+        let core = &self.core;
+        let call = AcquireCall {
+            permits: request.permits,
+            lease_ms: request.lease_ms,
+            wait_ms,
+            replica: &core.replica,
+            ticket,
+            nonce,
+            fence_floor: core.fences.floor(&request.name),
+        };
+        bounded(async {
+            let mut conn = self.pool.connection().await?;
+            core.store.acquire(&mut conn, &request.name, &call).await
+        })
+        .await
+    }
+
+    /// The answer to an acquire that did not queue.
+    fn settle_immediate(
+        &self,
+        name: &LockName,
+        nonce: &str,
+        outcome: Result<AcquireOutcome, LockError>,
+    ) -> Result<Grant, LockError> {
+        match outcome {
+            Ok(AcquireOutcome::Granted(grant)) => Ok(self.granted(name, grant)),
+            Ok(AcquireOutcome::PermitsMismatch(existing)) => {
+                Err(LockError::PermitsMismatch(existing))
+            }
+            Ok(AcquireOutcome::Busy | AcquireOutcome::Queued { .. }) => Err(self.timed_out()),
+            // Only a call that outlived its own request sees this.
+            Ok(AcquireOutcome::GaveUp) => Err(LockError::RedisUnavailable),
+            Err(error) => {
+                // The script may have granted before its reply was lost.
+                self.core.cleanup(Cleanup::Forget {
+                    name: name.clone(),
+                    ticket: String::new(),
+                    nonce: nonce.to_owned(),
+                    scan: true,
+                });
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits for the outcome the wake loop is settling for this request.
+    async fn await_outcome(&self, place: &mut Place<'_>) -> Result<Grant, LockError> {
+        let outcome = (&mut place.outcome).await;
+        place.settled = true;
+        outcome.unwrap_or(Err(LockError::RedisUnavailable))
+    }
+
+    fn granted(&self, name: &LockName, grant: Grant) -> Grant {
+        self.core.fences.saw(name, grant.fence);
+        self.core.count("acquire", "granted");
+        grant
     }
 
     fn timed_out(&self) -> LockError {
-        self.shared
-            .metrics
-            .lock_operations
-            .with_label_values(&["acquire", "timeout"])
-            .inc();
+        self.core.count("acquire", "timeout");
         LockError::Timeout
     }
 
-    /// Ends a grant; `NotHeld` unless `request.token` holds the lock now.
+    /// Hands back a grant whose answer could not be delivered (the caller
+    /// has gone): the next waiter gets the slot at once.
+    pub(crate) fn give_back(&self, name: &LockName, grant: Grant) {
+        self.core.count("acquire", "undelivered");
+        self.core.cleanup(Cleanup::Release {
+            name: name.clone(),
+            token: grant.token,
+        });
+    }
+
+    /// Ends a grant; `NotHeld` (with the reason) unless `request.token` holds the lock now.
     pub(crate) async fn release(&self, request: &ReleaseRequest) -> Result<(), LockError> {
-        let shared = &self.shared;
+        let core = &self.core;
         if !request.token.is_well_formed() {
-            return Err(self.not_held("release"));
+            return Err(self.not_held("release", NotHeldReason::Unknown));
         }
-        let keys = shared.store.keys(&request.name);
         let released = bounded(async {
             let mut conn = self.pool.connection().await?;
-            shared.store.release(&mut conn, &keys, &request.token).await
+            core.store
+                .release(&mut conn, &request.name, &request.token)
+                .await
         })
         .await?;
-        if !released {
-            return Err(self.not_held("release"));
+        match released {
+            Ok(()) => {
+                core.count("release", "released");
+                Ok(())
+            }
+            Err(reason) => Err(self.not_held("release", reason)),
         }
-        shared
-            .metrics
-            .lock_operations
-            .with_label_values(&["release", "released"])
-            .inc();
-        Ok(())
     }
 
     /// Extends a live grant; returns it with its new deadline.
     pub(crate) async fn extend(&self, request: &ExtendRequest) -> Result<Grant, LockError> {
-        let shared = &self.shared;
-        if !request.token.is_well_formed() {
-            return Err(self.not_held("extend"));
-        }
-        let keys = shared.store.keys(&request.name);
-        let deadline = bounded(async {
+        let core = &self.core;
+        let fence = request
+            .token
+            .fence()
+            .filter(|_| request.token.is_well_formed());
+        let Some(fence) = fence else {
+            return Err(self.not_held("extend", NotHeldReason::Unknown));
+        };
+        let extended = bounded(async {
             let mut conn = self.pool.connection().await?;
-            shared
-                .store
-                .extend(&mut conn, &keys, &request.token, request.lease())
+            core.store
+                .extend(&mut conn, &request.name, &request.token, request.lease_ms)
                 .await
         })
-        .await?
-        .ok_or_else(|| self.not_held("extend"))?;
-        shared
-            .metrics
-            .lock_operations
-            .with_label_values(&["extend", "extended"])
-            .inc();
-        let fence = request.token.fence().unwrap_or_default();
-        Ok(Grant {
-            token: request.token.clone(),
-            fence,
-            deadline_ms: deadline,
-        })
+        .await?;
+        match extended {
+            Ok(deadline_ms) => {
+                core.count("extend", "extended");
+                core.fences.saw(&request.name, fence);
+                Ok(Grant {
+                    token: request.token.clone(),
+                    fence,
+                    deadline_ms,
+                })
+            }
+            Err(reason) => Err(self.not_held("extend", reason)),
+        }
     }
 
-    fn not_held(&self, op: &str) -> LockError {
-        self.shared
-            .metrics
-            .lock_operations
-            .with_label_values(&[op, "not_held"])
-            .inc();
-        LockError::NotHeld
+    /// The lock as it is now (nothing changes).
+    pub(crate) async fn inspect(&self, request: &InspectRequest) -> Result<LockState, LockError> {
+        let core = &self.core;
+        bounded(async {
+            let mut conn = self.pool.connection().await?;
+            core.store
+                .inspect(&mut conn, &request.name, request.token.as_ref())
+                .await
+        })
+        .await
+    }
+
+    fn not_held(&self, op: &str, reason: NotHeldReason) -> LockError {
+        self.core.count(op, "not_held");
+        LockError::NotHeld(reason)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locks::domain::LockName;
 
     /// 10,000 waiters each hold an acquire future for up to `wait_ms`: it
     /// must stay small (it was 14 KB before the Redis calls were boxed).

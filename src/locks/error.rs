@@ -1,12 +1,14 @@
 //! Why a lock operation did not succeed, in the lock's own words; the route
 //! maps each to an HTTP problem.
 
+use super::domain::NotHeldReason;
+
 /// A lock operation's failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum LockError {
-    /// The token does not hold the lock now.
-    #[error("the token does not hold the lock")]
-    NotHeld,
+    /// The token does not hold the lock now, and why.
+    #[error("the token does not hold the lock ({})", .0.as_str())]
+    NotHeld(NotHeldReason),
     /// The lock exists with another `permits` value.
     #[error("the lock exists with permits = {0}")]
     PermitsMismatch(u32),

@@ -1,21 +1,24 @@
-//! Distributed locks on Redis lists (docs/locks.md): the request bodies
-//! (`wire`), names and tokens (`domain`), the Redis side and its Lua scripts
-//! (`store`), per-name wait loops (`waiters`) and the engine that ties them
-//! together. HTTP knows this module; this module knows nothing of HTTP.
+//! Distributed locks on Redis (docs/locks.md): the request bodies (`wire`),
+//! names, tokens and grants (`domain`), the Redis side and its Lua scripts
+//! (`store`), the requests waiting here (`waiters`), how a replica waits and
+//! wakes (`wake`, `alarms`), what the engine shares with those tasks (`core`)
+//! and the engine. HTTP knows this module; this module knows nothing of HTTP.
 
+mod alarms;
+mod core;
 mod domain;
 mod engine;
 mod error;
-mod queues;
-mod shared;
+mod fences;
 mod store;
 mod waiters;
+mod wake;
 mod wire;
 
+pub(crate) use domain::{Grant, LockState};
 pub(crate) use engine::LockEngine;
 pub(crate) use error::LockError;
-pub(crate) use store::Grant;
 pub(crate) use wire::LockRequest;
 // The benchmark's `direct-scripts` strategy runs the scripts without HTTP.
 pub use domain::LockName;
-pub use store::{AcquireOutcome, LockStore};
+pub use store::LockStore;

@@ -1,16 +1,12 @@
-//! The Redis side of locks: key names and the Lua scripts, one method each.
+//! The Redis side of locks: key names and the Lua scripts, one method each,
+//! with typed replies. Every key of a lock shares the `{name}` hash tag.
 
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
-use redis::{RedisResult, Script, Value};
+use redis::{RedisResult, Script, ScriptInvocation, Value};
 
-use super::domain::{LockName, LockToken};
-
-/// A slot handed to a replica by BLPOP and not yet claimed is recreated after
-/// this long: long enough that a busy but alive replica claims in time, short
-/// enough that a killed one costs waiters a few seconds at most.
-pub(super) const HANDOFF_GRACE: Duration = Duration::from_secs(5);
+use super::domain::{Grant, Holder, LockName, LockState, LockToken, NotHeldReason};
 
 macro_rules! lock_script {
     ($file:literal) => {
@@ -22,47 +18,103 @@ macro_rules! lock_script {
     };
 }
 
-/// The five keys of one lock, all sharing the `{name}` hash tag.
+/// The five keys of one lock (see scripts/common.lua).
 pub struct LockKeys {
     keys: [String; 5],
 }
 
-impl LockKeys {
-    /// The list of free slot ids (BLPOP here).
-    pub fn free(&self) -> &str {
-        &self.keys[0]
-    }
+/// One replica's identity in the scripts: its id and its wake list.
+#[derive(Debug, Clone)]
+pub(crate) struct Replica {
+    /// 16 random hex digits, new at every start.
+    pub id: String,
+    /// The list the scripts push offers and alarms to.
+    pub wake: String,
 }
 
-/// A successful grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
-    /// The bearer token for release/extend.
-    pub token: LockToken,
-    /// Strictly increasing per name.
-    pub fence: u64,
-    /// Lease deadline, Unix ms on the Redis clock.
-    pub deadline_ms: u64,
+/// What the acquire script needs besides the keys.
+pub(crate) struct AcquireCall<'a> {
+    pub permits: u32,
+    pub lease_ms: u64,
+    /// Time left to wait (0: try once).
+    pub wait_ms: u64,
+    pub replica: &'a Replica,
+    /// The ticket the waiter would queue under.
+    pub ticket: &'a str,
+    /// Ends the token of the grant, so the grant can be found again.
+    pub nonce: &'a str,
+    /// Fences of a lock created now start above this.
+    pub fence_floor: u64,
 }
 
-/// What the acquire script found.
+/// What the acquire script did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcquireOutcome {
     /// A free slot was granted at once.
     Granted(Grant),
     /// The lock exists with another permits value.
     PermitsMismatch(u32),
-    /// No free slot: wait (leases end at `earliest_deadline_ms`, if any).
-    Empty,
+    /// No free slot, and waiting was not asked for.
+    Busy,
+    /// The ticket is queued; the earliest deadline of the lock (Redis ms, if
+    /// any) and Redis' clock now.
+    Queued {
+        earliest_ms: Option<u64>,
+        now_ms: u64,
+    },
+    /// The request had already given up (this call reached Redis too late).
+    GaveUp,
+}
+
+/// What a claim or a cancel at the deadline did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// The slot is the waiter's.
+    Granted(Grant),
+    /// Nothing was offered to this ticket (any longer).
+    Nothing,
 }
 
 /// What reaping found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReapOutcome {
-    /// Expired grants moved back to free.
+pub(crate) struct Reaped {
+    /// Leases that ran out.
     pub expired: u64,
-    /// Milliseconds until the earliest remaining lease ends, if any.
-    pub next_deadline_in: Option<Duration>,
+    /// How long until the lock's earliest deadline, if any.
+    pub next_in: Option<Duration>,
+}
+
+/// One local waiter, as `sync` re-checks it.
+pub(crate) struct SyncTicket<'a> {
+    pub ticket: &'a str,
+    pub lease_ms: u64,
+    pub wait_left_ms: u64,
+    pub nonce: &'a str,
+}
+
+/// What `sync` says of one ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TicketState {
+    /// Still queued.
+    Queued,
+    /// Queued again at the back (Redis had lost or skipped it).
+    Requeued,
+    /// A slot waits for it: claim it.
+    Offered { token: LockToken, fence: u64 },
+    /// The lock now has another permits value.
+    Mismatch,
+    /// The request had given up already.
+    GaveUp,
+}
+
+/// What `sync` found.
+pub(crate) struct Synced {
+    /// How long until the lock's earliest deadline, if any.
+    pub next_in: Option<Duration>,
+    /// The lock's permits now.
+    pub permits: u32,
+    /// One per ticket asked about, in order.
+    pub tickets: Vec<TicketState>,
 }
 
 /// The loaded scripts and the key prefix.
@@ -70,14 +122,14 @@ pub struct LockStore {
     prefix: String,
     acquire: Script,
     claim: Script,
-    give_back: Script,
+    cancel: Script,
+    forget: Script,
+    decline: Script,
     release: Script,
     extend: Script,
     reap: Script,
-}
-
-fn grace_ms() -> u64 {
-    HANDOFF_GRACE.as_millis() as u64
+    sync: Script,
+    inspect: Script,
 }
 
 fn unexpected(what: &str, value: &Value) -> redis::RedisError {
@@ -88,21 +140,29 @@ fn unexpected(what: &str, value: &Value) -> redis::RedisError {
     ))
 }
 
-fn parse_grant(items: &[Value], reply: &Value) -> RedisResult<Grant> {
-    match items {
-        [_, token, fence, deadline] => Ok(Grant {
-            token: LockToken::minted(redis::from_redis_value_ref(token)?),
-            fence: redis::from_redis_value_ref(fence)?,
-            deadline_ms: redis::from_redis_value_ref(deadline)?,
-        }),
-        _ => Err(unexpected("grant", reply)),
+fn items<'a>(what: &str, reply: &'a Value) -> RedisResult<&'a [Value]> {
+    match reply {
+        Value::Array(items) => Ok(items),
+        other => Err(unexpected(what, other)),
     }
 }
 
-fn tag(items: &[Value]) -> Option<String> {
-    items
-        .first()
-        .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+fn at<T: redis::FromRedisValue>(items: &[Value], i: usize, reply: &Value) -> RedisResult<T> {
+    let value = items
+        .get(i)
+        .ok_or_else(|| unexpected("short reply", reply))?;
+    Ok(redis::from_redis_value_ref(value)?)
+}
+
+/// `deadline - now` as a duration; `None` for "no deadline" (-1).
+fn until(deadline_ms: i64, now_ms: i64) -> Option<Duration> {
+    (deadline_ms >= 0)
+        .then(|| Duration::from_millis(deadline_ms.saturating_sub(now_ms).max(0) as u64))
+}
+
+/// 64 random bits as 16 hex digits: nonces, tickets, incarnations, replica ids.
+pub(crate) fn random_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }
 
 impl LockStore {
@@ -112,154 +172,357 @@ impl LockStore {
             prefix: prefix.to_owned(),
             acquire: lock_script!("acquire.lua"),
             claim: lock_script!("claim.lua"),
-            give_back: lock_script!("give_back.lua"),
+            cancel: lock_script!("cancel.lua"),
+            forget: lock_script!("forget.lua"),
+            decline: lock_script!("decline.lua"),
             release: lock_script!("release.lua"),
             extend: lock_script!("extend.lua"),
             reap: lock_script!("reap.lua"),
+            sync: lock_script!("sync.lua"),
+            inspect: lock_script!("inspect.lua"),
         }
     }
 
     /// The keys of lock `name`.
     pub fn keys(&self, name: &LockName) -> LockKeys {
         let base = format!("{}lock:{{{}}}", self.prefix, name.as_str());
-        let keys = ["free", "held", "meta", "slots", "handoff"].map(|k| format!("{base}:{k}"));
-        LockKeys { keys }
+        LockKeys {
+            keys: ["meta", "held", "queue", "ended", "gone"].map(|k| format!("{base}:{k}")),
+        }
     }
 
-    fn invocation<'a>(&self, script: &'a Script, keys: &LockKeys) -> redis::ScriptInvocation<'a> {
+    /// The wake list of replica `id`. (One list per replica: Redis without
+    /// cluster mode lets a script push to any key.)
+    pub(crate) fn wake_key(&self, id: &str) -> String {
+        format!("{}wake:{id}", self.prefix)
+    }
+
+    fn call<'a>(
+        &self,
+        script: &'a Script,
+        keys: &LockKeys,
+        name: &LockName,
+    ) -> ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
         for key in &keys.keys {
             invocation.key(key);
         }
+        invocation.arg(name.as_str());
         invocation
     }
 
-    /// Creates the lock if new, checks permits, reaps, and grants a free slot when `take` is set.
-    pub async fn acquire<C: ConnectionLike>(
+    /// Creates the lock if needed, checks permits, grants at once when a slot
+    /// is free and nobody waits, else queues the ticket (when waiting).
+    pub(crate) async fn acquire<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        keys: &LockKeys,
+        name: &LockName,
+        call: &AcquireCall<'_>,
+    ) -> RedisResult<AcquireOutcome> {
+        let keys = self.keys(name);
+        let reply: Value = self
+            .call(&self.acquire, &keys, name)
+            .arg(call.permits)
+            .arg(call.lease_ms)
+            .arg(call.wait_ms)
+            .arg(&call.replica.id)
+            .arg(&call.replica.wake)
+            .arg(call.ticket)
+            .arg(call.nonce)
+            .arg(call.fence_floor)
+            .arg(random_id())
+            .invoke_async(conn)
+            .await?;
+        let items = items("acquire", &reply)?;
+        let tag: String = at(items, 0, &reply)?;
+        Ok(match tag.as_str() {
+            "granted" => AcquireOutcome::Granted(Grant {
+                token: LockToken::minted(at(items, 1, &reply)?),
+                fence: at(items, 2, &reply)?,
+                deadline_ms: at(items, 3, &reply)?,
+            }),
+            "mismatch" => AcquireOutcome::PermitsMismatch(at(items, 1, &reply)?),
+            "busy" => AcquireOutcome::Busy,
+            "gone" => AcquireOutcome::GaveUp,
+            "queued" => {
+                let earliest: i64 = at(items, 1, &reply)?;
+                AcquireOutcome::Queued {
+                    earliest_ms: u64::try_from(earliest).ok(),
+                    now_ms: at(items, 2, &reply)?,
+                }
+            }
+            _ => return Err(unexpected("acquire", &reply)),
+        })
+    }
+
+    /// The simplest use, for the benchmark's direct strategy: a slot now or `None`.
+    pub async fn try_acquire<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
         permits: u32,
         lease: Duration,
-        take: bool,
-    ) -> RedisResult<AcquireOutcome> {
-        let reply: Value = self
-            .invocation(&self.acquire, keys)
-            .arg(permits)
-            .arg(lease.as_millis() as u64)
-            .arg(nonce())
-            .arg(grace_ms())
-            .arg(if take { "1" } else { "0" })
-            .invoke_async(conn)
-            .await?;
-        let Value::Array(items) = &reply else {
-            return Err(unexpected("acquire", &reply));
-        };
-        match tag(items).as_deref() {
-            Some("granted") => Ok(AcquireOutcome::Granted(parse_grant(items, &reply)?)),
-            Some("mismatch") => Ok(AcquireOutcome::PermitsMismatch(
-                redis::from_redis_value_ref(&items[1])?,
-            )),
-            Some("empty") => Ok(AcquireOutcome::Empty),
-            _ => Err(unexpected("acquire", &reply)),
-        }
-    }
-
-    /// Grants `slot` (just popped by BLPOP); `None` if the slot was recreated meanwhile.
-    pub async fn claim<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        keys: &LockKeys,
-        slot: &str,
-        lease: Duration,
     ) -> RedisResult<Option<Grant>> {
-        let reply: Value = self
-            .invocation(&self.claim, keys)
-            .arg(slot)
-            .arg(lease.as_millis() as u64)
-            .arg(nonce())
-            .invoke_async(conn)
-            .await?;
-        let Value::Array(items) = &reply else {
-            return Err(unexpected("claim", &reply));
+        let replica = Replica {
+            id: random_id(),
+            wake: self.wake_key("direct"),
         };
-        match tag(items).as_deref() {
-            Some("granted") => parse_grant(items, &reply).map(Some),
-            Some("gone") => Ok(None),
-            _ => Err(unexpected("claim", &reply)),
-        }
+        let call = AcquireCall {
+            permits,
+            lease_ms: lease.as_millis() as u64,
+            wait_ms: 0,
+            replica: &replica,
+            ticket: "",
+            nonce: &random_id(),
+            fence_floor: 0,
+        };
+        Ok(match self.acquire(conn, name, &call).await? {
+            AcquireOutcome::Granted(grant) => Some(grant),
+            _ => None,
+        })
     }
 
-    /// Puts an unclaimed `slot` back at the front of free.
-    pub async fn give_back<C: ConnectionLike>(
+    /// The ticket's replica takes the slot offered to it; the lease starts now.
+    pub(crate) async fn claim<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        keys: &LockKeys,
-        slot: &str,
-    ) -> RedisResult<()> {
-        let _: i64 = self
-            .invocation(&self.give_back, keys)
-            .arg(slot)
+        name: &LockName,
+        ticket: &str,
+        offer: (&LockToken, u64),
+        lease_ms: u64,
+        replica: &Replica,
+    ) -> RedisResult<Claimed> {
+        let reply: Value = self
+            .call(&self.claim, &self.keys(name), name)
+            .arg(ticket)
+            .arg(offer.0.as_str())
+            .arg(offer.1)
+            .arg(lease_ms)
+            .arg(&replica.id)
             .invoke_async(conn)
             .await?;
-        Ok(())
+        let items = items("claim", &reply)?;
+        let tag: String = at(items, 0, &reply)?;
+        Ok(match tag.as_str() {
+            "granted" => Claimed::Granted(Grant {
+                token: offer.0.clone(),
+                fence: offer.1,
+                deadline_ms: at(items, 1, &reply)?,
+            }),
+            _ => Claimed::Nothing,
+        })
     }
 
-    /// Ends the grant `token` if it is live; `false` when it does not hold the lock.
+    /// A wait ran out: takes a slot offered meanwhile, or leaves the queue.
+    pub(crate) async fn cancel<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        ticket: &str,
+        lease_ms: u64,
+    ) -> RedisResult<Claimed> {
+        let reply: Value = self
+            .call(&self.cancel, &self.keys(name), name)
+            .arg(ticket)
+            .arg(lease_ms)
+            .invoke_async(conn)
+            .await?;
+        let items = items("cancel", &reply)?;
+        let tag: String = at(items, 0, &reply)?;
+        Ok(match tag.as_str() {
+            "granted" => Claimed::Granted(Grant {
+                token: LockToken::minted(at(items, 1, &reply)?),
+                fence: at(items, 2, &reply)?,
+                deadline_ms: at(items, 3, &reply)?,
+            }),
+            _ => Claimed::Nothing,
+        })
+    }
+
+    /// A waiter gave up: its ticket leaves, an offer to it moves on, and with
+    /// `scan` a grant made for `nonce` is released. Returns the slots handed back.
+    pub(crate) async fn forget<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        ticket: &str,
+        nonce: &str,
+        scan: bool,
+    ) -> RedisResult<u64> {
+        self.call(&self.forget, &self.keys(name), name)
+            .arg(ticket)
+            .arg(nonce)
+            .arg(if scan { "1" } else { "0" })
+            .invoke_async(conn)
+            .await
+    }
+
+    /// An offer reached a replica whose waiter has gone: pass it on, unless claimed.
+    pub(crate) async fn decline<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        ticket: &str,
+        offer: (&LockToken, u64),
+    ) -> RedisResult<bool> {
+        let passed: i64 = self
+            .call(&self.decline, &self.keys(name), name)
+            .arg(ticket)
+            .arg(offer.0.as_str())
+            .arg(offer.1)
+            .invoke_async(conn)
+            .await?;
+        Ok(passed == 1)
+    }
+
+    /// Ends the grant `token` if it holds the lock now.
     pub async fn release<C: ConnectionLike>(
         &self,
         conn: &mut C,
-        keys: &LockKeys,
+        name: &LockName,
         token: &LockToken,
-    ) -> RedisResult<bool> {
-        let released: i64 = self
-            .invocation(&self.release, keys)
+    ) -> RedisResult<Result<(), NotHeldReason>> {
+        let reply: Value = self
+            .call(&self.release, &self.keys(name), name)
             .arg(token.as_str())
-            .arg(grace_ms())
             .invoke_async(conn)
             .await?;
-        Ok(released == 1)
-    }
-
-    /// Moves a live grant's deadline to now + `lease`; `None` when it does not hold the lock.
-    pub async fn extend<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        keys: &LockKeys,
-        token: &LockToken,
-        lease: Duration,
-    ) -> RedisResult<Option<u64>> {
-        let deadline: i64 = self
-            .invocation(&self.extend, keys)
-            .arg(token.as_str())
-            .arg(lease.as_millis() as u64)
-            .arg(grace_ms())
-            .invoke_async(conn)
-            .await?;
-        Ok(u64::try_from(deadline).ok())
-    }
-
-    /// Reaps expired grants and lost slots; says when the next lease ends.
-    pub async fn reap<C: ConnectionLike>(
-        &self,
-        conn: &mut C,
-        keys: &LockKeys,
-    ) -> RedisResult<ReapOutcome> {
-        let (expired, earliest, now): (u64, i64, i64) = self
-            .invocation(&self.reap, keys)
-            .arg(grace_ms())
-            .invoke_async(conn)
-            .await?;
-        let next_deadline_in = (earliest >= 0)
-            .then(|| Duration::from_millis(earliest.saturating_sub(now).max(0) as u64));
-        Ok(ReapOutcome {
-            expired,
-            next_deadline_in,
+        let items = items("release", &reply)?;
+        let tag: String = at(items, 0, &reply)?;
+        Ok(match tag.as_str() {
+            "released" => Ok(()),
+            _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
         })
     }
-}
 
-/// 64 random bits in every token: tokens cannot be guessed from slot and fence.
-fn nonce() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    /// Moves a live grant's deadline to now + `lease_ms`; the new deadline.
+    pub(crate) async fn extend<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        token: &LockToken,
+        lease_ms: u64,
+    ) -> RedisResult<Result<u64, NotHeldReason>> {
+        let reply: Value = self
+            .call(&self.extend, &self.keys(name), name)
+            .arg(token.as_str())
+            .arg(lease_ms)
+            .invoke_async(conn)
+            .await?;
+        let items = items("extend", &reply)?;
+        let tag: String = at(items, 0, &reply)?;
+        Ok(match tag.as_str() {
+            "extended" => Ok(at(items, 1, &reply)?),
+            _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
+        })
+    }
+
+    /// Ends what expired and serves the queue; says when the next deadline is.
+    pub(crate) async fn reap<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+    ) -> RedisResult<Reaped> {
+        let (expired, earliest, now): (u64, i64, i64) = self
+            .call(&self.reap, &self.keys(name), name)
+            .invoke_async(conn)
+            .await?;
+        Ok(Reaped {
+            expired,
+            next_in: until(earliest, now),
+        })
+    }
+
+    /// Re-checks a replica's tickets of `name`; queues again those Redis lost.
+    pub(crate) async fn sync<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        permits: u32,
+        replica: &Replica,
+        fence_floor: u64,
+        tickets: &[SyncTicket<'_>],
+    ) -> RedisResult<Synced> {
+        let mut call = self.call(&self.sync, &self.keys(name), name);
+        call.arg(permits)
+            .arg(&replica.id)
+            .arg(&replica.wake)
+            .arg(fence_floor)
+            .arg(random_id());
+        for t in tickets {
+            call.arg(t.ticket)
+                .arg(t.lease_ms)
+                .arg(t.wait_left_ms)
+                .arg(t.nonce);
+        }
+        let reply: Value = call.invoke_async(conn).await?;
+        let items = items("sync", &reply)?;
+        let (earliest, now): (i64, i64) = (at(items, 0, &reply)?, at(items, 1, &reply)?);
+        let mut states = Vec::with_capacity(tickets.len());
+        for i in 3..items.len() {
+            let word: String = at(items, i, &reply)?;
+            states.push(match word.as_str() {
+                "q" => TicketState::Queued,
+                "r" => TicketState::Requeued,
+                "x" => TicketState::Mismatch,
+                "g" => TicketState::GaveUp,
+                offer => {
+                    // "o|<fence>|<token>"
+                    let mut parts = offer.splitn(3, '|').skip(1);
+                    let fence = parts.next().and_then(|f| f.parse().ok());
+                    let token = parts.next();
+                    match (fence, token) {
+                        (Some(fence), Some(token)) => TicketState::Offered {
+                            token: LockToken::minted(token.to_owned()),
+                            fence,
+                        },
+                        _ => return Err(unexpected("sync", &reply)),
+                    }
+                }
+            });
+        }
+        Ok(Synced {
+            next_in: until(earliest, now),
+            permits: at(items, 2, &reply)?,
+            tickets: states,
+        })
+    }
+
+    /// The lock as it is now; with `token`, whether that token holds it.
+    pub(crate) async fn inspect<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+        token: Option<&LockToken>,
+    ) -> RedisResult<LockState> {
+        let reply: Value = self
+            .call(&self.inspect, &self.keys(name), name)
+            .arg(token.map_or("", LockToken::as_str))
+            .invoke_async(conn)
+            .await?;
+        let items = items("inspect", &reply)?;
+        let permits: i64 = at(items, 0, &reply)?;
+        let fence: i64 = at(items, 3, &reply)?;
+        let pairs: Vec<u64> = at(items, 5, &reply)?;
+        let holders = pairs
+            .chunks_exact(2)
+            .map(|pair| Holder {
+                fence: pair[0],
+                deadline_ms: pair[1],
+            })
+            .collect();
+        let token_state: String = at(items, 6, &reply)?;
+        let token_deadline: i64 = at(items, 7, &reply)?;
+        Ok(LockState {
+            permits: u32::try_from(permits).ok(),
+            holders,
+            waiting: at(items, 2, &reply)?,
+            fence: (permits >= 0).then_some(fence as u64),
+            token: match token_state.as_str() {
+                "" => None,
+                "held" => Some(Ok(token_deadline.max(0) as u64)),
+                reason => Some(Err(NotHeldReason::from_script(reason))),
+            },
+        })
+    }
 }

@@ -20,6 +20,8 @@ pub(crate) enum LockRequest {
     Release(ReleaseRequest),
     /// Move a live grant's deadline to now + `lease_ms`.
     Extend(ExtendRequest),
+    /// Look at the lock: permits, holders (never their tokens), waiters.
+    Inspect(InspectRequest),
 }
 
 /// `{"op": "acquire", ...}`
@@ -83,12 +85,26 @@ pub(crate) struct ExtendRequest {
     pub lease_ms: u64,
 }
 
+/// `{"op": "inspect", ...}`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Validate, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct InspectRequest {
+    /// Lock name.
+    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+    pub name: LockName,
+    /// A token to ask about: the answer says whether it holds the lock now.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
+    pub token: Option<LockToken>,
+}
+
 impl Validate for LockRequest {
     fn validate(&self) -> Result<(), ValidationErrors> {
         match self {
             Self::Acquire(r) => r.validate(),
             Self::Release(r) => r.validate(),
             Self::Extend(r) => r.validate(),
+            Self::Inspect(r) => r.validate(),
         }
     }
 }
@@ -97,18 +113,6 @@ impl AcquireRequest {
     /// How long to wait for a slot (zero: try once).
     pub(crate) fn wait(&self) -> Duration {
         Duration::from_millis(self.wait_ms)
-    }
-
-    /// The lease to grant.
-    pub(crate) fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
-    }
-}
-
-impl ExtendRequest {
-    /// The new lease, from now.
-    pub(crate) fn lease(&self) -> Duration {
-        Duration::from_millis(self.lease_ms)
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod health;
 mod helpers;
+mod lock_engine;
 mod lock_faults;
 mod locks;
 mod production;

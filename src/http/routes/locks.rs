@@ -8,13 +8,13 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::http::body::ValidJson;
 use crate::http::error::ApiError;
-use crate::http::peer::PeerWatch;
-use crate::locks::{Grant, LockEngine, LockError, LockName, LockRequest};
+use crate::http::peer::{PeerState, PeerWatch};
+use crate::locks::{Grant, LockEngine, LockError, LockName, LockRequest, LockState};
 
 impl From<LockError> for ApiError {
     fn from(error: LockError) -> Self {
         match error {
-            LockError::NotHeld => ApiError::NotHeld,
+            LockError::NotHeld(reason) => ApiError::NotHeld(reason.as_str()),
             LockError::PermitsMismatch(existing) => ApiError::PermitsMismatch { existing },
             LockError::Timeout => ApiError::LockTimeout,
             LockError::RedisUnavailable => ApiError::Unavailable("Redis is unreachable"),
@@ -55,7 +55,46 @@ pub(crate) struct ReleasedBody<'a> {
     released: bool,
 }
 
-/// What a 200 from `POST /locks` carries: a grant (acquire, extend) or a release.
+/// One grant in an inspect body: its fence and deadline, never its token.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct HolderBody {
+    /// The grant's fence.
+    fence: u64,
+    /// Its lease deadline, RFC 3339 UTC with milliseconds (Redis clock).
+    #[schema(format = DateTime)]
+    expires_at: String,
+}
+
+/// The 200 body of inspect.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LockInspection)]
+pub(crate) struct InspectBody<'a> {
+    /// Lock name.
+    name: &'a str,
+    /// Slots of the lock; null when it does not exist.
+    permits: Option<u32>,
+    /// Live grants.
+    held: usize,
+    /// Requests waiting, across every replica.
+    waiting: u64,
+    /// The latest fence granted; null when the lock does not exist.
+    fence: Option<u64>,
+    /// The live grants (never their tokens).
+    holders: Vec<HolderBody>,
+    /// With `token`: whether it holds the lock now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_held: Option<bool>,
+    /// With `token`, when it holds the lock: its lease deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
+    /// With `token`, when it does not hold the lock: `expired`, `released` or `unknown`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^(expired|released|unknown)$")]
+    reason: Option<&'static str>,
+}
+
+/// What a 200 from `POST /locks` carries: a grant (acquire, extend), a release, a lock's state.
 #[derive(Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 #[serde(untagged)]
@@ -64,6 +103,34 @@ enum LockReply<'a> {
     Grant(GrantBody<'a>),
     /// release
     Released(ReleasedBody<'a>),
+    /// inspect
+    Inspection(InspectBody<'a>),
+}
+
+fn inspect_response(name: &LockName, state: LockState) -> HttpResponse {
+    let (token_held, expires_at, reason) = match state.token {
+        None => (None, None, None),
+        Some(Ok(deadline)) => (Some(true), Some(rfc3339_ms(deadline)), None),
+        Some(Err(why)) => (Some(false), None, Some(why.as_str())),
+    };
+    HttpResponse::Ok().json(InspectBody {
+        name: name.as_str(),
+        permits: state.permits,
+        held: state.holders.len(),
+        waiting: state.waiting,
+        fence: state.fence,
+        holders: state
+            .holders
+            .iter()
+            .map(|h| HolderBody {
+                fence: h.fence,
+                expires_at: rfc3339_ms(h.deadline_ms),
+            })
+            .collect(),
+        token_held,
+        expires_at,
+        reason,
+    })
 }
 
 /// RFC 3339 UTC with milliseconds, from Unix ms on the Redis clock.
@@ -99,10 +166,10 @@ fn grant_response(name: &LockName, grant: &Grant, lease_ms: u64) -> HttpResponse
     security(("bearer" = [])),
     request_body(content = LockRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Granted, extended or released", body = inline(LockReply)),
+        (status = 200, description = "Granted, extended, released, or the lock's state", body = inline(LockReply)),
         (status = 400, description = "Invalid request", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
-        (status = 409, description = "not-held or permits-mismatch", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 409, description = "not-held (with `reason`) or permits-mismatch", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 423, description = "No slot came free within wait_ms", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json",
@@ -122,6 +189,7 @@ pub(crate) async fn post_locks(
             let grant = engine
                 .acquire(&acquire, peers.client_gone(&request))
                 .await?;
+            deliver(&request, &peers, &engine, &acquire.name, &grant)?;
             Ok(grant_response(&acquire.name, &grant, acquire.lease_ms))
         }
         LockRequest::Release(release) => {
@@ -134,6 +202,41 @@ pub(crate) async fn post_locks(
         LockRequest::Extend(extend) => {
             let grant = engine.extend(&extend).await?;
             Ok(grant_response(&extend.name, &grant, extend.lease_ms))
+        }
+        LockRequest::Inspect(inspect) => {
+            let state = engine.inspect(&inspect).await?;
+            Ok(inspect_response(&inspect.name, state))
+        }
+    }
+}
+
+/// A grant must reach its caller or go to the next waiter: a peer already
+/// gone gets nothing (the slot moves on now); a peer that has closed its
+/// sending side may have half-closed (legal: it still reads) or left, which
+/// only its reset to our answer tells, so that answer is watched.
+fn deliver(
+    request: &HttpRequest,
+    peers: &PeerWatch,
+    engine: &LockEngine,
+    name: &LockName,
+    grant: &Grant,
+) -> Result<(), ApiError> {
+    match peers.state(request) {
+        PeerState::Open => Ok(()),
+        PeerState::Gone => {
+            engine.give_back(name, grant.clone());
+            Err(LockError::CallerGone.into())
+        }
+        PeerState::HalfClosed => {
+            if let Some(delivery) = peers.watch_delivery(request) {
+                let (engine, name, grant) = (engine.clone(), name.clone(), grant.clone());
+                actix_web::rt::spawn(async move {
+                    if delivery.refused().await {
+                        engine.give_back(&name, grant);
+                    }
+                });
+            }
+            Ok(())
         }
     }
 }
@@ -181,7 +284,7 @@ mod parsing_tests {
             panic!()
         };
         assert_eq!(a.wait(), Duration::ZERO);
-        assert_eq!(a.lease(), Duration::from_millis(30_000));
+        assert_eq!(a.lease_ms, 30_000);
         assert_eq!(a.permits, 1);
     }
 
@@ -209,6 +312,6 @@ mod parsing_tests {
         else {
             panic!()
         };
-        assert_eq!(a.lease(), Duration::from_millis(25349));
+        assert_eq!(a.lease_ms, 25349);
     }
 }

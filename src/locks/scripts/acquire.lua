@@ -1,28 +1,27 @@
--- ARGV: permits, lease_ms, nonce, grace_ms, try_pop (1: take a free slot now; 0: only prepare)
--- Creates the lock on first use, checks permits, reaps, and grants a free slot if asked.
--- Returns {'granted', token, fence, deadline} | {'mismatch', permits} | {'empty', earliest_deadline, now}
-local permits, lease_ms, nonce = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local grace_ms, try_pop = tonumber(ARGV[4]), ARGV[5] == '1'
+-- ARGV: name, permits, lease_ms, wait_ms, replica, wake, ticket, nonce, fence_floor, new_inc
+-- Creates the lock on first use (or after its state was lost), checks permits,
+-- grants a free slot when nobody waits, else queues a ticket (wait_ms > 0).
+-- Returns {'granted', token, fence, deadline, now} | {'mismatch', permits}
+--       | {'busy', now} | {'queued', earliest_deadline, now} | {'gone', now} (the request
+--       already gave up: this call arrived after its reply was given up on)
+local permits, lease_ms, wait_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local replica, wake, ticket, nonce = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
+if gave_up(nonce) then return {'gone', now} end
+local s = state() or create(permits, ARGV[10], tonumber(ARGV[9]), now)
+if s.permits ~= permits then return {'mismatch', s.permits} end
 
-local existing = tonumber(redis.call('HGET', meta, 'permits'))
-if not existing then
-  -- Fences start from the clock (x1000) so they keep increasing even after an
-  -- idle lock's keys expired and were created again.
-  redis.call('HSET', meta, 'permits', permits, 'fence', int(now * 1000), 'next_slot', permits)
-  for i = 1, permits do
-    redis.call('SADD', slots, tostring(i))
-    redis.call('RPUSH', free, tostring(i))
-  end
-elseif existing ~= permits then
-  return {'mismatch', existing}
+expire(s, now)
+promote(s, now)
+if redis.call('ZCARD', held) < s.permits and redis.call('ZCARD', queue) == 0 then
+  local deadline = now + lease_ms
+  local token, fence = grant(s, nonce, deadline)
+  finish(s, now)
+  return {'granted', token, fence, deadline, now}
 end
-
-reap(now, grace_ms)
-local result = {'empty', earliest_deadline(), now}
-if try_pop then
-  local slot = redis.call('LPOP', free)
-  if slot then result = claim(slot, lease_ms, nonce, now) or result end
+if wait_ms == 0 then
+  finish(s, now)
+  return {'busy', now}
 end
-refresh_ttl()
-return result
+enqueue(ticket, replica, wake, lease_ms, now + wait_ms, nonce)
+return {'queued', finish(s, now), now}

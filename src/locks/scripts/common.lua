@@ -1,14 +1,37 @@
--- Shared by every lock script (prepended to each one).
--- KEYS[1] free    list    free slot ids; waiters BLPOP here
--- KEYS[2] held    zset    grant tokens "<slot>.<fence>.<nonce>", score = lease deadline (ms, Redis TIME)
--- KEYS[3] meta    hash    permits, fence counter, next_slot counter
--- KEYS[4] slots   set     slot ids that exist now
--- KEYS[5] handoff hash    slot id -> when it was first seen in neither free nor held
-local free, held, meta, slots, handoff = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- Shared by every lock script (prepended to each one). docs/locks.md explains the design.
+--
+-- KEYS[1] meta   hash    inc (incarnation id), permits, fence (last fence), base (first fence
+--                        of this incarnation), seq (ticket counter), alarm (deadline the
+--                        watchers were last told), w (watchers "replica=wakekey;..."),
+--                        d (replicas that left an offer unclaimed "replica=ms;..."),
+--                        t:<ticket> ("q|replica|wake|lease|deadline|nonce" while queued,
+--                        "o|fence|token" once offered), o:<fence> ("ticket|replica" while
+--                        an offer is unclaimed)
+-- KEYS[2] held   zset    grant tokens "<inc>.<fence>.<nonce>" -> deadline (ms, Redis TIME);
+--                        an offer is a grant whose deadline is the claim deadline
+-- KEYS[3] queue  zset    ticket -> arrival sequence: waiters in arrival order, fleet-wide
+-- KEYS[4] ended  string  a bit per fence (fence - base, modulo 2^24): 1 expired, 0 released
+-- KEYS[5] gone   zset    nonces of requests that gave up -> until when (ms): a script of
+--                        theirs that reaches Redis late (its reply was lost) grants nothing
+-- ARGV[1] is always the lock's name (it goes into alarm messages).
+--
+-- Wake keys (one list per replica, named in a ticket or the watcher list) are
+-- the only other keys touched: they share the lock's hash slot in cluster mode.
+local meta, held, queue, ended, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local name = ARGV[1]
 
--- An idle lock's keys vanish a day after its last use (plus the longest lease),
--- so one-off names do not accumulate in Redis forever.
+-- An idle lock's keys vanish a day after its last use (plus the longest lease).
 local IDLE_TTL_MS = 90000000
+-- A wake list nobody reads (its replica died) vanishes after the longest wait.
+local WAKE_TTL_MS = 130000
+-- An offer not claimed by then is passed on, and its replica's tickets skipped.
+local OFFER_MS = 2000
+-- How many fences the `ended` bitmap remembers (2 MiB at most).
+local WINDOW = 16777216
+-- Most queue heads one call skips or offers to, so one script stays short.
+local MAX_PROMOTIONS = 256
+-- How long a request that gave up is remembered (far beyond any late delivery).
+local GONE_TTL_MS = 60000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -20,75 +43,190 @@ local function int(n)
   return string.format('%.0f', n)
 end
 
-local function slot_of(token)
-  return string.match(token, '^([0-9]+)%.')
+-- Fields are never empty, so '+' (Lua 5.1's '*' would also yield empty matches).
+local function split(text)
+  local parts = {}
+  for part in string.gmatch(text, '([^|]+)') do parts[#parts + 1] = part end
+  return parts
 end
 
-local function refresh_ttl()
-  for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+-- "a=1;b=2" lists (watchers, dead replicas) as tables and back.
+local function read_list(field)
+  local list = {}
+  local raw = redis.call('HGET', meta, field)
+  if raw then
+    for key, value in string.gmatch(raw, '([^;=]+)=([^;]*)') do list[key] = value end
+  end
+  return list
 end
 
--- Moves expired grants back to free. Recreates (under a new id) any slot that
--- has been in neither free nor held for grace_ms: a replica popped it and died
--- before claiming it. The new id makes a late claim of the old one fail.
-local function reap(now, grace_ms)
-  local expired = redis.call('ZRANGEBYSCORE', held, '-inf', now)
-  for _, token in ipairs(expired) do
+local function write_list(field, list)
+  local parts = {}
+  for key, value in pairs(list) do parts[#parts + 1] = key .. '=' .. value end
+  if #parts == 0 then
+    redis.call('HDEL', meta, field)
+  else
+    redis.call('HSET', meta, field, table.concat(parts, ';'))
+  end
+end
+
+local function state()
+  local m = redis.call('HMGET', meta, 'inc', 'permits', 'fence', 'base')
+  if not m[1] then return nil end
+  return {inc = m[1], permits = tonumber(m[2]), fence = tonumber(m[3]), base = tonumber(m[4])}
+end
+
+-- A new incarnation: whatever an earlier one left (after data loss or an
+-- evicted meta key) is wiped, so none of its tokens, offers or tickets count.
+-- Fences go on from the Redis clock x 1000 or the replica's floor, whichever is higher.
+local function create(permits, inc, floor, now)
+  redis.call('DEL', meta, held, queue, ended)
+  local start = math.max(now * 1000, floor)
+  redis.call('HSET', meta, 'inc', inc, 'permits', permits, 'fence', int(start), 'base', int(start + 1), 'seq', 0)
+  return {inc = inc, permits = permits, fence = start, base = start + 1}
+end
+
+local function token_parts(token)
+  local inc, fence, nonce = string.match(token, '^(%x+)%.(%d+)%.(%x+)$')
+  return inc, tonumber(fence), nonce
+end
+
+local function set_ended(s, fence, bit)
+  redis.call('SETBIT', ended, (fence - s.base) % WINDOW, bit)
+end
+
+-- Why a token of this incarnation no longer holds: 'expired', 'released' or 'unknown'.
+local function reason(s, fence)
+  if not fence or fence < s.base or fence > s.fence or s.fence - fence >= WINDOW then
+    return 'unknown'
+  end
+  if redis.call('GETBIT', ended, (fence - s.base) % WINDOW) == 1 then return 'expired' end
+  return 'released'
+end
+
+local function mark_dead(replica, now)
+  local dead = read_list('d')
+  dead[replica] = int(now)
+  write_list('d', dead)
+end
+
+-- A replica that calls is alive: its tickets are served again.
+local function mark_alive(replica)
+  local dead = read_list('d')
+  if dead[replica] then
+    dead[replica] = nil
+    write_list('d', dead)
+  end
+end
+
+-- Ends every grant whose deadline has passed. An offer that ends unclaimed
+-- means its replica is gone or stuck: its other tickets are skipped from now on.
+local function expire(s, now)
+  local leases = 0
+  local due = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, 64)
+  for _, token in ipairs(due) do
     redis.call('ZREM', held, token)
-    local slot = slot_of(token)
-    if slot and redis.call('SISMEMBER', slots, slot) == 1 then
-      redis.call('RPUSH', free, slot)
+    local _, fence = token_parts(token)
+    local offer = fence and redis.call('HGET', meta, 'o:' .. int(fence))
+    if offer then
+      local offer_parts = split(offer)
+      redis.call('HDEL', meta, 'o:' .. int(fence), 't:' .. offer_parts[1])
+      mark_dead(offer_parts[2], now)
+      set_ended(s, fence, 0)
+    elseif fence then
+      set_ended(s, fence, 1)
+      leases = leases + 1
     end
   end
-  local accounted = redis.call('LLEN', free) + redis.call('ZCARD', held)
-  if accounted ~= redis.call('SCARD', slots) or redis.call('HLEN', handoff) > 0 then
-    local present = {}
-    for _, slot in ipairs(redis.call('LRANGE', free, 0, -1)) do present[slot] = true end
-    for _, token in ipairs(redis.call('ZRANGE', held, 0, -1)) do
-      local slot = slot_of(token)
-      if slot then present[slot] = true end
-    end
-    for _, slot in ipairs(redis.call('SMEMBERS', slots)) do
-      if present[slot] then
-        redis.call('HDEL', handoff, slot)
+  return leases
+end
+
+local function grant(s, nonce, deadline)
+  local fence = redis.call('HINCRBY', meta, 'fence', 1)
+  s.fence = fence
+  local token = s.inc .. '.' .. int(fence) .. '.' .. nonce
+  redis.call('ZADD', held, deadline, token)
+  return token, fence
+end
+
+-- Hands free slots to the first live tickets, in arrival order: each gets an
+-- offer its replica must claim within OFFER_MS, announced on its wake list.
+local function promote(s, now)
+  local dead = nil
+  for _ = 1, MAX_PROMOTIONS do
+    if redis.call('ZCARD', held) >= s.permits then return end
+    local head = redis.call('ZRANGE', queue, 0, 0)[1]
+    if not head then return end
+    redis.call('ZREM', queue, head)
+    local info = redis.call('HGET', meta, 't:' .. head)
+    if info then
+      local t = split(info)
+      dead = dead or read_list('d')
+      if t[1] ~= 'q' or tonumber(t[5]) <= now or dead[t[2]] then
+        redis.call('HDEL', meta, 't:' .. head)
       else
-        local seen = tonumber(redis.call('HGET', handoff, slot))
-        if not seen then
-          redis.call('HSET', handoff, slot, int(now))
-        elseif now - seen >= grace_ms then
-          redis.call('SREM', slots, slot)
-          redis.call('HDEL', handoff, slot)
-          local fresh = tostring(redis.call('HINCRBY', meta, 'next_slot', 1))
-          redis.call('SADD', slots, fresh)
-          redis.call('RPUSH', free, fresh)
-        end
+        local token, fence = grant(s, t[6], now + OFFER_MS)
+        redis.call('HSET', meta, 't:' .. head, 'o|' .. int(fence) .. '|' .. token,
+          'o:' .. int(fence), head .. '|' .. t[2])
+        redis.call('LPUSH', t[3], 'o|' .. name .. '|' .. head .. '|' .. token .. '|' .. int(fence))
+        redis.call('PEXPIRE', t[3], WAKE_TTL_MS)
       end
     end
   end
-  return #expired
 end
 
-local function earliest_deadline()
+local function earliest()
   local first = redis.call('ZRANGE', held, 0, 0, 'WITHSCORES')
   if first[2] then return tonumber(first[2]) end
   return -1
 end
 
--- Grants a slot popped from free, if it still exists.
-local function claim(slot, lease_ms, nonce, now)
-  if redis.call('SISMEMBER', slots, slot) == 0 then return nil end
-  local fence = redis.call('HINCRBY', meta, 'fence', 1)
-  local token = slot .. '.' .. int(fence) .. '.' .. nonce
-  local deadline = now + lease_ms
-  redis.call('ZADD', held, deadline, token)
-  redis.call('HDEL', handoff, slot)
-  return {'granted', token, fence, deadline}
+-- Ends every script that changed the lock: while tickets wait, every watching
+-- replica must know the earliest deadline (it reaps then); an idle queue
+-- forgets its watchers. Keys live a day past the last use.
+local function finish(s, now)
+  local e = earliest()
+  local waiting = redis.call('ZCARD', queue)
+  -- promote() stopped at its budget with slots still free: reap again at once.
+  if waiting > 0 and redis.call('ZCARD', held) < s.permits then e = now end
+  if waiting == 0 then
+    redis.call('HDEL', meta, 'w', 'd', 'alarm')
+  elseif e >= 0 then
+    local alarm = tonumber(redis.call('HGET', meta, 'alarm'))
+    if not alarm or alarm <= now or e < alarm then
+      redis.call('HSET', meta, 'alarm', int(e))
+      for _, wake in pairs(read_list('w')) do
+        redis.call('LPUSH', wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
+        redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+      end
+    end
+  end
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+  return e
 end
 
--- The grant a token names, if its lease is still running; an expired one is reaped.
-local function live_score(token, now, grace_ms)
-  local score = tonumber(redis.call('ZSCORE', held, token))
-  if score and score > now then return score end
-  reap(now, grace_ms)
-  return nil
+-- Whether the request with this nonce gave up (its script is late: do nothing).
+local function gave_up(nonce)
+  return redis.call('ZSCORE', gone, nonce) ~= false
+end
+
+-- Remembers that the request with this nonce gave up.
+local function bury(nonce, now)
+  redis.call('ZREMRANGEBYSCORE', gone, '-inf', now)
+  redis.call('ZADD', gone, now + GONE_TTL_MS, nonce)
+  redis.call('PEXPIRE', gone, GONE_TTL_MS)
+end
+
+-- Queues a ticket at the back; its replica watches the lock from now on.
+local function enqueue(ticket, replica, wake, lease_ms, deadline, nonce)
+  local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  redis.call('ZADD', queue, seq, ticket)
+  redis.call('HSET', meta, 't:' .. ticket,
+    'q|' .. replica .. '|' .. wake .. '|' .. int(lease_ms) .. '|' .. int(deadline) .. '|' .. nonce)
+  local watchers = read_list('w')
+  if watchers[replica] ~= wake then
+    watchers[replica] = wake
+    write_list('w', watchers)
+  end
+  mark_alive(replica)
 end

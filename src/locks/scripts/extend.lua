@@ -1,9 +1,21 @@
--- ARGV: token, lease_ms, grace_ms. Moves a live grant's deadline to now + lease_ms.
--- Returns the new deadline | -1 not held (an expired lease is never revived)
-local token, lease_ms, grace_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- ARGV: name, token, lease_ms. Moves a live grant's deadline to now + lease_ms;
+-- an expired lease is never revived. Returns {'extended', deadline, now} | {'not_held', reason}
+local token, lease_ms = ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
-if not live_score(token, now, grace_ms) then return -1 end
-local deadline = now + lease_ms
+local s = state()
+local inc, fence = token_parts(token)
+if not s or inc ~= s.inc then return {'not_held', 'unknown'} end
+local deadline = tonumber(redis.call('ZSCORE', held, token))
+if not deadline or redis.call('HEXISTS', meta, 'o:' .. int(fence)) == 1 then
+  return {'not_held', reason(s, fence)}
+end
+if deadline <= now then
+  expire(s, now)
+  promote(s, now)
+  finish(s, now)
+  return {'not_held', 'expired'}
+end
+deadline = now + lease_ms
 redis.call('ZADD', held, 'XX', deadline, token)
-refresh_ttl()
-return deadline
+finish(s, now)
+return {'extended', deadline, now}

@@ -1,6 +1,8 @@
--- ARGV: grace_ms. Run by waiters at the earliest lease deadline and periodically.
--- Returns {expired_count, earliest_deadline (-1: none), now}
+-- ARGV: name. A watcher's alarm went off: end what expired, serve the queue.
+-- Returns {expired_leases, earliest_deadline (-1: none), now}
 local now = now_ms()
-local expired = reap(now, tonumber(ARGV[1]))
-refresh_ttl()
-return {expired, earliest_deadline(), now}
+local s = state()
+if not s then return {0, -1, now} end
+local leases = expire(s, now)
+promote(s, now)
+return {leases, finish(s, now), now}

@@ -184,6 +184,11 @@ impl TestApp {
             .await
     }
 
+    /// `{"op": "inspect"}` of `name`: the lock's state.
+    pub async fn inspect(&self, name: &str) -> Value {
+        inspect(&self.client, &self.address, name).await
+    }
+
     /// Sends `body` to `/locks` from a task of its own, on a connection of its
     /// own (so aborting the task hangs that connection up).
     pub fn lock_in_background(&self, body: Value) -> JoinHandle<Outcome> {
@@ -298,4 +303,48 @@ pub async fn post_lock(http: &reqwest::Client, base: &str, body: &Value) -> reqw
         .send()
         .await
         .expect("request sent")
+}
+
+/// `{"op": "inspect"}` of `name` at the service at `base`.
+pub async fn inspect(http: &reqwest::Client, base: &str, name: &str) -> Value {
+    let response = post_lock(
+        http,
+        base,
+        &serde_json::json!({"op": "inspect", "name": name}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK, "inspect {name}");
+    response.json().await.expect("inspect body")
+}
+
+/// Slots are conserved: nothing is held, exactly `permits` try-once acquires
+/// succeed and the next is refused (then everything is released again).
+pub async fn assert_conserved(base: &str, name: &str, permits: u64) {
+    let http = client();
+    let state = inspect(&http, base, name).await;
+    assert_eq!(
+        state["held"], 0,
+        "{name}: nothing held once leases ended: {state}"
+    );
+    let mut tokens = Vec::new();
+    for _ in 0..permits {
+        let body = serde_json::json!({"op": "acquire", "name": name, "permits": permits, "lease_ms": 30_000});
+        let response = post_lock(&http, base, &body).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{name}: a slot of {permits}"
+        );
+        tokens.push(response.json::<Value>().await.unwrap()["token"].clone());
+    }
+    let body = serde_json::json!({"op": "acquire", "name": name, "permits": permits});
+    assert_eq!(
+        post_lock(&http, base, &body).await.status(),
+        StatusCode::LOCKED,
+        "{name}: no slot past {permits}"
+    );
+    for token in tokens {
+        let body = serde_json::json!({"op": "release", "name": name, "token": token});
+        assert_eq!(post_lock(&http, base, &body).await.status(), StatusCode::OK);
+    }
 }

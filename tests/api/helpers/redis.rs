@@ -6,20 +6,24 @@ pub async fn redis_connection(url: &str) -> Option<redis::aio::MultiplexedConnec
     client.get_multiplexed_async_connection().await.ok()
 }
 
-/// `free + held` of a lock, as LOCKS.md's conservation check reads it.
-pub async fn slots_accounted(url: &str, prefix: &str, name: &str) -> (i64, i64) {
+/// A Redis `INFO` field of the server at `url` (`total_commands_processed`...).
+pub async fn info_field(url: &str, field: &str) -> u64 {
     let mut conn = redis_connection(url).await.expect("redis");
-    let free: i64 = redis::cmd("LLEN")
-        .arg(format!("{prefix}lock:{{{name}}}:free"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let held: i64 = redis::cmd("ZCARD")
-        .arg(format!("{prefix}lock:{{{name}}}:held"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    (free, held)
+    let info: String = redis::cmd("INFO").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("INFO has no numeric {field}"))
+}
+
+/// Runs one Redis command on the server at `url` and returns its reply.
+pub async fn redis_command<T: redis::FromRedisValue>(url: &str, args: &[&str]) -> T {
+    let mut conn = redis_connection(url).await.expect("redis");
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async(&mut conn).await.unwrap()
 }
 
 /// Every `CLIENT LIST` line of the server at `url`.

@@ -1,0 +1,637 @@
+//! Lock engine v2: one test per defect the adversarial review found in v1
+//! (issue 10), each provoked for real against real Redis and, where replicas
+//! matter, real service processes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{
+    OwnRedis, ServiceProcess, TEST_KEY, TestApp, assert_conserved, base_env, client, client_list,
+    create_database, eventually, info_field, inspect, metrics_text, mysql_admin_url, post_lock,
+    raise_fd_limit, random_suffix, redis_command, redis_url, spawn_app, spawn_app_with, waiter,
+};
+
+/// `n` replicas of the service (separate processes) on the Redis at `url`.
+async fn replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
+    let (_db, database_url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&database_url, url, &prefix);
+    env.insert("DB_POOL_MAX".into(), "2".into());
+    let mut started = Vec::new();
+    for _ in 0..n {
+        started.push(ServiceProcess::start_logged(env.clone()).await);
+    }
+    started
+}
+
+/// An app on a Redis of the test's own.
+async fn app_on(redis: &OwnRedis) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), url);
+    })
+    .await
+}
+
+fn acquire_body(name: &str, wait_ms: u64, lease_ms: u64) -> Value {
+    json!({"op": "acquire", "name": name, "wait_ms": wait_ms, "lease_ms": lease_ms})
+}
+
+async fn granted(http: &reqwest::Client, base: &str, body: Value) -> Value {
+    let response = post_lock(http, base, &body).await;
+    assert_eq!(response.status(), StatusCode::OK, "{body}");
+    response.json().await.unwrap()
+}
+
+async fn release(http: &reqwest::Client, base: &str, name: &str, grant: &Value) -> StatusCode {
+    post_lock(
+        http,
+        base,
+        &json!({"op": "release", "name": name, "token": grant["token"]}),
+    )
+    .await
+    .status()
+}
+
+async fn wait_until_waiting(http: &reqwest::Client, base: &str, name: &str, n: u64) {
+    let queued = eventually(Duration::from_secs(10), async || {
+        inspect(http, base, name).await["waiting"] == n
+    })
+    .await;
+    assert!(queued, "{n} waiting on {name}");
+}
+
+/// `POST /locks` of `body` written by hand on a connection the test controls.
+async fn raw_post(base: &str, body: &Value) -> TcpStream {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST /locks HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TEST_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Defect 1, first trigger: a replica stopped while a slot was offered to its
+/// waiter; Redis restarts empty; a new client takes the mutex; the replica
+/// resumes. v1 let it claim "slot 1" of the re-created lock (two holders, and
+/// a free list of ["1","1"] for good). Now the old offer is refused and the
+/// waiter queues again behind the new holder.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_from_before_redis_lost_its_data_is_refused() {
+    let mut redis = OwnRedis::start().await;
+    let fleet = replicas(&redis.url(), 2).await;
+    let (stopped, live) = (&fleet[0], &fleet[1]);
+    let http = client();
+    let first = granted(&http, &live.base, acquire_body("m", 0, 30_000)).await;
+    let late = waiter(stopped.base.clone(), acquire_body("m", 30_000, 30_000));
+    wait_until_waiting(&http, &live.base, "m", 1).await;
+
+    stopped.process.signal(Signal::SIGSTOP);
+    assert_eq!(
+        release(&http, &live.base, "m", &first).await,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill();
+    redis.restart().await;
+    let mut second = Value::Null;
+    let relocked = eventually(Duration::from_secs(10), async || {
+        let response = post_lock(&http, &live.base, &acquire_body("m", 0, 30_000)).await;
+        if response.status() != StatusCode::OK {
+            return false;
+        }
+        second = response.json().await.unwrap();
+        true
+    })
+    .await;
+    assert!(relocked, "the lock works again on the empty Redis");
+    assert!(
+        second["fence"].as_u64() > first["fence"].as_u64(),
+        "fences go on increasing across the data loss"
+    );
+
+    stopped.process.signal(Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if late.is_finished() {
+        let outcome = late.await.unwrap();
+        panic!(
+            "the resumed replica's waiter must not hold the mutex too: {outcome:?}\n{}",
+            stopped.logs()
+        );
+    }
+    let state = inspect(&http, &live.base, "m").await;
+    assert_eq!(
+        (state["held"].as_u64(), state["waiting"].as_u64()),
+        (Some(1), Some(1)),
+        "one holder, the old waiter queued again: {state}"
+    );
+
+    assert_eq!(
+        release(&http, &live.base, "m", &second).await,
+        StatusCode::OK
+    );
+    let outcome = late.await.unwrap();
+    assert_eq!(outcome.status, Some(StatusCode::OK));
+    assert!(outcome.body["fence"].as_u64() > second["fence"].as_u64());
+    assert_eq!(
+        release(&http, &live.base, "m", &outcome.body).await,
+        StatusCode::OK
+    );
+    assert_conserved(&live.base, "m", 1).await;
+}
+
+/// Defect 1, second trigger: eviction takes only the `meta` key of a held
+/// lock. The lock starts a new incarnation with exactly its permits; tokens
+/// of the old one are refused and cannot free a new grant.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_evicted_meta_key_starts_a_new_incarnation_that_refuses_old_tokens() {
+    let app = spawn_app().await;
+    for permits in [1u64, 2] {
+        let name = format!("evicted-{permits}");
+        let body = json!({"op": "acquire", "name": name, "permits": permits, "lease_ms": 30_000});
+        let mut old = Vec::new();
+        for _ in 0..permits {
+            old.push(granted(&app.client, &app.address, body.clone()).await);
+        }
+        let meta = format!("{}lock:{{{name}}}:meta", app.key_prefix);
+        let deleted: i64 = redis_command(&redis_url(), &["DEL", &meta]).await;
+        assert_eq!(deleted, 1);
+
+        let mut new = Vec::new();
+        for _ in 0..permits {
+            new.push(granted(&app.client, &app.address, body.clone()).await);
+        }
+        let newest_old = old.iter().filter_map(|g| g["fence"].as_u64()).max();
+        assert!(
+            new.iter().all(|g| g["fence"].as_u64() > newest_old),
+            "fences go on increasing"
+        );
+        assert_eq!(
+            post_lock(&app.client, &app.address, &body).await.status(),
+            StatusCode::LOCKED,
+            "exactly {permits} slots"
+        );
+        for grant in &old {
+            let response = app.release(&name, &grant["token"]).await;
+            let problem =
+                crate::helpers::assert_problem(response, StatusCode::CONFLICT, "not-held").await;
+            assert_eq!(problem["reason"], "unknown");
+        }
+        let state = app.inspect(&name).await;
+        assert_eq!(
+            (state["permits"].as_u64(), state["held"].as_u64()),
+            (Some(permits), Some(permits))
+        );
+        for grant in &new {
+            assert_eq!(
+                app.release(&name, &grant["token"]).await.status(),
+                StatusCode::OK
+            );
+        }
+        assert_conserved(&app.address, &name, permits).await;
+    }
+}
+
+/// Defect 2: a waiter whose caller closed its connection 0–10 ms before its
+/// slot came free. v1 wrote the grant to the dead socket and the slot stayed
+/// held by nobody for the whole lease (7 of 8 tries). Now the next waiter
+/// gets it within 100 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_that_hangs_up_just_before_its_turn_does_not_keep_the_slot() {
+    let app = spawn_app().await;
+    for delay_ms in [0u64, 2, 4, 6, 8, 10] {
+        let name = format!("ghost-{delay_ms}");
+        let holder = app.grant(&name, 0, 30_000).await;
+        let quitter = raw_post(&app.address, &acquire_body(&name, 30_000, 30_000)).await;
+        wait_until_waiting(&app.client, &app.address, &name, 1).await;
+        let next = waiter(app.address.clone(), acquire_body(&name, 30_000, 30_000));
+        wait_until_waiting(&app.client, &app.address, &name, 2).await;
+
+        drop(quitter);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let released = Instant::now();
+        assert_eq!(
+            app.release(&name, &holder["token"]).await.status(),
+            StatusCode::OK
+        );
+        let outcome = next.await.unwrap();
+        let took = released.elapsed();
+        assert_eq!(outcome.status, Some(StatusCode::OK), "{delay_ms} ms");
+        assert!(
+            took < Duration::from_millis(100),
+            "{delay_ms} ms before: the next waiter got the slot {took:?} after the release"
+        );
+    }
+}
+
+/// Defect 3: the acquire script ran but its reply came too late (Redis
+/// stalled past the 2 s call bound). v1 answered 503 and the grant stayed
+/// held until its lease ended. Now the grant is handed back as soon as Redis
+/// answers again, whichever of the two calls reaches it first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_whose_reply_came_too_late_is_handed_back() {
+    let redis = OwnRedis::start().await;
+    let app = app_on(&redis).await;
+    assert_eq!(app.acquire("slow", 0, 1_000).await.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Redis holds every write (scripts included) for 2.5 s.
+    let _: String = redis_command(&redis.url(), &["CLIENT", "PAUSE", "2500", "WRITE"]).await;
+    let started = Instant::now();
+    let response = app.acquire("slow", 0, 60_000).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let free = eventually(Duration::from_secs(5), async || {
+        app.acquire("slow", 0, 60_000).await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(free, "the late grant was handed back");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "free {:?} after the stall began (it ended at 2.5 s), not after the 60 s lease",
+        started.elapsed()
+    );
+}
+
+/// Defect 4: the blocking connection dropped while requests waited. v1
+/// failed every local waiter of that name with 503 (CLIENT KILL of 99
+/// connections: 1,762 × 503 while Redis was up). Now the replica reconnects
+/// and every waiter keeps its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_keep_their_places_when_the_blocking_connection_is_killed() {
+    let redis = OwnRedis::start().await;
+    let app = app_on(&redis).await;
+    let mut holders = Vec::new();
+    for n in 0..5 {
+        holders.push(app.grant(&format!("kill-{n}"), 0, 30_000).await);
+    }
+    let waiters: Vec<_> = (0..50)
+        .map(|w| {
+            waiter(
+                app.address.clone(),
+                acquire_body(&format!("kill-{}", w % 5), 20_000, 100),
+            )
+        })
+        .collect();
+    for n in 0..5 {
+        wait_until_waiting(&app.client, &app.address, &format!("kill-{n}"), 10).await;
+    }
+    for _ in 0..3 {
+        let blocking = client_list(&redis.url())
+            .await
+            .into_iter()
+            .find(|line| line.contains("cmd=blpop"))
+            .expect("the replica's blocking connection");
+        let id = blocking
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("id="))
+            .unwrap()
+            .to_owned();
+        let killed: i64 = redis_command(&redis.url(), &["CLIENT", "KILL", "ID", &id]).await;
+        assert_eq!(killed, 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (n, holder) in holders.iter().enumerate() {
+        assert_eq!(
+            app.release(&format!("kill-{n}"), &holder["token"])
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
+    let mut statuses = BTreeMap::new();
+    for w in waiters {
+        *statuses
+            .entry(w.await.unwrap().status.map(|s| s.as_u16()))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses,
+        [(Some(200), 50)].into(),
+        "every waiter kept its place"
+    );
+}
+
+/// Defect 5: places are fleet-wide. v1 let Redis order replicas, not
+/// requests: 20 waiters on replica 1, then one on replica 2, and the late one
+/// was served first (5 of 5 trials). Now the order is arrival order.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiters_are_served_in_arrival_order_across_replicas() {
+    let fleet = replicas(&redis_url(), 2).await;
+    let http = client();
+    let holder = granted(&http, &fleet[0].base, acquire_body("fifo", 0, 30_000)).await;
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for position in 0..21u64 {
+        // The last one arrives at the other replica.
+        let base = fleet[usize::from(position == 20)].base.clone();
+        let order_tx = order_tx.clone();
+        waiters.push(tokio::spawn(async move {
+            let http = client();
+            let grant = granted(&http, &base, acquire_body("fifo", 30_000, 30_000)).await;
+            order_tx.send(position).unwrap();
+            assert_eq!(release(&http, &base, "fifo", &grant).await, StatusCode::OK);
+        }));
+        wait_until_waiting(&http, &fleet[0].base, "fifo", position + 1).await;
+    }
+    assert_eq!(
+        release(&http, &fleet[0].base, "fifo", &holder).await,
+        StatusCode::OK
+    );
+    for w in waiters {
+        w.await.unwrap();
+    }
+    drop(order_tx);
+    let mut order = Vec::new();
+    while let Some(position) = order_rx.recv().await {
+        order.push(position);
+    }
+    assert_eq!(order, (0..21).collect::<Vec<_>>());
+}
+
+/// Defect 6: idle waiting polled Redis (a reaper per name every 50 ms:
+/// 1,500 idle names cost 267,000 commands/s). Now waiting requests cost
+/// Redis nothing until something happens to their lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_waiters_cost_redis_nothing() {
+    raise_fd_limit();
+    let redis = OwnRedis::start().await;
+    let app = app_on(&redis).await;
+    let mut waiters = Vec::new();
+    for n in 0..200 {
+        let name = format!("idle-{n}");
+        app.grant(&name, 0, 60_000).await;
+        waiters.push(waiter(
+            app.address.clone(),
+            acquire_body(&name, 30_000, 1_000),
+        ));
+    }
+    let queued = eventually(Duration::from_secs(20), async || {
+        metrics_text(&app.admin_address)
+            .await
+            .contains("middleway_lock_waiters 200")
+    })
+    .await;
+    assert!(queued, "200 waiters queued");
+    let before = info_field(&redis.url(), "total_commands_processed").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = info_field(&redis.url(), "total_commands_processed").await;
+    // At most one BLPOP renewal, plus this test's own INFO connection.
+    assert!(
+        after - before <= 10,
+        "{} Redis commands in 3 s of 200 idle waiters",
+        after - before
+    );
+    for w in waiters {
+        w.abort();
+    }
+}
+
+/// Defect 7: every wait episode opened a Redis connection (100 clients on 50
+/// mutexes: 400–600 connections a second, 10,405 sockets in TIME_WAIT in
+/// 28 s). Now waiting uses the replica's one blocking connection and its pools.
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_episodes_open_no_redis_connections() {
+    let redis = OwnRedis::start().await;
+    let url = redis.url();
+    let app = spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), url.clone());
+        env.insert("REDIS_POOL_MAX".into(), "8".into());
+    })
+    .await;
+    let before = info_field(&url, "total_connections_received").await;
+    let stop = Instant::now() + Duration::from_secs(5);
+    let grants = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..100 {
+        let (base, grants) = (app.address.clone(), Arc::clone(&grants));
+        clients.spawn(async move {
+            let http = client();
+            let name = format!("churn-{}", c % 50);
+            while Instant::now() < stop {
+                let response = post_lock(&http, &base, &acquire_body(&name, 1_000, 1_000)).await;
+                if response.status() == StatusCode::OK {
+                    grants.fetch_add(1, Ordering::Relaxed);
+                    let grant: Value = response.json().await.unwrap();
+                    release(&http, &base, &name, &grant).await;
+                }
+            }
+        });
+    }
+    while clients.join_next().await.is_some() {}
+    let after = info_field(&url, "total_connections_received").await;
+    assert!(grants.load(Ordering::Relaxed) > 500, "the churn ran");
+    // The pools (at most 8) and this test's two INFO connections.
+    assert!(
+        after - before <= 10,
+        "{} new Redis connections during a 5 s churn",
+        after - before
+    );
+}
+
+/// Defect 9: the wait timer started after the first Redis call, so a slow
+/// call made the 423 late by its own duration. Now the wait counts from the
+/// request's arrival.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wait_counts_its_first_redis_call() {
+    let redis = OwnRedis::start().await;
+    let app = app_on(&redis).await;
+    app.grant("late", 0, 30_000).await;
+    let _: String = redis_command(&redis.url(), &["CLIENT", "PAUSE", "300", "WRITE"]).await;
+    let started = Instant::now();
+    let response = app.acquire("late", 500, 30_000).await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), StatusCode::LOCKED);
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(600),
+        "423 after {elapsed:?}, for wait_ms 500 with a first call held 300 ms"
+    );
+}
+
+/// Half-close is legal HTTP/1.1: a waiter that shuts its sending side keeps
+/// its place and gets its grant (after an interim 102, which a closed socket
+/// would have reset).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_closed_waiter_keeps_waiting_and_gets_its_grant() {
+    let app = spawn_app().await;
+    let holder = app.grant("half", 0, 30_000).await;
+    let mut stream = raw_post(&app.address, &acquire_body("half", 30_000, 30_000)).await;
+    wait_until_waiting(&app.client, &app.address, "half", 1).await;
+    stream.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.inspect("half").await["waiting"], 1, "still waiting");
+    assert_eq!(
+        app.release("half", &holder["token"]).await.status(),
+        StatusCode::OK
+    );
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n"),
+        "{answer}"
+    );
+    let body: Value = serde_json::from_str(answer.split("\r\n\r\n").last().unwrap()).unwrap();
+    assert_eq!(body["name"], "half");
+    assert_eq!(
+        app.release("half", &body["token"]).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// Who is inside each critical section, per incarnation of each lock (the
+/// token's first part): exclusion and increasing fences hold within an
+/// incarnation; across a data loss only the fences must keep increasing.
+#[derive(Default)]
+struct Recorder {
+    inside: HashMap<(String, String), HashSet<u64>>,
+    last_fence: HashMap<(String, String), u64>,
+    fences: HashMap<String, Vec<(String, u64)>>,
+    violations: Vec<String>,
+    entries: usize,
+}
+
+impl Recorder {
+    fn enter(&mut self, name: &str, permits: usize, token: &str, fence: u64) {
+        self.entries += 1;
+        let incarnation = token.split('.').next().unwrap_or_default().to_owned();
+        let key = (name.to_owned(), incarnation.clone());
+        let inside = self.inside.entry(key.clone()).or_default();
+        if inside.len() >= permits {
+            self.violations.push(format!(
+                "{name}: fence {fence} entered with {inside:?} inside"
+            ));
+        }
+        inside.insert(fence);
+        let last = self.last_fence.entry(key).or_default();
+        if permits == 1 && fence <= *last {
+            self.violations
+                .push(format!("{name}: fence {fence} after {last}"));
+        }
+        *last = (*last).max(fence);
+        self.fences
+            .entry(name.to_owned())
+            .or_default()
+            .push((incarnation, fence));
+    }
+
+    fn leave(&mut self, name: &str, token: &str, fence: u64) {
+        let incarnation = token.split('.').next().unwrap_or_default().to_owned();
+        if let Some(inside) = self.inside.get_mut(&(name.to_owned(), incarnation)) {
+            inside.remove(&fence);
+        }
+    }
+
+    /// Every fence of a later incarnation is above every fence of an earlier one.
+    fn check_incarnations(&mut self) {
+        for (name, grants) in &self.fences {
+            let mut order: Vec<String> = Vec::new();
+            let mut range: HashMap<String, (u64, u64)> = HashMap::new();
+            for (incarnation, fence) in grants {
+                if !order.contains(incarnation) {
+                    order.push(incarnation.clone());
+                }
+                let r = range.entry(incarnation.clone()).or_insert((u64::MAX, 0));
+                *r = (r.0.min(*fence), r.1.max(*fence));
+            }
+            for pair in order.windows(2) {
+                let (earlier, later) = (range[&pair[0]], range[&pair[1]]);
+                if later.0 <= earlier.1 {
+                    self.violations.push(format!(
+                        "{name}: incarnation {} starts at fence {} below {}",
+                        pair[1], later.0, earlier.1
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The storm of issue 10: three replicas, 150 clients, random hang-ups;
+/// mid-storm one replica is stopped, Redis restarts empty, the replica
+/// resumes. Within each incarnation nobody overlaps, fences only grow, and
+/// afterwards every lock has exactly its permits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_incarnation_exclusive()
+ {
+    raise_fd_limit();
+    let mut redis = OwnRedis::start().await;
+    let fleet = replicas(&redis.url(), 3).await;
+    let bases: Arc<Vec<String>> = Arc::new(fleet.iter().map(|r| r.base.clone()).collect());
+    let names: Arc<Vec<(String, usize)>> =
+        Arc::new(vec![("m0".into(), 1), ("m1".into(), 1), ("s0".into(), 3)]);
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let storm_ends = Instant::now() + Duration::from_secs(8);
+    let mut clients = tokio::task::JoinSet::new();
+    for c in 0..150 {
+        let (bases, names, recorder) = (bases.clone(), names.clone(), recorder.clone());
+        clients.spawn(async move {
+            let http = client();
+            let (name, permits) = names[c % names.len()].clone();
+            while Instant::now() < storm_ends {
+                let base = bases[rand::rng().random_range(0..bases.len())].clone();
+                let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 2000, "lease_ms": 2000});
+                let mut request = http.post(format!("{base}/locks")).bearer_auth(TEST_KEY).json(&body);
+                if rand::rng().random_bool(0.1) {
+                    request = request.timeout(Duration::from_millis(rand::rng().random_range(5..200)));
+                }
+                let Ok(response) = request.send().await else { continue };
+                if response.status() != StatusCode::OK {
+                    continue;
+                }
+                let Ok(grant) = response.json::<Value>().await else { continue };
+                let (token, fence) = (grant["token"].as_str().unwrap().to_owned(), grant["fence"].as_u64().unwrap());
+                recorder.lock().unwrap().enter(&name, permits, &token, fence);
+                let section = Duration::from_millis(rand::rng().random_range(0..3));
+                tokio::time::sleep(section).await;
+                recorder.lock().unwrap().leave(&name, &token, fence);
+                let release = json!({"op": "release", "name": name, "token": token});
+                let _ = http.post(format!("{base}/locks")).bearer_auth(TEST_KEY).json(&release).send().await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet[0].process.signal(Signal::SIGSTOP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill();
+    redis.restart().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fleet[0].process.signal(Signal::SIGCONT);
+    while let Some(outcome) = clients.join_next().await {
+        outcome.unwrap();
+    }
+    {
+        let mut recorder = recorder.lock().unwrap();
+        recorder.check_incarnations();
+        assert!(
+            recorder.violations.is_empty(),
+            "violations: {:#?}",
+            recorder.violations
+        );
+        assert!(
+            recorder.entries >= 300,
+            "only {} critical sections ran",
+            recorder.entries
+        );
+    }
+    // Leases are 2 s: once they have run out, every lock has exactly its permits.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (name, permits) in names.iter() {
+        assert_conserved(&bases[1], name, *permits as u64).await;
+    }
+}
