@@ -45,11 +45,16 @@ fi
 key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 service=127.0.0.1:18080
 admin=127.0.0.1:19090
-API_KEYS="bench:$key" BIND_ADDR=$service ADMIN_BIND_ADDR=$admin REDIS_KEY_PREFIX="mwbench:" \
-  RUST_LOG=${BENCH_RUST_LOG:-info} LOG_FORMAT=json $mw serve >/dev/null 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do curl -sf "http://$service/readyz" >/dev/null && break; sleep 0.1; done
+serve() { # address admin-address: one replica, JSON request logs at info to /dev/null
+  API_KEYS="bench:$key" BIND_ADDR=$1 ADMIN_BIND_ADDR=$2 REDIS_KEY_PREFIX="mwbench:" \
+    RUST_LOG=${BENCH_RUST_LOG:-info} LOG_FORMAT=json $mw serve >/dev/null 2>&1 &
+}
+serve $service $admin; pid=$!
+# A second replica on the same MySQL and Redis, for the fairness and hand-off cells.
+second=127.0.0.1:18081
+serve $second 127.0.0.1:19091; second_pid=$!
+trap 'kill -CONT $second_pid 2>/dev/null; kill $pid $second_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf "http://$service/readyz" >/dev/null && curl -sf "http://$second/readyz" >/dev/null && break; sleep 0.1; done
 
 target=(--service "$service" --admin "$admin" --key "$key")
 mysql_root="mysql://root@127.0.0.1:13306"
@@ -62,6 +67,10 @@ if [ "$mode" = smoke ]; then
   $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --concurrency 10 --requests 200 --runs 1 --out "$out/cells.jsonl"
   $mwbench handoff "${target[@]}" --waiters 10 --handoffs 50
   $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 200 --names 10
+  $mwbench idle "${target[@]}" --redis-url "$REDIS_URL" --waiters 50 --seconds 2
+  $mwbench fairness "${target[@]}" --second-service "$second" --clients-first 4 --clients-second 1 --seconds 2
+  $mwbench churn "${target[@]}" --redis-url "$REDIS_URL" --clients 10 --names 5 --seconds 2
+  $mwbench handoff-cost "${target[@]}" --second-service "$second" --second-pid "$second_pid" --redis-url "$REDIS_URL"
   $mwbench report --input "$out/cells.jsonl" --stem "$out/smoke"
   cells=$(wc -l < "$out/cells.jsonl")
   [ "$cells" -eq 8 ] || { log "expected 8 cells, got $cells"; exit 1; }
@@ -100,6 +109,15 @@ $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --strategies middleway --
   cat "$work/service.jsonl" "$work/pairs.jsonl"
   $mwbench handoff "${target[@]}" --waiters 100 --handoffs 3000
   $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 10000 --names 100
+  echo '```'
+  echo
+  echo "## Lock engine v2: what waiting costs (issue 10)"
+  echo
+  echo '```'
+  $mwbench idle "${target[@]}" --redis-url "$REDIS_URL" --waiters 2000 --seconds 10
+  $mwbench fairness "${target[@]}" --second-service "$second" --clients-first 40 --clients-second 4 --seconds 20
+  $mwbench churn "${target[@]}" --redis-url "$REDIS_URL" --clients 100 --names 50 --seconds 20
+  $mwbench handoff-cost "${target[@]}" --second-service "$second" --second-pid "$second_pid" --redis-url "$REDIS_URL"
   echo '```'
 } > "$work/appendix.md"
 $mwbench report --input "$work/cells.jsonl" --stem "$stem" --preamble "$work/preamble.md" --appendix "$work/appendix.md"

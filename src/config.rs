@@ -118,14 +118,16 @@ impl Settings {
         }
         let log_format = parse_log_format(var("LOG_FORMAT").as_deref())?;
         let redis_key_prefix = var("REDIS_KEY_PREFIX").unwrap_or_else(|| "mw:".to_owned());
+        // Lock scripts embed the prefix in the lists they keep (wake keys in
+        // watcher lists), and braces would change Redis Cluster hash tags.
         if redis_key_prefix.len() > 64
-            || redis_key_prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
+            || !redis_key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
         {
             return Err(ConfigError::new(
                 "REDIS_KEY_PREFIX",
-                "must be at most 64 characters without spaces",
+                "must be at most 64 characters of [A-Za-z0-9._:-]",
             ));
         }
         Ok(Self {
@@ -365,6 +367,8 @@ mod tests {
             ("DB_POOL_MAX", "x"),
             ("DB_ACQUIRE_TIMEOUT_MS", "-5"),
             ("LOCK_MAX_WAITERS", "1.5"),
+            ("REDIS_KEY_PREFIX", "a{b}:"),
+            ("REDIS_KEY_PREFIX", "x;y="),
         ] {
             let mut pairs = BASE.to_vec();
             pairs.push((var, value));

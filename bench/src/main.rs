@@ -4,6 +4,7 @@
 
 mod http;
 mod load;
+mod lock_costs;
 mod report;
 mod scenarios;
 mod strategies;
@@ -117,6 +118,57 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         names: usize,
     },
+    /// Idle waiters, one per lock: Redis commands per second and connections.
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        redis_url: String,
+        #[arg(long, default_value_t = 2000)]
+        waiters: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Clients on two replicas share one mutex: grants per client on each.
+    Fairness {
+        #[command(flatten)]
+        target: Target,
+        /// The second replica's public address.
+        #[arg(long)]
+        second_service: String,
+        #[arg(long, default_value_t = 40)]
+        clients_first: usize,
+        #[arg(long, default_value_t = 4)]
+        clients_second: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Acquire/release churn on a few mutexes: Redis connections opened.
+    Churn {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        redis_url: String,
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        #[arg(long, default_value_t = 50)]
+        names: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
+    /// Script cost on a 1024-permit semaphore with and without a hand-off in progress.
+    HandoffCost {
+        #[command(flatten)]
+        target: Target,
+        /// The second replica's public address (it gets stopped and resumed).
+        #[arg(long)]
+        second_service: String,
+        /// The second replica's process id.
+        #[arg(long)]
+        second_pid: i32,
+        #[arg(long)]
+        redis_url: String,
+    },
     /// Writes the Markdown report and the charts from JSON lines.
     Report {
         #[arg(long)]
@@ -196,6 +248,41 @@ async fn main() -> anyhow::Result<()> {
             waiters,
             names,
         } => scenarios::waiters(&target, &redis_url, pid, waiters, names).await,
+        Command::Idle {
+            target,
+            redis_url,
+            waiters,
+            seconds,
+        } => lock_costs::idle(&target, &redis_url, waiters, seconds).await,
+        Command::Fairness {
+            target,
+            second_service,
+            clients_first,
+            clients_second,
+            seconds,
+        } => {
+            lock_costs::fairness(
+                &target,
+                &second_service,
+                clients_first,
+                clients_second,
+                seconds,
+            )
+            .await
+        }
+        Command::Churn {
+            target,
+            redis_url,
+            clients,
+            names,
+            seconds,
+        } => lock_costs::churn(&target, &redis_url, clients, names, seconds).await,
+        Command::HandoffCost {
+            target,
+            second_service,
+            second_pid,
+            redis_url,
+        } => lock_costs::handoff_cost(&target, &second_service, second_pid, &redis_url).await,
         Command::Report {
             input,
             stem,

@@ -292,7 +292,7 @@ pub async fn locks(
     Ok(())
 }
 
-async fn post_lock(
+pub async fn post_lock(
     http: &mut HttpConnection,
     target: &Target,
     body: serde_json::Value,
@@ -468,4 +468,15 @@ async fn reqwest_lite(url: &str) -> Option<String> {
         .ok()?;
     let (_, body) = http.send(request, false).await.ok()?;
     String::from_utf8(body.to_vec()).ok()
+}
+
+/// `middleway_lock_waiters` on the service's admin port.
+pub async fn lock_waiters(target: &Target) -> usize {
+    let text = reqwest_lite(&format!("http://{}/metrics", target.admin))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("middleway_lock_waiters "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }

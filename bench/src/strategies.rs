@@ -190,32 +190,27 @@ pub struct DirectLockCycle {
 
 impl Worker for DirectLockCycle {
     async fn run_once(&mut self) -> Result<(), Failure> {
-        use middleway::locks::{AcquireOutcome, LockName};
+        use middleway::locks::LockName;
         let name = LockName::parse(&lock_name(self.names)).map_err(|_| Failure::Other)?;
-        let keys = self.store.keys(&name);
         let mut conn =
             self.pool[self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len()].clone();
         let lease = std::time::Duration::from_secs(10);
         // Uncontended cycles are the common case; a busy name is retried like a waiter would.
         loop {
-            match self
+            let granted = self
                 .store
-                .acquire(&mut conn, &keys, 1, lease, true)
+                .try_acquire(&mut conn, &name, 1, lease)
                 .await
-                .map_err(|_| Failure::Other)?
-            {
-                AcquireOutcome::Granted(grant) => {
-                    self.store
-                        .release(&mut conn, &keys, &grant.token)
-                        .await
-                        .map_err(|_| Failure::Other)?;
-                    return Ok(());
-                }
-                AcquireOutcome::PermitsMismatch(_) => return Err(Failure::Other),
-                AcquireOutcome::Empty => {
-                    tokio::time::sleep(std::time::Duration::from_millis(1)).await
-                }
+                .map_err(|_| Failure::Other)?;
+            if let Some(grant) = granted {
+                let released = self
+                    .store
+                    .release(&mut conn, &name, &grant.token)
+                    .await
+                    .map_err(|_| Failure::Other)?;
+                return released.map_err(|_| Failure::Other);
             }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 }

@@ -123,10 +123,23 @@ impl LockEngine {
 
     /// Grants a slot, waiting up to `request.wait()` for one. A wait ends
     /// early when `caller_gone` resolves, and the caller's place moves on.
+    /// The flag says whether the request queued (its caller may have left meanwhile).
     pub(crate) async fn acquire(
         &self,
         request: &AcquireRequest,
         caller_gone: impl Future<Output = ()>,
+    ) -> Result<(Grant, bool), LockError> {
+        // Boxed: see `bounded` (a waiting request's future must stay small).
+        let queued = std::cell::Cell::new(false);
+        let grant = Box::pin(self.acquire_inner(request, caller_gone, &queued)).await?;
+        Ok((grant, queued.get()))
+    }
+
+    async fn acquire_inner(
+        &self,
+        request: &AcquireRequest,
+        caller_gone: impl Future<Output = ()>,
+        queued: &std::cell::Cell<bool>,
     ) -> Result<Grant, LockError> {
         // The wait counts from here, Redis calls included.
         let deadline = Instant::now() + request.wait();
@@ -179,6 +192,7 @@ impl LockEngine {
                 earliest_ms,
                 now_ms,
             }) => {
+                queued.set(true);
                 let next = earliest_ms.map(|e| Duration::from_millis(e.saturating_sub(now_ms)));
                 core.arm(name, next);
             }

@@ -230,7 +230,6 @@ impl LockStore {
             .arg(call.ticket)
             .arg(call.nonce)
             .arg(call.fence_floor)
-            .arg(random_id())
             .invoke_async(conn)
             .await?;
         let items = items("acquire", &reply)?;

@@ -635,3 +635,68 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
         assert_conserved(&bases[1], name, *permits as u64).await;
     }
 }
+
+/// A replica killed with waiters queued: its first ticket's offer goes
+/// unclaimed for the 2 s claim deadline, then the replica counts as gone and
+/// its other tickets are skipped, so a waiter behind them on a live replica
+/// waits one claim deadline, not one per dead ticket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_with_waiters_queued_costs_the_others_one_claim_deadline() {
+    let mut fleet = replicas(&redis_url(), 2).await;
+    let http = client();
+    let holder = granted(&http, &fleet[1].base, acquire_body("orphans", 0, 30_000)).await;
+    let mut doomed = Vec::new();
+    for n in 0..5u64 {
+        doomed.push(waiter(
+            fleet[0].base.clone(),
+            acquire_body("orphans", 60_000, 30_000),
+        ));
+        wait_until_waiting(&http, &fleet[1].base, "orphans", n + 1).await;
+    }
+    let survivor = waiter(
+        fleet[1].base.clone(),
+        acquire_body("orphans", 60_000, 30_000),
+    );
+    wait_until_waiting(&http, &fleet[1].base, "orphans", 6).await;
+    fleet[0].process.kill();
+    let released = Instant::now();
+    assert_eq!(
+        release(&http, &fleet[1].base, "orphans", &holder).await,
+        StatusCode::OK
+    );
+    let outcome = survivor.await.unwrap();
+    let took = released.elapsed();
+    assert_eq!(outcome.status, Some(StatusCode::OK));
+    assert!(
+        took > Duration::from_millis(1900) && took < Duration::from_millis(3500),
+        "served {took:?} after the release: one 2 s claim deadline, not five"
+    );
+    drop(doomed);
+}
+
+/// Fences of a re-created lock start above the highest fence this replica
+/// has seen, even when Redis' clock (x 1000) is lower than that.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recreated_lock_keeps_fences_above_what_this_replica_saw() {
+    let app = spawn_app().await;
+    app.grant("floor", 0, 100).await;
+    let meta = format!("{}lock:{{floor}}:meta", app.key_prefix);
+    // As if the lock had granted ten billion times since its creation.
+    let far: u64 = redis_command::<Vec<Option<u64>>>(&redis_url(), &["HMGET", &meta, "fence"])
+        .await[0]
+        .unwrap()
+        + 10_000_000_000;
+    let _: i64 = redis_command(&redis_url(), &["HSET", &meta, "fence", &far.to_string()]).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let high = app.grant("floor", 0, 100).await;
+    assert_eq!(high["fence"].as_u64(), Some(far + 1));
+    // The lock's state is lost; Redis' clock x 1000 is far below that fence.
+    let _: i64 = redis_command(&redis_url(), &["DEL", &meta]).await;
+    let recreated = app.grant("floor", 0, 100).await;
+    assert!(
+        recreated["fence"].as_u64() > high["fence"].as_u64(),
+        "{} after {}",
+        recreated["fence"],
+        high["fence"]
+    );
+}

@@ -459,3 +459,108 @@ async fn locks_need_a_key_and_transcriptions_too() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_not_held_answer_says_why() {
+    let app = spawn_app().await;
+    // Released: a retried release after a lost reply can tell it succeeded.
+    let grant = app.grant("why", 0, 30_000).await;
+    assert_eq!(
+        app.release("why", &grant["token"]).await.status(),
+        StatusCode::OK
+    );
+    let again = assert_problem(
+        app.release("why", &grant["token"]).await,
+        StatusCode::CONFLICT,
+        "not-held",
+    )
+    .await;
+    assert_eq!(again["reason"], "released");
+    // Expired, for release and extend alike.
+    let short = app.grant("why", 0, 100).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let late = assert_problem(
+        app.release("why", &short["token"]).await,
+        StatusCode::CONFLICT,
+        "not-held",
+    )
+    .await;
+    assert_eq!(late["reason"], "expired");
+    let extend = app
+        .lock(json!({"op": "extend", "name": "why", "token": short["token"], "lease_ms": 1000}))
+        .await;
+    assert_eq!(
+        assert_problem(extend, StatusCode::CONFLICT, "not-held").await["reason"],
+        "expired"
+    );
+    // Unknown: never granted (a token of another lock, or no token at all).
+    let other = app.grant("elsewhere", 0, 30_000).await;
+    for token in [
+        other["token"].clone(),
+        json!("garbage"),
+        json!("0123456789abcdef.1.0123456789abcdef"),
+    ] {
+        let problem = assert_problem(
+            app.release("why", &token).await,
+            StatusCode::CONFLICT,
+            "not-held",
+        )
+        .await;
+        assert_eq!(problem["reason"], "unknown", "{token}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inspect_shows_holders_and_waiters_but_never_tokens() {
+    let app = spawn_app().await;
+    let missing = app.inspect("nobody").await;
+    assert_eq!(
+        missing,
+        json!({"name": "nobody", "permits": null, "held": 0, "waiting": 0, "fence": null, "holders": []})
+    );
+    let first = app.grant("seen", 0, 30_000).await;
+    let waiting =
+        app.lock_in_background(json!({"op": "acquire", "name": "seen", "wait_ms": 30_000}));
+    let queued = crate::helpers::eventually(Duration::from_secs(5), async || {
+        app.inspect("seen").await["waiting"] == 1
+    })
+    .await;
+    assert!(queued);
+    let state = app.inspect("seen").await;
+    assert_eq!(state["permits"], 1);
+    assert_eq!(state["held"], 1);
+    assert_eq!(state["fence"], first["fence"]);
+    assert_eq!(
+        state["holders"],
+        json!([{"fence": first["fence"], "expires_at": first["expires_at"]}])
+    );
+    assert!(
+        !state.to_string().contains(first["token"].as_str().unwrap()),
+        "no token listed"
+    );
+
+    let asked = app
+        .lock(json!({"op": "inspect", "name": "seen", "token": first["token"]}))
+        .await;
+    let asked: Value = asked.json().await.unwrap();
+    assert_eq!(
+        (asked["token_held"].clone(), asked["expires_at"].clone()),
+        (json!(true), first["expires_at"].clone())
+    );
+
+    assert_eq!(
+        app.release("seen", &first["token"]).await.status(),
+        StatusCode::OK
+    );
+    let second = waiting.await.unwrap();
+    assert_eq!(second.status, Some(StatusCode::OK));
+    let asked = app
+        .lock(json!({"op": "inspect", "name": "seen", "token": first["token"]}))
+        .await;
+    let asked: Value = asked.json().await.unwrap();
+    assert_eq!(
+        (asked["token_held"].clone(), asked["reason"].clone()),
+        (json!(false), json!("released"))
+    );
+    assert_eq!(app.inspect("seen").await["fence"], second.body["fence"]);
+}

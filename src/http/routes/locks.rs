@@ -186,10 +186,12 @@ pub(crate) async fn post_locks(
 ) -> Result<HttpResponse, ApiError> {
     match lock_request {
         LockRequest::Acquire(acquire) => {
-            let grant = engine
+            let (grant, waited) = engine
                 .acquire(&acquire, peers.client_gone(&request))
                 .await?;
-            deliver(&request, &peers, &engine, &acquire.name, &grant)?;
+            if waited {
+                deliver(&request, &peers, &engine, &acquire.name, &grant)?;
+            }
             Ok(grant_response(&acquire.name, &grant, acquire.lease_ms))
         }
         LockRequest::Release(release) => {
@@ -210,7 +212,7 @@ pub(crate) async fn post_locks(
     }
 }
 
-/// A grant must reach its caller or go to the next waiter: a peer already
+/// A grant that waited must reach its caller or go to the next waiter: a peer already
 /// gone gets nothing (the slot moves on now); a peer that has closed its
 /// sending side may have half-closed (legal: it still reads) or left, which
 /// only its reset to our answer tells, so that answer is watched.

@@ -1,4 +1,5 @@
--- ARGV: name, permits, lease_ms, wait_ms, replica, wake, ticket, nonce, fence_floor, new_inc
+-- ARGV: name, permits, lease_ms, wait_ms, replica, wake, ticket, nonce, fence_floor
+-- (A lock this call creates takes the request's nonce as its incarnation id: both are random.)
 -- Creates the lock on first use (or after its state was lost), checks permits,
 -- grants a free slot when nobody waits, else queues a ticket (wait_ms > 0).
 -- Returns {'granted', token, fence, deadline, now} | {'mismatch', permits}
@@ -8,12 +9,15 @@ local permits, lease_ms, wait_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumbe
 local replica, wake, ticket, nonce = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local now = now_ms()
 if gave_up(nonce) then return {'gone', now} end
-local s = state() or create(permits, ARGV[10], tonumber(ARGV[9]), now)
+local s = state() or create(permits, nonce, tonumber(ARGV[9]), now)
 if s.permits ~= permits then return {'mismatch', s.permits} end
 
-expire(s, now)
-promote(s, now)
-if redis.call('ZCARD', held) < s.permits and redis.call('ZCARD', queue) == 0 then
+-- A free slot with nobody queued is the common case: no reaping needed.
+if held_count(s) >= s.permits or waiting_count(s) > 0 then
+  expire(s, now)
+  promote(s, now)
+end
+if held_count(s) < s.permits and waiting_count(s) == 0 then
   local deadline = now + lease_ms
   local token, fence = grant(s, nonce, deadline)
   finish(s, now)
@@ -23,5 +27,5 @@ if wait_ms == 0 then
   finish(s, now)
   return {'busy', now}
 end
-enqueue(ticket, replica, wake, lease_ms, now + wait_ms, nonce)
+enqueue(s, ticket, replica, wake, lease_ms, now + wait_ms, nonce)
 return {'queued', finish(s, now), now}

@@ -4,6 +4,7 @@
 --                        of this incarnation), seq (ticket counter), alarm (deadline the
 --                        watchers were last told), w (watchers "replica=wakekey;..."),
 --                        d (replicas that left an offer unclaimed "replica=ms;..."),
+--                        x (when the keys' TTLs were last refreshed),
 --                        t:<ticket> ("q|replica|wake|lease|deadline|nonce" while queued,
 --                        "o|fence|token" once offered), o:<fence> ("ticket|replica" while
 --                        an offer is unclaimed)
@@ -17,11 +18,17 @@
 --
 -- Wake keys (one list per replica, named in a ticket or the watcher list) are
 -- the only other keys touched: they share the lock's hash slot in cluster mode.
+--
+-- The hot paths (an acquire or release nobody waits behind) are kept to a few
+-- commands: counts are read once per script and kept in the state table, the
+-- queue is not looked at when it is empty, and TTLs are refreshed hourly.
 local meta, held, queue, ended, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name = ARGV[1]
 
 -- An idle lock's keys vanish a day after its last use (plus the longest lease).
 local IDLE_TTL_MS = 90000000
+-- The TTLs are pushed back at most this often (and when a key is created).
+local REFRESH_MS = 3600000
 -- A wake list nobody reads (its replica died) vanishes after the longest wait.
 local WAKE_TTL_MS = 130000
 -- An offer not claimed by then is passed on, and its replica's tickets skipped.
@@ -51,29 +58,45 @@ local function split(text)
 end
 
 -- "a=1;b=2" lists (watchers, dead replicas) as tables and back.
-local function read_list(field)
+local function read_list(raw)
   local list = {}
-  local raw = redis.call('HGET', meta, field)
   if raw then
     for key, value in string.gmatch(raw, '([^;=]+)=([^;]*)') do list[key] = value end
   end
   return list
 end
 
-local function write_list(field, list)
+local function write_list(s, field, list)
   local parts = {}
   for key, value in pairs(list) do parts[#parts + 1] = key .. '=' .. value end
   if #parts == 0 then
     redis.call('HDEL', meta, field)
+    s[field] = nil
   else
-    redis.call('HSET', meta, field, table.concat(parts, ';'))
+    s[field] = table.concat(parts, ';')
+    redis.call('HSET', meta, field, s[field])
   end
 end
 
-local function state()
-  local m = redis.call('HMGET', meta, 'inc', 'permits', 'fence', 'base')
+-- The lock's state, or nil when it does not exist; `extra` names one more
+-- meta field to read in the same call (its value lands in s.extra).
+local function state(extra)
+  local m = redis.call('HMGET', meta, 'inc', 'permits', 'fence', 'base', 'alarm', 'w', 'd', 'x', extra or 'inc')
   if not m[1] then return nil end
-  return {inc = m[1], permits = tonumber(m[2]), fence = tonumber(m[3]), base = tonumber(m[4])}
+  return {inc = m[1], permits = tonumber(m[2]), fence = tonumber(m[3]), base = tonumber(m[4]),
+    alarm = tonumber(m[5]), w = m[6] or nil, d = m[7] or nil, x = tonumber(m[8]), extra = m[9] or nil}
+end
+
+-- Grants in `held`, counted once per script.
+local function held_count(s)
+  if not s.held then s.held = redis.call('ZCARD', held) end
+  return s.held
+end
+
+-- Tickets in `queue`, counted once per script.
+local function waiting_count(s)
+  if not s.waiting then s.waiting = redis.call('ZCARD', queue) end
+  return s.waiting
 end
 
 -- A new incarnation: whatever an earlier one left (after data loss or an
@@ -82,8 +105,12 @@ end
 local function create(permits, inc, floor, now)
   redis.call('DEL', meta, held, queue, ended)
   local start = math.max(now * 1000, floor)
-  redis.call('HSET', meta, 'inc', inc, 'permits', permits, 'fence', int(start), 'base', int(start + 1), 'seq', 0)
-  return {inc = inc, permits = permits, fence = start, base = start + 1}
+  redis.call('HSET', meta, 'inc', inc, 'permits', permits, 'fence', int(start), 'base', int(start + 1),
+    'seq', 0, 'x', int(now))
+  redis.call('SETBIT', ended, 0, 0)
+  redis.call('PEXPIRE', meta, IDLE_TTL_MS)
+  redis.call('PEXPIRE', ended, IDLE_TTL_MS)
+  return {inc = inc, permits = permits, fence = start, base = start + 1, x = now, held = 0, waiting = 0}
 end
 
 local function token_parts(token)
@@ -104,19 +131,26 @@ local function reason(s, fence)
   return 'released'
 end
 
-local function mark_dead(replica, now)
-  local dead = read_list('d')
+local function mark_dead(s, replica, now)
+  local dead = read_list(s.d)
   dead[replica] = int(now)
-  write_list('d', dead)
+  write_list(s, 'd', dead)
 end
 
 -- A replica that calls is alive: its tickets are served again.
-local function mark_alive(replica)
-  local dead = read_list('d')
-  if dead[replica] then
-    dead[replica] = nil
-    write_list('d', dead)
+local function mark_alive(s, replica)
+  if s.d then
+    local dead = read_list(s.d)
+    if dead[replica] then
+      dead[replica] = nil
+      write_list(s, 'd', dead)
+    end
   end
+end
+
+-- A key just created (by a first ZADD) gets its TTL at once.
+local function created(key)
+  redis.call('PEXPIRE', key, IDLE_TTL_MS)
 end
 
 -- Ends every grant whose deadline has passed. An offer that ends unclaimed
@@ -126,12 +160,13 @@ local function expire(s, now)
   local due = redis.call('ZRANGEBYSCORE', held, '-inf', now, 'LIMIT', 0, 64)
   for _, token in ipairs(due) do
     redis.call('ZREM', held, token)
+    if s.held then s.held = s.held - 1 end
     local _, fence = token_parts(token)
     local offer = fence and redis.call('HGET', meta, 'o:' .. int(fence))
     if offer then
       local offer_parts = split(offer)
       redis.call('HDEL', meta, 'o:' .. int(fence), 't:' .. offer_parts[1])
-      mark_dead(offer_parts[2], now)
+      mark_dead(s, offer_parts[2], now)
       set_ended(s, fence, 0)
     elseif fence then
       set_ended(s, fence, 1)
@@ -145,23 +180,31 @@ local function grant(s, nonce, deadline)
   local fence = redis.call('HINCRBY', meta, 'fence', 1)
   s.fence = fence
   local token = s.inc .. '.' .. int(fence) .. '.' .. nonce
+  local before = held_count(s)
   redis.call('ZADD', held, deadline, token)
+  if before == 0 then created(held) end
+  s.held = before + 1
   return token, fence
 end
 
 -- Hands free slots to the first live tickets, in arrival order: each gets an
 -- offer its replica must claim within OFFER_MS, announced on its wake list.
 local function promote(s, now)
+  if waiting_count(s) == 0 then return end
   local dead = nil
   for _ = 1, MAX_PROMOTIONS do
-    if redis.call('ZCARD', held) >= s.permits then return end
+    if held_count(s) >= s.permits or s.waiting == 0 then return end
     local head = redis.call('ZRANGE', queue, 0, 0)[1]
-    if not head then return end
+    if not head then
+      s.waiting = 0
+      return
+    end
     redis.call('ZREM', queue, head)
+    s.waiting = s.waiting - 1
     local info = redis.call('HGET', meta, 't:' .. head)
     if info then
       local t = split(info)
-      dead = dead or read_list('d')
+      dead = dead or read_list(s.d)
       if t[1] ~= 'q' or tonumber(t[5]) <= now or dead[t[2]] then
         redis.call('HDEL', meta, 't:' .. head)
       else
@@ -183,25 +226,27 @@ end
 
 -- Ends every script that changed the lock: while tickets wait, every watching
 -- replica must know the earliest deadline (it reaps then); an idle queue
--- forgets its watchers. Keys live a day past the last use.
+-- forgets its watchers. Returns that deadline (-1: none, or nobody waits).
 local function finish(s, now)
-  local e = earliest()
-  local waiting = redis.call('ZCARD', queue)
-  -- promote() stopped at its budget with slots still free: reap again at once.
-  if waiting > 0 and redis.call('ZCARD', held) < s.permits then e = now end
-  if waiting == 0 then
-    redis.call('HDEL', meta, 'w', 'd', 'alarm')
-  elseif e >= 0 then
-    local alarm = tonumber(redis.call('HGET', meta, 'alarm'))
-    if not alarm or alarm <= now or e < alarm then
+  local e = -1
+  if waiting_count(s) == 0 then
+    if s.alarm or s.w or s.d then redis.call('HDEL', meta, 'w', 'd', 'alarm') end
+  else
+    e = earliest()
+    -- promote() stopped at its budget with slots still free: reap again at once.
+    if held_count(s) < s.permits then e = now end
+    if e >= 0 and (not s.alarm or s.alarm <= now or e < s.alarm) then
       redis.call('HSET', meta, 'alarm', int(e))
-      for _, wake in pairs(read_list('w')) do
+      for _, wake in pairs(read_list(s.w)) do
         redis.call('LPUSH', wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
         redis.call('PEXPIRE', wake, WAKE_TTL_MS)
       end
     end
   end
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+  if not s.x or now - s.x >= REFRESH_MS then
+    for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+    redis.call('HSET', meta, 'x', int(now))
+  end
   return e
 end
 
@@ -218,15 +263,18 @@ local function bury(nonce, now)
 end
 
 -- Queues a ticket at the back; its replica watches the lock from now on.
-local function enqueue(ticket, replica, wake, lease_ms, deadline, nonce)
+local function enqueue(s, ticket, replica, wake, lease_ms, deadline, nonce)
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
+  local before = waiting_count(s)
   redis.call('ZADD', queue, seq, ticket)
+  if before == 0 then created(queue) end
+  s.waiting = before + 1
   redis.call('HSET', meta, 't:' .. ticket,
     'q|' .. replica .. '|' .. wake .. '|' .. int(lease_ms) .. '|' .. int(deadline) .. '|' .. nonce)
-  local watchers = read_list('w')
+  local watchers = read_list(s.w)
   if watchers[replica] ~= wake then
     watchers[replica] = wake
-    write_list('w', watchers)
+    write_list(s, 'w', watchers)
   end
-  mark_alive(replica)
+  mark_alive(s, replica)
 end

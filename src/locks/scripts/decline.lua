@@ -8,6 +8,7 @@ local offer = s and redis.call('HGET', meta, 'o:' .. fence)
 if not offer or split(offer)[1] ~= ticket or redis.call('ZREM', held, token) == 0 then
   return 0
 end
+if s.held then s.held = s.held - 1 end
 redis.call('HDEL', meta, 'o:' .. fence, 't:' .. ticket)
 set_ended(s, tonumber(fence), 0)
 expire(s, now)

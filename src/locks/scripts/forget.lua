@@ -11,10 +11,11 @@ if not s then return 0 end
 local freed = 0
 local info = redis.call('HGET', meta, 't:' .. ticket)
 redis.call('HDEL', meta, 't:' .. ticket)
-redis.call('ZREM', queue, ticket)
+if redis.call('ZREM', queue, ticket) == 1 and s.waiting then s.waiting = s.waiting - 1 end
 if info then
   local t = split(info)
   if t[1] == 'o' and redis.call('ZREM', held, t[3]) == 1 then
+    if s.held then s.held = s.held - 1 end
     redis.call('HDEL', meta, 'o:' .. t[2])
     set_ended(s, tonumber(t[2]), 0)
     freed = freed + 1
@@ -26,6 +27,7 @@ if scan then
     local _, fence, token_nonce = token_parts(token)
     if token_nonce == nonce and not redis.call('HGET', meta, 'o:' .. int(fence)) then
       redis.call('ZREM', held, token)
+      if s.held then s.held = s.held - 1 end
       set_ended(s, fence, 0)
       freed = freed + 1
     end

@@ -7,7 +7,7 @@
 local permits, replica, wake = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now = now_ms()
 local s = state() or create(permits, ARGV[6], tonumber(ARGV[5]), now)
-mark_alive(replica)
+mark_alive(s, replica)
 expire(s, now)
 local result = {0, now, s.permits}
 for i = 7, #ARGV, 4 do
@@ -20,7 +20,7 @@ for i = 7, #ARGV, 4 do
   elseif gave_up(ARGV[i + 3]) then
     result[#result + 1] = 'g'
   elseif s.permits == permits then
-    enqueue(ticket, replica, wake, tonumber(ARGV[i + 1]), now + tonumber(ARGV[i + 2]), ARGV[i + 3])
+    enqueue(s, ticket, replica, wake, tonumber(ARGV[i + 1]), now + tonumber(ARGV[i + 2]), ARGV[i + 3])
     result[#result + 1] = 'r'
   else
     result[#result + 1] = 'x'
