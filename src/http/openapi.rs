@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::error::{FieldError, ProblemSchema};
 use crate::http::routes::locks::{GrantBody, HolderBody, InspectBody, ReleasedBody};
+use crate::locks::LockRequest;
 use crate::transcriptions::Transcription;
 
 /// The document.
@@ -24,10 +25,32 @@ use crate::transcriptions::Transcription;
         crate::http::health::readyz,
         openapi_json
     ),
-    components(schemas(Transcription, ProblemSchema, FieldError, GrantBody, ReleasedBody, InspectBody, HolderBody)),
-    modifiers(&BearerAuth)
+    components(schemas(Transcription, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
+    modifiers(&BearerAuth, &ClosedLockBodies)
 )]
 pub(crate) struct ApiDoc;
+
+/// serde's `deny_unknown_fields` does not reach utoipa's enum variants: close
+/// each `POST /locks` body here, so the document refuses what the parser refuses.
+struct ClosedLockBodies;
+
+impl Modify for ClosedLockBodies {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        if let Some(RefOr::T(Schema::OneOf(bodies))) = components.schemas.get_mut("LockRequest") {
+            for body in &mut bodies.items {
+                if let RefOr::T(Schema::Object(object)) = body {
+                    object.additional_properties =
+                        Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -68,12 +91,28 @@ mod tests {
     #[test]
     fn the_lock_bodies_are_closed_and_carry_their_ranges() {
         let doc = document();
-        let acquire = &doc["components"]["schemas"]["AcquireRequest"];
-        assert_eq!(acquire["additionalProperties"], false, "{acquire}");
-        assert_eq!(acquire["properties"]["wait_ms"]["maximum"], 120000);
-        assert_eq!(acquire["properties"]["lease_ms"]["minimum"], 100);
-        let release = &doc["components"]["schemas"]["ReleaseRequest"];
-        assert_eq!(release["additionalProperties"], false, "{release}");
-        assert_eq!(release["properties"]["token"]["maxLength"], 128);
+        let bodies = doc["components"]["schemas"]["LockRequest"]["oneOf"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let body = |op: &str| {
+            bodies
+                .iter()
+                .find(|b| b["properties"]["op"]["enum"][0] == op)
+                .unwrap_or_else(|| panic!("no {op} body"))
+                .clone()
+        };
+        for op in ["acquire", "release", "extend", "inspect"] {
+            assert_eq!(body(op)["additionalProperties"], false, "{op}");
+            assert!(
+                body(op)["required"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&"op".into())
+            );
+        }
+        assert_eq!(body("acquire")["properties"]["wait_ms"]["maximum"], 120000);
+        assert_eq!(body("acquire")["properties"]["lease_ms"]["minimum"], 100);
+        assert_eq!(body("release")["properties"]["token"]["maxLength"], 128);
     }
 }

@@ -71,6 +71,55 @@ impl LockToken {
     }
 }
 
+/// An acquire, as the engine takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AcquireRequest {
+    /// Which lock.
+    pub name: LockName,
+    /// How long to wait for a slot (0: try once).
+    pub wait_ms: u64,
+    /// The lease to grant.
+    pub lease_ms: u64,
+    /// Slots of the lock (1: mutex).
+    pub permits: u32,
+}
+
+impl AcquireRequest {
+    /// How long to wait for a slot (zero: try once).
+    pub(crate) fn wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_ms)
+    }
+}
+
+/// A release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReleaseRequest {
+    /// Which lock.
+    pub name: LockName,
+    /// The grant to end.
+    pub token: LockToken,
+}
+
+/// An extend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExtendRequest {
+    /// Which lock.
+    pub name: LockName,
+    /// The grant to extend.
+    pub token: LockToken,
+    /// New lease length from now.
+    pub lease_ms: u64,
+}
+
+/// An inspect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InspectRequest {
+    /// Which lock.
+    pub name: LockName,
+    /// A token to ask about.
+    pub token: Option<LockToken>,
+}
+
 /// A live grant, as the caller receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {

@@ -10,12 +10,14 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
 use super::core::{Cleanup, Core, bounded};
-use super::domain::{Grant, LockName, LockState, NotHeldReason};
+use super::domain::{
+    AcquireRequest, ExtendRequest, Grant, InspectRequest, LockName, LockState, NotHeldReason,
+    ReleaseRequest,
+};
 use super::error::LockError;
 use super::store::{AcquireCall, AcquireOutcome, Claimed, LockStore, random_id};
 use super::waiters::{WaitOutcome, Waiter};
 use super::wake::run_wake_loop;
-use super::wire::{AcquireRequest, ExtendRequest, InspectRequest, ReleaseRequest};
 use crate::metrics::Metrics;
 use crate::pools::redis::RedisPool;
 

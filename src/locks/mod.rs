@@ -18,7 +18,7 @@ mod wire;
 pub(crate) use domain::{Grant, LockState};
 pub(crate) use engine::LockEngine;
 pub(crate) use error::LockError;
-pub(crate) use wire::LockRequest;
+pub(crate) use wire::{LockCommand, LockRequest};
 // The benchmark's `direct-scripts` strategy runs the scripts without HTTP.
 pub use domain::LockName;
 pub use store::LockStore;

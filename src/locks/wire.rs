@@ -1,118 +1,149 @@
 //! The `POST /locks` bodies: one enum that is both the parser and the
 //! OpenAPI schema. Field types parse themselves (`LockName`, `LockToken`,
 //! integers that say their range) and name their field when they fail;
-//! `validator` checks the ranges.
-
-use std::time::Duration;
+//! `validator` checks the ranges. Each body becomes the engine's request.
 
 use serde::{Deserialize, Deserializer};
-use validator::{Validate, ValidationErrors};
+use validator::{Validate, ValidateRange, ValidationError, ValidationErrors};
 
-use super::domain::{LockName, LockToken};
+use super::domain::{
+    AcquireRequest, ExtendRequest, InspectRequest, LockName, LockToken, ReleaseRequest,
+};
 
 /// One `POST /locks` body; `op` picks the operation.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "op", rename_all = "lowercase")]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub(crate) enum LockRequest {
-    /// Take a slot, waiting up to `wait_ms`.
+    /// `{"op": "acquire", ...}`: take a slot, waiting up to `wait_ms`.
+    Acquire {
+        /// Lock name.
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+        name: LockName,
+        /// How long to wait for a free slot (0: try once).
+        #[serde(default, deserialize_with = "wait_ms")]
+        #[schema(minimum = 0, maximum = 120000, default = 0)]
+        wait_ms: u64,
+        /// Lease length.
+        #[serde(default = "default_lease_ms", deserialize_with = "lease_ms")]
+        #[schema(minimum = 100, maximum = 3600000, default = 30000)]
+        lease_ms: u64,
+        /// Slots of the lock (1: mutex).
+        #[serde(default = "default_permits", deserialize_with = "permits")]
+        #[schema(minimum = 1, maximum = 1024, default = 1)]
+        permits: u32,
+    },
+    /// `{"op": "release", ...}`: end a grant.
+    Release {
+        /// Lock name.
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+        name: LockName,
+        /// The token from acquire.
+        #[schema(value_type = String, min_length = 1, max_length = 128)]
+        token: LockToken,
+    },
+    /// `{"op": "extend", ...}`: move a live grant's deadline to now + `lease_ms`.
+    Extend {
+        /// Lock name.
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+        name: LockName,
+        /// The token from acquire.
+        #[schema(value_type = String, min_length = 1, max_length = 128)]
+        token: LockToken,
+        /// New lease length from now.
+        #[serde(default = "default_lease_ms", deserialize_with = "lease_ms")]
+        #[schema(minimum = 100, maximum = 3600000, default = 30000)]
+        lease_ms: u64,
+    },
+    /// `{"op": "inspect", ...}`: look at the lock (permits, holders without
+    /// their tokens, waiters), changing nothing.
+    Inspect {
+        /// Lock name.
+        #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
+        name: LockName,
+        /// A token to ask about: the answer says whether it holds the lock now.
+        #[serde(default)]
+        #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
+        token: Option<LockToken>,
+    },
+}
+
+/// What the engine is asked to do.
+pub(crate) enum LockCommand {
     Acquire(AcquireRequest),
-    /// End a grant.
     Release(ReleaseRequest),
-    /// Move a live grant's deadline to now + `lease_ms`.
     Extend(ExtendRequest),
-    /// Look at the lock: permits, holders (never their tokens), waiters.
     Inspect(InspectRequest),
 }
 
-/// `{"op": "acquire", ...}`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Validate, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct AcquireRequest {
-    /// Lock name.
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
-    pub name: LockName,
-    /// How long to wait for a free slot (0: try once).
-    #[serde(default, deserialize_with = "wait_ms")]
-    #[validate(range(max = 120_000, message = "must be an integer in 0..=120000"))]
-    #[schema(minimum = 0, maximum = 120000, default = 0)]
-    pub wait_ms: u64,
-    /// Lease length.
-    #[serde(default = "default_lease_ms", deserialize_with = "lease_ms")]
-    #[validate(range(
-        min = 100,
-        max = 3_600_000,
-        message = "must be an integer in 100..=3600000"
-    ))]
-    #[schema(minimum = 100, maximum = 3600000, default = 30000)]
-    pub lease_ms: u64,
-    /// Slots of the lock (1: mutex).
-    #[serde(default = "default_permits", deserialize_with = "permits")]
-    #[validate(range(min = 1, max = 1024, message = "must be an integer in 1..=1024"))]
-    #[schema(minimum = 1, maximum = 1024, default = 1)]
-    pub permits: u32,
-}
-
-/// `{"op": "release", ...}`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Validate, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReleaseRequest {
-    /// Lock name.
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
-    pub name: LockName,
-    /// The token from acquire.
-    #[schema(value_type = String, min_length = 1, max_length = 128)]
-    pub token: LockToken,
-}
-
-/// `{"op": "extend", ...}`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Validate, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ExtendRequest {
-    /// Lock name.
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
-    pub name: LockName,
-    /// The token from acquire.
-    #[schema(value_type = String, min_length = 1, max_length = 128)]
-    pub token: LockToken,
-    /// New lease length from now.
-    #[serde(default = "default_lease_ms", deserialize_with = "lease_ms")]
-    #[validate(range(
-        min = 100,
-        max = 3_600_000,
-        message = "must be an integer in 100..=3600000"
-    ))]
-    #[schema(minimum = 100, maximum = 3600000, default = 30000)]
-    pub lease_ms: u64,
-}
-
-/// `{"op": "inspect", ...}`
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Validate, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct InspectRequest {
-    /// Lock name.
-    #[schema(value_type = String, pattern = "^[A-Za-z0-9._:-]{1,128}$", min_length = 1, max_length = 128)]
-    pub name: LockName,
-    /// A token to ask about: the answer says whether it holds the lock now.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
-    pub token: Option<LockToken>,
-}
-
-impl Validate for LockRequest {
-    fn validate(&self) -> Result<(), ValidationErrors> {
+impl LockRequest {
+    /// The body as the engine's request (call after [`Validate::validate`]).
+    pub(crate) fn into_command(self) -> LockCommand {
         match self {
-            Self::Acquire(r) => r.validate(),
-            Self::Release(r) => r.validate(),
-            Self::Extend(r) => r.validate(),
-            Self::Inspect(r) => r.validate(),
+            Self::Acquire {
+                name,
+                wait_ms,
+                lease_ms,
+                permits,
+            } => LockCommand::Acquire(AcquireRequest {
+                name,
+                wait_ms,
+                lease_ms,
+                permits,
+            }),
+            Self::Release { name, token } => LockCommand::Release(ReleaseRequest { name, token }),
+            Self::Extend {
+                name,
+                token,
+                lease_ms,
+            } => LockCommand::Extend(ExtendRequest {
+                name,
+                token,
+                lease_ms,
+            }),
+            Self::Inspect { name, token } => LockCommand::Inspect(InspectRequest { name, token }),
         }
     }
 }
 
-impl AcquireRequest {
-    /// How long to wait for a slot (zero: try once).
-    pub(crate) fn wait(&self) -> Duration {
-        Duration::from_millis(self.wait_ms)
+impl Validate for LockRequest {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::new();
+        match self {
+            Self::Acquire {
+                wait_ms,
+                lease_ms,
+                permits,
+                ..
+            } => {
+                within(&mut errors, "wait_ms", *wait_ms, 0, 120_000);
+                within(&mut errors, "lease_ms", *lease_ms, 100, 3_600_000);
+                within(&mut errors, "permits", *permits, 1, 1024);
+            }
+            Self::Extend { lease_ms, .. } => {
+                within(&mut errors, "lease_ms", *lease_ms, 100, 3_600_000)
+            }
+            Self::Release { .. } | Self::Inspect { .. } => {}
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+/// Records a range error for `field` unless `value` is in `min..=max`.
+fn within<T: ValidateRange<T> + Copy + std::fmt::Display>(
+    errors: &mut ValidationErrors,
+    field: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) {
+    if !value.validate_range(Some(min), Some(max), None, None) {
+        let mut error = ValidationError::new("range");
+        error.message = Some(format!("must be an integer in {min}..={max}").into());
+        errors.add(field, error);
     }
 }
 

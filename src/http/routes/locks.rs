@@ -9,7 +9,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::http::body::ValidJson;
 use crate::http::error::ApiError;
 use crate::http::peer::{PeerState, PeerWatch};
-use crate::locks::{Grant, LockEngine, LockError, LockName, LockRequest, LockState};
+use crate::locks::{Grant, LockCommand, LockEngine, LockError, LockName, LockRequest, LockState};
 
 impl From<LockError> for ApiError {
     fn from(error: LockError) -> Self {
@@ -184,8 +184,8 @@ pub(crate) async fn post_locks(
     engine: web::Data<LockEngine>,
     peers: web::Data<PeerWatch>,
 ) -> Result<HttpResponse, ApiError> {
-    match lock_request {
-        LockRequest::Acquire(acquire) => {
+    match lock_request.into_command() {
+        LockCommand::Acquire(acquire) => {
             let (grant, waited) = engine
                 .acquire(&acquire, peers.client_gone(&request))
                 .await?;
@@ -194,18 +194,18 @@ pub(crate) async fn post_locks(
             }
             Ok(grant_response(&acquire.name, &grant, acquire.lease_ms))
         }
-        LockRequest::Release(release) => {
+        LockCommand::Release(release) => {
             engine.release(&release).await?;
             Ok(HttpResponse::Ok().json(ReleasedBody {
                 name: release.name.as_str(),
                 released: true,
             }))
         }
-        LockRequest::Extend(extend) => {
+        LockCommand::Extend(extend) => {
             let grant = engine.extend(&extend).await?;
             Ok(grant_response(&extend.name, &grant, extend.lease_ms))
         }
-        LockRequest::Inspect(inspect) => {
+        LockCommand::Inspect(inspect) => {
             let state = engine.inspect(&inspect).await?;
             Ok(inspect_response(&inspect.name, state))
         }
@@ -256,7 +256,6 @@ mod tests {
 
 #[cfg(test)]
 mod parsing_tests {
-    use std::time::Duration;
 
     use serde_json::{Value, json};
     use validator::Validate;
@@ -281,13 +280,16 @@ mod parsing_tests {
 
     #[test]
     fn acquire_defaults_follow_the_contract() {
-        let Ok(LockRequest::Acquire(a)) = parse(json!({"op": "acquire", "name": "device-42"}))
+        let Ok(LockRequest::Acquire {
+            wait_ms,
+            lease_ms,
+            permits,
+            ..
+        }) = parse(json!({"op": "acquire", "name": "device-42"}))
         else {
             panic!()
         };
-        assert_eq!(a.wait(), Duration::ZERO);
-        assert_eq!(a.lease_ms, 30_000);
-        assert_eq!(a.permits, 1);
+        assert_eq!((wait_ms, lease_ms, permits), (0, 30_000, 1));
     }
 
     #[test]
@@ -309,11 +311,11 @@ mod parsing_tests {
 
     #[test]
     fn integral_floats_count_as_integers() {
-        let Ok(LockRequest::Acquire(a)) =
+        let Ok(LockRequest::Acquire { lease_ms, .. }) =
             parse(json!({"op": "acquire", "name": "a", "lease_ms": 25349.0}))
         else {
             panic!()
         };
-        assert_eq!(a.lease_ms, 25349);
+        assert_eq!(lease_ms, 25349);
     }
 }
