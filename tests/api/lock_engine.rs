@@ -2,22 +2,22 @@
 //! (issue 10), each provoked for real against real Redis and, where replicas
 //! matter, real service processes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    OwnRedis, ServiceProcess, TEST_KEY, TestApp, assert_conserved, base_env, client, client_list,
-    create_database, eventually, info_field, inspect, metrics_text, mysql_admin_url, post_lock,
-    raise_fd_limit, random_suffix, redis_command, redis_url, spawn_app, spawn_app_with, waiter,
+    OwnRedis, ServiceProcess, Storm, TEST_KEY, TestApp, assert_conserved, base_env, client,
+    client_list, create_database, eventually, info_field, inspect, metrics_text, mysql_admin_url,
+    post_lock, raise_fd_limit, random_suffix, redis_command, redis_url, spawn_app, spawn_app_with,
+    waiter,
 };
 
 /// `n` replicas of the service (separate processes) on the Redis at `url`.
@@ -494,74 +494,6 @@ async fn a_half_closed_waiter_keeps_waiting_and_gets_its_grant() {
     );
 }
 
-/// Who is inside each critical section, per incarnation of each lock (the
-/// token's first part): exclusion and increasing fences hold within an
-/// incarnation; across a data loss only the fences must keep increasing.
-#[derive(Default)]
-struct Recorder {
-    inside: HashMap<(String, String), HashSet<u64>>,
-    last_fence: HashMap<(String, String), u64>,
-    fences: HashMap<String, Vec<(String, u64)>>,
-    violations: Vec<String>,
-    entries: usize,
-}
-
-impl Recorder {
-    fn enter(&mut self, name: &str, permits: usize, token: &str, fence: u64) {
-        self.entries += 1;
-        let incarnation = token.split('.').next().unwrap_or_default().to_owned();
-        let key = (name.to_owned(), incarnation.clone());
-        let inside = self.inside.entry(key.clone()).or_default();
-        if inside.len() >= permits {
-            self.violations.push(format!(
-                "{name}: fence {fence} entered with {inside:?} inside"
-            ));
-        }
-        inside.insert(fence);
-        let last = self.last_fence.entry(key).or_default();
-        if permits == 1 && fence <= *last {
-            self.violations
-                .push(format!("{name}: fence {fence} after {last}"));
-        }
-        *last = (*last).max(fence);
-        self.fences
-            .entry(name.to_owned())
-            .or_default()
-            .push((incarnation, fence));
-    }
-
-    fn leave(&mut self, name: &str, token: &str, fence: u64) {
-        let incarnation = token.split('.').next().unwrap_or_default().to_owned();
-        if let Some(inside) = self.inside.get_mut(&(name.to_owned(), incarnation)) {
-            inside.remove(&fence);
-        }
-    }
-
-    /// Every fence of a later incarnation is above every fence of an earlier one.
-    fn check_incarnations(&mut self) {
-        for (name, grants) in &self.fences {
-            let mut order: Vec<String> = Vec::new();
-            let mut range: HashMap<String, (u64, u64)> = HashMap::new();
-            for (incarnation, fence) in grants {
-                if !order.contains(incarnation) {
-                    order.push(incarnation.clone());
-                }
-                let r = range.entry(incarnation.clone()).or_insert((u64::MAX, 0));
-                *r = (r.0.min(*fence), r.1.max(*fence));
-            }
-            for pair in order.windows(2) {
-                let (earlier, later) = (range[&pair[0]], range[&pair[1]]);
-                if later.0 <= earlier.1 {
-                    self.violations.push(format!(
-                        "{name}: incarnation {} starts at fence {} below {}",
-                        pair[1], later.0, earlier.1
-                    ));
-                }
-            }
-        }
-    }
-}
-
 /// The storm of issue 10: three replicas, 150 clients, random hang-ups;
 /// mid-storm one replica is stopped, Redis restarts empty, the replica
 /// resumes. Within each incarnation nobody overlaps, fences only grow, and
@@ -572,39 +504,9 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
     raise_fd_limit();
     let mut redis = OwnRedis::start().await;
     let fleet = replicas(&redis.url(), 3).await;
-    let bases: Arc<Vec<String>> = Arc::new(fleet.iter().map(|r| r.base.clone()).collect());
-    let names: Arc<Vec<(String, usize)>> =
-        Arc::new(vec![("m0".into(), 1), ("m1".into(), 1), ("s0".into(), 3)]);
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
-    let storm_ends = Instant::now() + Duration::from_secs(8);
-    let mut clients = tokio::task::JoinSet::new();
-    for c in 0..150 {
-        let (bases, names, recorder) = (bases.clone(), names.clone(), recorder.clone());
-        clients.spawn(async move {
-            let http = client();
-            let (name, permits) = names[c % names.len()].clone();
-            while Instant::now() < storm_ends {
-                let base = bases[rand::rng().random_range(0..bases.len())].clone();
-                let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 2000, "lease_ms": 2000});
-                let mut request = http.post(format!("{base}/locks")).bearer_auth(TEST_KEY).json(&body);
-                if rand::rng().random_bool(0.1) {
-                    request = request.timeout(Duration::from_millis(rand::rng().random_range(5..200)));
-                }
-                let Ok(response) = request.send().await else { continue };
-                if response.status() != StatusCode::OK {
-                    continue;
-                }
-                let Ok(grant) = response.json::<Value>().await else { continue };
-                let (token, fence) = (grant["token"].as_str().unwrap().to_owned(), grant["fence"].as_u64().unwrap());
-                recorder.lock().unwrap().enter(&name, permits, &token, fence);
-                let section = Duration::from_millis(rand::rng().random_range(0..3));
-                tokio::time::sleep(section).await;
-                recorder.lock().unwrap().leave(&name, &token, fence);
-                let release = json!({"op": "release", "name": name, "token": token});
-                let _ = http.post(format!("{base}/locks")).bearer_auth(TEST_KEY).json(&release).send().await;
-            }
-        });
-    }
+    let bases: Vec<String> = fleet.iter().map(|r| r.base.clone()).collect();
+    let names: Vec<(String, usize)> = vec![("m0".into(), 1), ("m1".into(), 1), ("s0".into(), 3)];
+    let storm = Storm::start(bases.clone(), names.clone(), 150, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(3)).await;
     fleet[0].process.signal(Signal::SIGSTOP);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -612,23 +514,7 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
     redis.restart().await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     fleet[0].process.signal(Signal::SIGCONT);
-    while let Some(outcome) = clients.join_next().await {
-        outcome.unwrap();
-    }
-    {
-        let mut recorder = recorder.lock().unwrap();
-        recorder.check_incarnations();
-        assert!(
-            recorder.violations.is_empty(),
-            "violations: {:#?}",
-            recorder.violations
-        );
-        assert!(
-            recorder.entries >= 300,
-            "only {} critical sections ran",
-            recorder.entries
-        );
-    }
+    storm.finish(300).await;
     // Leases are 2 s: once they have run out, every lock has exactly its permits.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (name, permits) in names.iter() {

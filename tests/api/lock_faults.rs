@@ -1,17 +1,15 @@
 //! Locks under failure: Redis outages, many replicas, killed processes,
 //! clients that hang up, and the bound on Redis connections.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    OwnRedis, ServiceProcess, TEST_KEY, assert_conserved, base_env, client, client_list,
+    OwnRedis, ServiceProcess, Storm, TEST_KEY, assert_conserved, base_env, client, client_list,
     create_database, eventually, metrics_text, mysql_admin_url, raise_fd_limit, random_suffix,
     redis_url, spawn_app_with,
 };
@@ -191,45 +189,6 @@ async fn a_thousand_waiters_on_ten_names_share_one_blocking_connection_and_all_g
     assert_eq!(statuses, [(200, 1000)].into(), "every waiter granted");
 }
 
-/// The independent checker: records who is inside each critical section.
-#[derive(Default)]
-struct Recorder {
-    inside: HashMap<String, HashSet<u64>>,
-    last_fence: HashMap<String, u64>,
-    seen: HashSet<(String, u64)>,
-    violations: Vec<String>,
-    entries: usize,
-}
-
-impl Recorder {
-    fn enter(&mut self, name: &str, permits: usize, fence: u64) {
-        self.entries += 1;
-        let inside = self.inside.entry(name.to_owned()).or_default();
-        if inside.len() >= permits {
-            self.violations.push(format!(
-                "{name}: fence {fence} entered with {inside:?} inside (permits {permits})"
-            ));
-        }
-        inside.insert(fence);
-        if !self.seen.insert((name.to_owned(), fence)) {
-            self.violations
-                .push(format!("{name}: fence {fence} granted twice"));
-        }
-        let last = self.last_fence.entry(name.to_owned()).or_default();
-        if permits == 1 && fence <= *last {
-            self.violations
-                .push(format!("{name}: fence {fence} after {last}"));
-        }
-        *last = (*last).max(fence);
-    }
-
-    fn leave(&mut self, name: &str, fence: u64) {
-        if let Some(inside) = self.inside.get_mut(name) {
-            inside.remove(&fence);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn storm_of_three_replicas_with_disconnects_and_a_kill_keeps_exclusion_and_conserves_slots() {
     raise_fd_limit();
@@ -241,98 +200,23 @@ async fn storm_of_three_replicas_with_disconnects_and_a_kill_keeps_exclusion_and
     for _ in 0..3 {
         replicas.push(ServiceProcess::start(env.clone()).await);
     }
-    let bases: Arc<Vec<String>> = Arc::new(replicas.iter().map(|r| r.base.clone()).collect());
-    let dead = Arc::new(AtomicBool::new(false));
-    let names: Arc<Vec<(String, usize)>> = Arc::new(vec![
+    let bases: Vec<String> = replicas.iter().map(|r| r.base.clone()).collect();
+    let names: Vec<(String, usize)> = vec![
         ("m0".into(), 1),
         ("m1".into(), 1),
         ("m2".into(), 1),
         ("s0".into(), 3),
         ("s1".into(), 3),
-    ]);
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
-    let disconnects = Arc::new(AtomicUsize::new(0));
-    let storm_ends = Instant::now() + Duration::from_secs(8);
-
-    let mut clients = tokio::task::JoinSet::new();
-    for c in 0..300 {
-        let (bases, dead, names, recorder, disconnects) = (
-            bases.clone(),
-            dead.clone(),
-            names.clone(),
-            recorder.clone(),
-            disconnects.clone(),
-        );
-        clients.spawn(async move {
-            let http = client();
-            let (name, permits) = names[c % names.len()].clone();
-            let pick = |dead: bool| {
-                let first = if dead { 1 } else { 0 };
-                bases[rand::rng().random_range(first..bases.len())].clone()
-            };
-            while Instant::now() < storm_ends {
-                let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 2000, "lease_ms": 2000});
-                let mut request = http.post(format!("{}/locks", pick(dead.load(Ordering::Relaxed)))).bearer_auth(TEST_KEY).json(&body);
-                let hang_up_after = rand::rng().random_bool(0.1).then(|| rand::rng().random_range(5..200));
-                if let Some(ms) = hang_up_after {
-                    // This client hangs up mid-wait.
-                    request = request.timeout(Duration::from_millis(ms));
-                }
-                let response = match request.send().await {
-                    Ok(r) if r.status() == StatusCode::OK => r,
-                    Ok(_) => continue,
-                    Err(e) => {
-                        if e.is_timeout() {
-                            disconnects.fetch_add(1, Ordering::Relaxed);
-                        }
-                        continue;
-                    }
-                };
-                let Ok(granted) = response.json::<Value>().await else { continue };
-                let fence = granted["fence"].as_u64().unwrap();
-                recorder.lock().unwrap().enter(&name, permits, fence);
-                let section = Duration::from_millis(rand::rng().random_range(0..3));
-                tokio::time::sleep(section).await;
-                recorder.lock().unwrap().leave(&name, fence);
-                let release = json!({"op": "release", "name": name, "token": granted["token"]});
-                // Any live replica may release; retry elsewhere if this one was just killed.
-                for _ in 0..3 {
-                    let url = format!("{}/locks", pick(dead.load(Ordering::Relaxed)));
-                    if http.post(url).bearer_auth(TEST_KEY).json(&release).send().await.is_ok() {
-                        break;
-                    }
-                }
-            }
-        });
-    }
+    ];
+    let storm = Storm::start(bases.clone(), names.clone(), 300, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    dead.store(true, Ordering::Relaxed);
+    storm.first_live.store(1, Ordering::Relaxed);
     replicas[0].process.kill();
-    while let Some(outcome) = clients.join_next().await {
-        outcome.unwrap();
-    }
+    let hang_ups = storm.finish(300).await;
+    assert!(hang_ups >= 10, "too few clients hung up mid-wait");
 
-    {
-        let recorder = recorder.lock().unwrap();
-        assert!(
-            recorder.violations.is_empty(),
-            "violations: {:#?}",
-            recorder.violations
-        );
-        assert!(
-            recorder.entries >= 300,
-            "only {} critical sections ran",
-            recorder.entries
-        );
-    }
-    assert!(
-        disconnects.load(Ordering::Relaxed) >= 10,
-        "too few clients hung up mid-wait"
-    );
-    drop(recorder);
-
-    // Every name is still acquirable, and once leases and the hand-off grace
-    // have passed, free + held == permits for every name.
+    // Every name is still acquirable, and once every lease (2 s) has run
+    // out, every name has exactly its permits.
     let http = client();
     let live = bases[1].clone();
     for (name, permits) in names.iter() {
@@ -362,7 +246,6 @@ async fn storm_of_three_replicas_with_disconnects_and_a_kill_keeps_exclusion_and
             StatusCode::OK
         );
     }
-    // Once every lease (2 s) has run out, every name has exactly its permits.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (name, permits) in names.iter() {
         assert_conserved(&live, name, *permits as u64).await;

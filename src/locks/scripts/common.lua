@@ -250,6 +250,26 @@ local function finish(s, now)
   return e
 end
 
+-- The live grant `token` names: its state, fence and deadline; or, when it
+-- does not hold the lock now, nil and the 'not_held' reply to return.
+local function live_grant(token, now)
+  local inc, fence = token_parts(token)
+  if not fence then return nil, {'not_held', 'unknown'} end
+  local s = state('o:' .. int(fence))
+  if not s or inc ~= s.inc then return nil, {'not_held', 'unknown'} end
+  -- An offer's token was never given to a caller.
+  if s.extra then return nil, {'not_held', 'unknown'} end
+  local deadline = tonumber(redis.call('ZSCORE', held, token))
+  if not deadline then return nil, {'not_held', reason(s, fence)} end
+  if deadline <= now then
+    expire(s, now)
+    promote(s, now)
+    finish(s, now)
+    return nil, {'not_held', 'expired'}
+  end
+  return s, fence
+end
+
 -- Whether the request with this nonce gave up (its script is late: do nothing).
 local function gave_up(nonce)
   return redis.call('ZSCORE', gone, nonce) ~= false

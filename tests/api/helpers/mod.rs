@@ -6,6 +6,7 @@
 //!   `middleway serve`), killed when dropped.
 //! - `contract`: assertions on problem+json answers.
 //! - `redis`: looking at Redis from a test.
+//! - `storm`: many clients on several replicas, checked by a recorder.
 
 // Shared by every test area; not every area uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -14,6 +15,7 @@ mod app;
 mod contract;
 mod redis;
 mod servers;
+mod storm;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -23,6 +25,7 @@ pub use app::*;
 pub use contract::*;
 pub use redis::*;
 pub use servers::*;
+pub use storm::*;
 
 /// A short random lowercase suffix for database names and key prefixes.
 pub fn random_suffix() -> String {

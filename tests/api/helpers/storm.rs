@@ -1,0 +1,195 @@
+//! Lock storms: many clients on several replicas taking a few locks, with
+//! random hang-ups, checked by an independent recorder of critical sections.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use super::{TEST_KEY, client};
+
+/// Who is inside each critical section, per incarnation of each lock (a
+/// token's first part): exclusion holds and fences grow within an
+/// incarnation; across a data loss fences must still grow.
+#[derive(Default)]
+pub struct Recorder {
+    inside: HashMap<(String, String), HashSet<u64>>,
+    last_fence: HashMap<(String, String), u64>,
+    seen: HashSet<(String, u64)>,
+    /// Per lock, (incarnation, fence) in the order they entered.
+    fences: HashMap<String, Vec<(String, u64)>>,
+    /// Every broken promise, in words.
+    pub violations: Vec<String>,
+    /// Critical sections entered.
+    pub entries: usize,
+}
+
+fn incarnation(token: &str) -> String {
+    token.split('.').next().unwrap_or_default().to_owned()
+}
+
+impl Recorder {
+    fn enter(&mut self, name: &str, permits: usize, token: &str, fence: u64) {
+        self.entries += 1;
+        let key = (name.to_owned(), incarnation(token));
+        let inside = self.inside.entry(key.clone()).or_default();
+        if inside.len() >= permits {
+            self.violations.push(format!(
+                "{name}: fence {fence} entered with {inside:?} inside (permits {permits})"
+            ));
+        }
+        inside.insert(fence);
+        if !self.seen.insert((name.to_owned(), fence)) {
+            self.violations
+                .push(format!("{name}: fence {fence} granted twice"));
+        }
+        let last = self.last_fence.entry(key.clone()).or_default();
+        if permits == 1 && fence <= *last {
+            self.violations
+                .push(format!("{name}: fence {fence} after {last}"));
+        }
+        *last = (*last).max(fence);
+        self.fences
+            .entry(name.to_owned())
+            .or_default()
+            .push((key.1, fence));
+    }
+
+    fn leave(&mut self, name: &str, token: &str, fence: u64) {
+        if let Some(inside) = self.inside.get_mut(&(name.to_owned(), incarnation(token))) {
+            inside.remove(&fence);
+        }
+    }
+
+    /// Every fence of a later incarnation is above every fence of an earlier one.
+    pub fn check_incarnations(&mut self) {
+        for (name, grants) in &self.fences {
+            let mut order: Vec<String> = Vec::new();
+            let mut range: HashMap<String, (u64, u64)> = HashMap::new();
+            for (incarnation, fence) in grants {
+                if !order.contains(incarnation) {
+                    order.push(incarnation.clone());
+                }
+                let r = range.entry(incarnation.clone()).or_insert((u64::MAX, 0));
+                *r = (r.0.min(*fence), r.1.max(*fence));
+            }
+            for pair in order.windows(2) {
+                let (earlier, later) = (range[&pair[0]], range[&pair[1]]);
+                if later.0 <= earlier.1 {
+                    self.violations.push(format!(
+                        "{name}: incarnation {} starts at fence {} below {}",
+                        pair[1], later.0, earlier.1
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A running storm.
+pub struct Storm {
+    clients: tokio::task::JoinSet<()>,
+    /// The independent checker.
+    pub recorder: Arc<Mutex<Recorder>>,
+    /// Requests the clients gave up on mid-wait (they hang up).
+    pub hang_ups: Arc<AtomicUsize>,
+    /// Replicas before this index are no longer used (killed ones).
+    pub first_live: Arc<AtomicUsize>,
+}
+
+impl Storm {
+    /// `clients` clients loop for `duration` over `names` (name, permits),
+    /// each request to a random live replica of `bases`: acquire (2 s wait,
+    /// 2 s lease; one in ten hangs up after 5–200 ms), a critical section of
+    /// 0–3 ms, release.
+    pub fn start(
+        bases: Vec<String>,
+        names: Vec<(String, usize)>,
+        clients: usize,
+        duration: Duration,
+    ) -> Self {
+        let storm = Self {
+            clients: tokio::task::JoinSet::new(),
+            recorder: Arc::default(),
+            hang_ups: Arc::default(),
+            first_live: Arc::default(),
+        };
+        let (bases, names) = (Arc::new(bases), Arc::new(names));
+        let ends = Instant::now() + duration;
+        let mut storm = storm;
+        for c in 0..clients {
+            let (bases, names) = (bases.clone(), names.clone());
+            let (recorder, hang_ups, first_live) = (
+                storm.recorder.clone(),
+                storm.hang_ups.clone(),
+                storm.first_live.clone(),
+            );
+            storm.clients.spawn(async move {
+                let http = client();
+                let (name, permits) = names[c % names.len()].clone();
+                let pick = || {
+                    let first = first_live.load(Ordering::Relaxed);
+                    bases[rand::rng().random_range(first..bases.len())].clone()
+                };
+                while Instant::now() < ends {
+                    let body = json!({"op": "acquire", "name": name, "permits": permits, "wait_ms": 2000, "lease_ms": 2000});
+                    let mut request = http.post(format!("{}/locks", pick())).bearer_auth(TEST_KEY).json(&body);
+                    if rand::rng().random_bool(0.1) {
+                        request = request.timeout(Duration::from_millis(rand::rng().random_range(5..200)));
+                    }
+                    let response = match request.send().await {
+                        Ok(response) if response.status() == StatusCode::OK => response,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            if e.is_timeout() {
+                                hang_ups.fetch_add(1, Ordering::Relaxed);
+                            }
+                            continue;
+                        }
+                    };
+                    let Ok(grant) = response.json::<Value>().await else { continue };
+                    let (Some(token), Some(fence)) = (grant["token"].as_str(), grant["fence"].as_u64()) else { continue };
+                    let token = token.to_owned();
+                    recorder.lock().unwrap().enter(&name, permits, &token, fence);
+                    let section = Duration::from_millis(rand::rng().random_range(0..3));
+                    tokio::time::sleep(section).await;
+                    recorder.lock().unwrap().leave(&name, &token, fence);
+                    let release = json!({"op": "release", "name": name, "token": token});
+                    // Any live replica may release; another one if this one was just killed.
+                    for _ in 0..3 {
+                        let url = format!("{}/locks", pick());
+                        if http.post(url).bearer_auth(TEST_KEY).json(&release).send().await.is_ok() {
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+        storm
+    }
+
+    /// Waits for every client, then checks the record: no violation, and at
+    /// least `min_entries` critical sections.
+    pub async fn finish(mut self, min_entries: usize) -> usize {
+        while let Some(outcome) = self.clients.join_next().await {
+            outcome.unwrap();
+        }
+        let mut recorder = self.recorder.lock().unwrap();
+        recorder.check_incarnations();
+        assert!(
+            recorder.violations.is_empty(),
+            "violations: {:#?}",
+            recorder.violations
+        );
+        assert!(
+            recorder.entries >= min_entries,
+            "only {} critical sections ran",
+            recorder.entries
+        );
+        self.hang_ups.load(Ordering::Relaxed)
+    }
+}
