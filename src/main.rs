@@ -78,11 +78,28 @@ async fn main() -> ExitCode {
 
 async fn serve() -> Result<(), Failure> {
     let settings = Settings::from_env().map_err(Failure::Config)?;
+    raise_descriptor_limit();
     let app = Application::build(settings).await?;
     tracing::info!(public = %app.public_addr(), admin = %app.admin_addr(), "serving");
     app.run_until_stopped()
         .await
         .map_err(|e| Failure::Other(e.to_string()))
+}
+
+/// Every waiting request holds a connection, so the service needs as many
+/// descriptors as it may have callers: the soft limit goes up to the hard
+/// one (as Go's runtime and nginx's `worker_rlimit_nofile` do).
+fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        limit.current = limit.maximum;
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::info!(?before, now = ?limit.current, "raised the descriptor limit"),
+            Err(error) => tracing::warn!(%error, "could not raise the descriptor limit"),
+        }
+    }
 }
 
 /// `migrate` and `seed` need only the database.

@@ -23,6 +23,10 @@ use super::error::{ApiError, FieldError};
 /// Request bodies larger than this are refused with 413.
 pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
+/// A body must arrive within this (as the headers must): a client that stalls
+/// or trickles would otherwise hold its in-flight place forever.
+pub(crate) const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The `Json` extractor's settings for every route that takes a body.
 pub(crate) fn json_config() -> JsonConfig {
     JsonConfig::default()
@@ -41,14 +45,33 @@ impl<T: DeserializeOwned + Validate + 'static> FromRequest for ValidJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
 
     fn from_request(request: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let charset_refused = !charset_is_utf8(request);
         let json = Json::<JsonObject<T>>::from_request(request, payload);
         Box::pin(async move {
-            let value = json.await?.into_inner().0;
+            if charset_refused {
+                return Err(ApiError::UnsupportedMediaType.into());
+            }
+            let value = tokio::time::timeout(BODY_DEADLINE, json)
+                .await
+                .map_err(|_| ApiError::RequestTimeout)??
+                .into_inner()
+                .0;
             value
                 .validate()
                 .map_err(|errors| ApiError::InvalidRequest(validation_error(&errors)))?;
             Ok(ValidJson(value))
         })
+    }
+}
+
+/// JSON is UTF-8 (RFC 8259): a `charset` parameter naming anything else is 415.
+fn charset_is_utf8(request: &HttpRequest) -> bool {
+    use actix_web::HttpMessage;
+    match request.mime_type() {
+        Ok(Some(mime)) => mime
+            .get_param(mime::CHARSET)
+            .is_none_or(|charset| charset == mime::UTF_8),
+        _ => true,
     }
 }
 

@@ -51,6 +51,9 @@ pub(crate) enum ApiError {
         /// The methods the route supports, for the `Allow` header.
         allow: &'static str,
     },
+    /// 408: the request body did not arrive in time.
+    #[error("request timeout")]
+    RequestTimeout,
     /// 413: body over the limit.
     #[error("payload too large")]
     PayloadTooLarge,
@@ -102,6 +105,12 @@ impl ApiError {
                 "method-not-allowed",
                 "Method not allowed",
                 format!("this route supports {allow} only").into(),
+            ),
+            Self::RequestTimeout => (
+                S::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request timeout",
+                "the request body did not arrive within 5 s".into(),
             ),
             Self::PayloadTooLarge => (
                 S::PAYLOAD_TOO_LARGE,

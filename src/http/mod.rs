@@ -15,8 +15,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_http::{HttpMessage, HttpService, KeepAlive, Request};
+use actix_service::{fn_service, map_config};
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::{
+    AppConfig, Extensions, Server, ServiceFactory, ServiceRequest, ServiceResponse,
+};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use tracing_actix_web::TracingLogger;
@@ -27,6 +31,7 @@ use self::health::{Readiness, healthz, readyz};
 use self::middleware::access_log::AccessLog;
 use self::middleware::auth::{AuthPolicy, require_api_key};
 use self::middleware::compact_headers::compact_headers;
+use self::middleware::edge_guard::guard_edge;
 use self::middleware::metrics::track_requests;
 use self::middleware::overload::{InFlightLimit, shed_overload};
 use self::middleware::request_id::stamp_request_id;
@@ -63,24 +68,52 @@ pub(crate) struct AppState {
 
 /// The public server on `listener`: `workers` threads, each with its own
 /// [`public_app`]; in-flight requests get `drain` to finish at shutdown.
+///
+/// Built on actix-http rather than `HttpServer` for one hook: an
+/// `Expect: 100-continue` is answered only after the key is checked.
 pub(crate) fn public_server(
     listener: TcpListener,
     state: AppState,
     workers: usize,
     drain: Duration,
 ) -> std::io::Result<Server> {
-    Ok(HttpServer::new(move || public_app(state.clone()))
-        .on_connect(record_peer_socket)
+    let builder = actix_server::Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
+    Ok(builder
         .workers(workers)
-        .listen(listener)?
         .disable_signals()
         .shutdown_timeout(drain.as_secs())
-        // Time to receive a request's headers; slow-loris clients are cut off.
-        .client_request_timeout(Duration::from_secs(5))
-        .client_disconnect_timeout(Duration::from_secs(1))
-        // Longer than the keep-alive of typical client agents, so the server
-        // is not the side that closes a connection a client is about to reuse.
-        .keep_alive(Duration::from_secs(75))
+        .listen("middleway", listener, move || {
+            let (state, shutdown, auth) = (state.clone(), shutdown.clone(), state.auth.clone());
+            HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                // Longer than the keep-alive of typical client agents, so the server
+                // is not the side that closes a connection a client is about to reuse.
+                .keep_alive(KeepAlive::Timeout(Duration::from_secs(75)))
+                // Time to receive a request's headers; slow-loris clients are cut off.
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .on_connect_ext(
+                    |io: &actix_web::rt::net::TcpStream, data: &mut Extensions| {
+                        record_peer_socket(io, data)
+                    },
+                )
+                .expect(fn_service(move |request: Request| {
+                    let allowed = auth.may_continue(request.headers());
+                    async move {
+                        if allowed {
+                            Ok(request)
+                        } else {
+                            Err(actix_web::Error::from(ApiError::Unauthorized))
+                        }
+                    }
+                }))
+                .finish(map_config(public_app(state), |_| AppConfig::default()))
+                .tcp()
+        })?
         .run())
 }
 
@@ -121,6 +154,7 @@ fn public_app(
         .app_data(body::json_config())
         .wrap(from_fn(track_requests))
         .wrap(TracingLogger::<AccessLog>::new())
+        .wrap(from_fn(guard_edge))
         .wrap(from_fn(stamp_request_id))
         .service(open_get("/healthz", healthz))
         .service(open_get("/readyz", readyz))
@@ -130,7 +164,8 @@ fn public_app(
                 .wrap(from_fn(shed_overload))
                 .wrap(from_fn(require_api_key))
                 .route(web::get().to(get_transcription))
-                .default_service(web::to(|| method_not_allowed("GET"))),
+                .route(web::head().to(get_transcription))
+                .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
         )
         .service(
             web::resource("/locks")
@@ -157,7 +192,8 @@ fn admin_app(
 > {
     App::new()
         .app_data(state)
-        .route("/metrics", web::get().to(metrics_endpoint))
+        .wrap(from_fn(stamp_request_id))
+        .service(open_get("/metrics", metrics_endpoint))
         .default_service(web::to(not_found))
 }
 
@@ -169,14 +205,15 @@ async fn method_not_allowed(allow: &'static str) -> Result<HttpResponse, ApiErro
     Err(ApiError::MethodNotAllowed { allow })
 }
 
-/// A GET route that needs no key, answering 405 to other methods.
+/// A GET (and HEAD) route that needs no key, answering 405 to other methods.
 fn open_get<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
-    F: actix_web::Handler<Args>,
+    F: actix_web::Handler<Args> + Clone,
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
     web::resource(path)
-        .route(web::get().to(handler))
-        .default_service(web::to(|| method_not_allowed("GET")))
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+        .default_service(web::to(|| method_not_allowed("GET, HEAD")))
 }

@@ -340,7 +340,7 @@ impl Core {
         }
         let call = async {
             let mut conn = self.pool.connection().await?;
-            self.store.reap(&mut conn, &name).await
+            self.store.reap(&mut conn, &name, &self.replica).await
         };
         match bounded(call).await {
             Ok(reaped) => {

@@ -421,9 +421,11 @@ impl LockStore {
         &self,
         conn: &mut C,
         name: &LockName,
+        replica: &Replica,
     ) -> RedisResult<Reaped> {
         let (expired, earliest, now): (u64, i64, i64) = self
             .call(&self.reap, &self.keys(name), name)
+            .arg(&replica.id)
             .invoke_async(conn)
             .await?;
         Ok(Reaped {

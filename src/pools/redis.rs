@@ -35,8 +35,13 @@ use crate::config::ConfigError;
 /// PING costs nothing that matters.
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
-/// Connecting, waiting for a pool object and each reply are bounded by this.
+/// Connecting and waiting for a pool object are bounded by this.
 const IO_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Each reply is bounded by this: the same bound the lock engine puts on a
+/// whole call, so a burst of calls pipelined on one connection is not cut
+/// off sooner by the connection than by the caller.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The error for a `REDIS_URL` the Redis client cannot use.
 pub fn invalid_redis_url() -> ConfigError {
@@ -58,7 +63,7 @@ impl RedisPool {
     pub fn new(url: &str, max_size: usize) -> Result<Self, ConfigError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
-            .set_response_timeout(Some(IO_TIMEOUT));
+            .set_response_timeout(Some(REPLY_TIMEOUT));
         let maker = deadpool_redis::Manager::new_with_config(url, config)
             .map_err(|_| invalid_redis_url())?;
         let manager = RedisManager { maker };

@@ -1,5 +1,6 @@
 //! One integration test binary (STYLE.md): a file per area.
 
+mod edge;
 mod health;
 mod helpers;
 mod lock_engine;

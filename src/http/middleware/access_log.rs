@@ -10,6 +10,7 @@ use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 
 use super::auth::KeyName;
+use super::metrics::method_label;
 use super::request_id::{RequestId, RequestStart};
 
 /// Builds the request span for `tracing_actix_web::TracingLogger`.
@@ -31,7 +32,7 @@ impl RootSpanBuilder for AccessLog {
             .unwrap_or_else(|| "unmatched".to_owned());
         tracing::info_span!(
             "request",
-            method = %request.method(),
+            method = method_label(request.method()),
             route = %route,
             request_id = %request_id,
         )

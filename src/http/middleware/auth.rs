@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::AUTHORIZATION;
+use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
@@ -20,10 +20,27 @@ pub(crate) struct AuthPolicy(pub Option<ApiKeys>);
 #[derive(Clone, Debug)]
 pub(crate) struct KeyName(pub Arc<str>);
 
-fn bearer_token(req: &ServiceRequest) -> Option<&str> {
-    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl AuthPolicy {
+    /// The name of the key `headers` authenticate with; `Some("")` when
+    /// auth is disabled; `None` when they carry no valid key.
+    fn key_name(&self, headers: &HeaderMap) -> Option<Arc<str>> {
+        match &self.0 {
+            None => Some(Arc::from("")),
+            Some(keys) => bearer_token(headers).and_then(|token| keys.authenticate(token)),
+        }
+    }
+
+    /// Whether a request that asks `Expect: 100-continue` may send its body:
+    /// only with a valid key, so a body is never invited and then refused.
+    pub(crate) fn may_continue(&self, headers: &HeaderMap) -> bool {
+        self.key_name(headers).is_some()
+    }
 }
 
 /// Rejects requests without a valid bearer key with 401; notes the key name for logs.
@@ -31,9 +48,11 @@ pub(crate) async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let policy = req.app_data::<web::Data<AuthPolicy>>().map(|p| p.0.clone());
-    if let Some(Some(keys)) = policy {
-        let Some(name) = bearer_token(&req).and_then(|token| keys.authenticate(token)) else {
+    let policy = req.app_data::<web::Data<AuthPolicy>>().cloned();
+    if let Some(policy) = policy
+        && policy.0.is_some()
+    {
+        let Some(name) = policy.key_name(req.headers()) else {
             return Ok(req.error_response(ApiError::Unauthorized));
         };
         if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {

@@ -7,7 +7,26 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
 
+use actix_web::http::Method;
+
 use crate::metrics::Metrics;
+
+/// A metric label or log field for `method`: a closed set, so no client can
+/// grow the label space (or a log line) with methods of its own.
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "other",
+    }
+}
 
 /// Counts and times every public request by route pattern (never the raw
 /// path, which would explode label cardinality).
@@ -16,7 +35,7 @@ pub(crate) async fn track_requests(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let started = Instant::now();
     if let Some(m) = &metrics {
         m.requests_in_flight.inc();
@@ -30,7 +49,7 @@ pub(crate) async fn track_requests(
             Err(error) => (None, error.as_response_error().status_code()),
         };
         let route = route.unwrap_or_else(|| "unmatched".to_owned());
-        let labels = [route.as_str(), method.as_str(), status.as_str()];
+        let labels = [route.as_str(), method, status.as_str()];
         m.requests.with_label_values(&labels).inc();
         m.request_duration
             .with_label_values(&labels)

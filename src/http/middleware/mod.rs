@@ -4,6 +4,7 @@
 pub(crate) mod access_log;
 pub(crate) mod auth;
 pub(crate) mod compact_headers;
+pub(crate) mod edge_guard;
 pub(crate) mod metrics;
 pub(crate) mod overload;
 pub(crate) mod request_id;

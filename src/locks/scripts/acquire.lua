@@ -28,4 +28,5 @@ if wait_ms == 0 then
   return {'busy', now}
 end
 enqueue(s, ticket, replica, wake, lease_ms, now + wait_ms, nonce)
+s.caller = replica
 return {'queued', finish(s, now), now}

@@ -226,7 +226,9 @@ end
 
 -- Ends every script that changed the lock: while tickets wait, every watching
 -- replica must know the earliest deadline (it reaps then); an idle queue
--- forgets its watchers. Returns that deadline (-1: none, or nobody waits).
+-- forgets its watchers. Returns that deadline (-1: none, or nobody waits);
+-- scripts that return it to a watching caller set s.caller, which is then
+-- not told again through its wake list.
 local function finish(s, now)
   local e = -1
   if waiting_count(s) == 0 then
@@ -237,9 +239,12 @@ local function finish(s, now)
     if held_count(s) < s.permits then e = now end
     if e >= 0 and (not s.alarm or s.alarm <= now or e < s.alarm) then
       redis.call('HSET', meta, 'alarm', int(e))
-      for _, wake in pairs(read_list(s.w)) do
-        redis.call('LPUSH', wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
-        redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+      for replica, wake in pairs(read_list(s.w)) do
+        -- The calling replica reads the deadline from the reply (s.caller).
+        if replica ~= s.caller then
+          redis.call('LPUSH', wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
+          redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+        end
       end
     end
   end

@@ -8,6 +8,7 @@ local permits, replica, wake = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local now = now_ms()
 local s = state() or create(permits, ARGV[6], tonumber(ARGV[5]), now)
 mark_alive(s, replica)
+s.caller = replica
 expire(s, now)
 local result = {0, now, s.permits}
 for i = 7, #ARGV, 4 do
