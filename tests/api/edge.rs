@@ -200,6 +200,25 @@ async fn edge_errors_carry_request_ids_and_are_not_logged_as_errors() {
         let answer = exchange(&service.base, malformed.as_bytes(), Duration::from_secs(1)).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     }
+    // Too many headers (over 96): 431 from the parser.
+    let crowded: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{crowded}\r\n");
+    let answer = exchange(&service.base, request.as_bytes(), Duration::from_secs(1)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // Headers that never end: 408 after 5 s.
+    let started = Instant::now();
+    let answer = exchange(
+        &service.base,
+        b"GET /healthz HTTP/1.1\r\nHost: t\r\n",
+        Duration::from_secs(7),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
     service.process.signal(nix::sys::signal::Signal::SIGTERM);
     let _ = service.process.child().wait();
     let logs = service.logs();
