@@ -71,9 +71,13 @@ if [ "$mode" = smoke ]; then
   $mwbench fairness "${target[@]}" --second-service "$second" --clients-first 4 --clients-second 1 --seconds 2
   $mwbench churn "${target[@]}" --redis-url "$REDIS_URL" --clients 10 --names 5 --seconds 2
   $mwbench handoff-cost "${target[@]}" --second-service "$second" --second-pid "$second_pid" --redis-url "$REDIS_URL"
+  $mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
+    --strategies direct-persistent,middleway-batch-10,middleway-batch-100 --concurrency 4 --requests 100 --runs 1 --out "$out/cells.jsonl"
+  $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 8 --requests 2000
+  $mwbench open-loop "${target[@]}" --rows "$rows" --rates 500 --seconds 1 --connections 16
   $mwbench report --input "$out/cells.jsonl" --stem "$out/smoke"
   cells=$(wc -l < "$out/cells.jsonl")
-  [ "$cells" -eq 8 ] || { log "expected 8 cells, got $cells"; exit 1; }
+  [ "$cells" -eq 11 ] || { log "expected 11 cells, got $cells"; exit 1; }
   log "smoke ok: $cells cells, report and charts in $out"
   exit 0
 fi
@@ -94,9 +98,14 @@ work=$(mktemp -d)
   echo
 } > "$work/preamble.md"
 
-log "issue 2: GET /transcriptions at 64 and 256 keep-alive connections vs the direct pool"
+log "issues 2 and 12: GET /transcriptions at 64 and 256 keep-alive connections vs the direct clients"
 $mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
-  --strategies middleway-keep-alive,ceiling --concurrency 64,256 --requests 100000 --runs 2 --out "$work/service.jsonl"
+  --strategies middleway-keep-alive,direct-persistent,ceiling --concurrency 64,256 --requests 100000 --runs 2 --out "$work/service.jsonl"
+log "issue 12: the best direct client (one warm connection per caller) at 4..32 callers, batch reads"
+$mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
+  --strategies direct-persistent --concurrency 4,8,16,32 --requests 100000 --runs 2 --out "$work/direct.jsonl"
+$mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
+  --strategies middleway-batch-10,middleway-batch-100 --concurrency 16 --requests 20000 --runs 2 --out "$work/batch.jsonl"
 log "issue 5: every strategy at 10..1000 callers"
 $mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" --out "$work/cells.jsonl"
 $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --out "$work/cells.jsonl"
@@ -109,6 +118,25 @@ $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --strategies middleway --
   cat "$work/service.jsonl" "$work/pairs.jsonl"
   $mwbench handoff "${target[@]}" --waiters 100 --handoffs 3000
   $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 10000 --names 100
+  echo '```'
+  echo
+  echo "## Read path (issue 12)"
+  echo
+  echo '```'
+  python3 - "$work/service.jsonl" "$work/direct.jsonl" "$work/batch.jsonl" <<'PY'
+import json, sys
+cells = [json.loads(line) for path in sys.argv[1:] for line in open(path)]
+ours = max(c["throughput"] for c in cells if c["strategy"] == "middleway-keep-alive" and c["concurrency"] == 64)
+best = max((c for c in cells if c["strategy"] == "direct-persistent"), key=lambda c: c["throughput"])
+print(f"middleway at 64 keep-alive: {ours:,.0f}/s; best direct-persistent: {best['throughput']:,.0f}/s "
+      f"at {best['concurrency']} callers; ratio {ours / best['throughput']:.2f}")
+for c in cells:
+    if c["strategy"].startswith("middleway-batch-"):
+        size = int(c["strategy"].rsplit("-", 1)[1])
+        print(f"batch of {size}: {c['throughput']:,.0f} requests/s = {c['throughput'] * size:,.0f} rows/s, p99 {c['p99_ms']:.2f} ms")
+PY
+  $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 64 --requests 100000
+  $mwbench open-loop "${target[@]}" --rows "$rows" --rates 5000,10000,15000,20000,25000,30000 --seconds 10
   echo '```'
   echo
   echo "## Lock engine v2: what waiting costs (issue 10)"

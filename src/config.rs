@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 
 use crate::api_keys::{ApiKey, ApiKeys};
@@ -200,7 +201,10 @@ impl DatabaseSettings {
         let options = url
             .expose()
             .parse::<MySqlConnectOptions>()
-            .map_err(|_| ConfigError::new("DATABASE_URL", "is not a valid mysql:// URL"))?;
+            .map_err(|_| ConfigError::new("DATABASE_URL", "is not a valid mysql:// URL"))?
+            // Every statement at DEBUG is a per-query cost even when filtered
+            // out; statements slower than a second still log at WARN.
+            .log_statements(log::LevelFilter::Off);
         Ok(Self {
             options,
             pool_max: parse_range(var("DB_POOL_MAX"), "DB_POOL_MAX", 32, 1, 1000)?,

@@ -33,6 +33,8 @@ pub(crate) struct Metrics {
     pub mysql_acquire_wait: Histogram,
     /// Reads answered by joining a query already in flight.
     pub coalesced_reads: IntCounter,
+    /// Ids per MySQL read query (reads queued together share one query).
+    pub mysql_read_batch_size: Histogram,
     /// Redis pool connections open / idle (set at scrape time).
     pub redis_pool_connections: IntGaugeVec,
     /// Redis connections parked in BLPOP for waiters.
@@ -106,6 +108,14 @@ impl Metrics {
                 "Reads that joined a query in flight",
             )
             .expect("static"),
+            mysql_read_batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "mysql_read_batch_size",
+                    "Ids per MySQL read query (reads queued together share one)",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
+            )
+            .expect("static"),
             redis_pool_connections: IntGaugeVec::new(
                 Opts::new("redis_pool_connections", "Redis pool connections by state"),
                 &["state"],
@@ -143,6 +153,7 @@ impl Metrics {
             Box::new(metrics.mysql_pool_max.clone()),
             Box::new(metrics.mysql_acquire_wait.clone()),
             Box::new(metrics.coalesced_reads.clone()),
+            Box::new(metrics.mysql_read_batch_size.clone()),
             Box::new(metrics.redis_pool_connections.clone()),
             Box::new(metrics.redis_blocking_connections.clone()),
             Box::new(metrics.lock_operations.clone()),

@@ -3,24 +3,23 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
-use sqlx::MySqlPool;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, Settings};
 use crate::http::admin::AdminState;
-use crate::http::health::Readiness;
 use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::{AppState, admin_server, public_server};
 use crate::locks::LockEngine;
 use crate::metrics::Metrics;
-use crate::pools::mysql::serving_pool;
+use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::{RedisPools, invalid_redis_url};
-use crate::transcriptions::{TranscriptionReader, TranscriptionRepo};
+use crate::transcriptions::ReadCoalescer;
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +36,17 @@ pub enum StartupError {
 /// accepting, in-flight requests finish within the shutdown timeout.
 #[derive(Clone)]
 pub struct ShutdownTrigger {
-    /// Flips to true once: readiness and the lock engine watch it.
+    /// Flips to true once: readiness, the lock engine and the pools watch it;
+    /// `Application::run_until_stopped` then drains.
     draining: Arc<watch::Sender<bool>>,
-    public: ServerHandle,
-    admin: ServerHandle,
 }
 
 impl ShutdownTrigger {
     /// Begins the drain; idempotent.
     pub fn trigger(&self) {
-        if self.draining.send_replace(true) {
-            return;
+        if !self.draining.send_replace(true) {
+            tracing::info!("shutdown requested: draining");
         }
-        tracing::info!("shutdown requested: draining");
-        // The stop commands are sent on call; the returned futures only report completion.
-        drop(self.public.stop(true));
-        drop(self.admin.stop(true));
     }
 }
 
@@ -62,10 +56,14 @@ pub struct Application {
     admin_addr: SocketAddr,
     public: Server,
     admin: Server,
-    /// Closed after the drain, so MySQL sees COM_QUIT on every connection.
-    mysql: MySqlPool,
+    /// Each worker's pool closes (COM_QUIT) once its reads are done.
+    mysql: Arc<MysqlPools>,
     /// Closed after the drain.
     redis: Arc<RedisPools>,
+    /// Requests being served, which the drain waits for.
+    metrics: Metrics,
+    /// How long the drain may take.
+    drain_timeout: Duration,
     /// Stops the hang-up sweeper thread when the application is dropped.
     _sweeper: SweeperGuard,
     shutdown: ShutdownTrigger,
@@ -75,35 +73,36 @@ impl Application {
     /// Binds both listeners and creates the pools. Pools connect lazily, so
     /// the service starts (not ready) even while MySQL or Redis is down.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // One HTTP worker per core, but never more workers than MySQL
+        // connections: each worker reads over its own share of `DB_POOL_MAX`,
+        // and a worker with no share could never answer a read.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = cores
+            .min(usize::try_from(settings.database.pool_max).unwrap_or(usize::MAX))
+            .max(1);
         let metrics = Metrics::new();
-        let mysql = serving_pool(&settings.database);
+        let (draining, drain_watch) = watch::channel(false);
+        let mysql = MysqlPools::new(&settings.database, workers, drain_watch.clone());
         let redis = Arc::new(RedisPools::new(
             settings.redis_url.expose(),
             settings.redis_pool_max,
             workers,
         )?);
-        let (draining, drain_watch) = watch::channel(false);
         let (peers, sweeper) = PeerWatch::start()?;
         let state = app_state(&settings, &mysql, &redis, &metrics, peers, drain_watch)?;
         let admin_state = web::Data::new(AdminState {
-            metrics,
-            mysql: mysql.clone(),
+            metrics: metrics.clone(),
+            mysql: Arc::clone(&mysql),
             redis: Arc::clone(&redis),
         });
 
         let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
         let public_addr = listener.local_addr()?;
-        let public = public_server(listener, state, workers, settings.shutdown_timeout)?;
+        let public = public_server(listener, state, workers)?;
         let admin_listener = bind_listener(settings.admin_bind_addr, "ADMIN_BIND_ADDR")?;
         let admin_addr = admin_listener.local_addr()?;
         let admin = admin_server(admin_listener, admin_state)?;
 
-        let shutdown = ShutdownTrigger {
-            draining: Arc::new(draining),
-            public: public.handle(),
-            admin: admin.handle(),
-        };
         Ok(Self {
             public_addr,
             admin_addr,
@@ -111,8 +110,12 @@ impl Application {
             admin,
             mysql,
             redis,
+            metrics,
+            drain_timeout: settings.shutdown_timeout,
             _sweeper: sweeper,
-            shutdown,
+            shutdown: ShutdownTrigger {
+                draining: Arc::new(draining),
+            },
         })
     }
 
@@ -131,20 +134,58 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until SIGTERM/SIGINT (or the trigger), drains, then closes the
-    /// pools so MySQL sees a clean COM_QUIT on every connection.
+    /// Serves until SIGTERM/SIGINT (or the trigger), then drains: stop
+    /// accepting, let in-flight requests finish (within the shutdown
+    /// timeout), let every worker close its MySQL pool (COM_QUIT on every
+    /// connection, on the worker's own runtime), stop the servers, close Redis.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let trigger = self.shutdown.clone();
         let signals = tokio::spawn(async move {
             wait_for_signal().await;
             trigger.trigger();
         });
+        let drain = Drain {
+            draining: self.shutdown.draining.subscribe(),
+            public: self.public.handle(),
+            admin: self.admin.handle(),
+            mysql: Arc::clone(&self.mysql),
+            metrics: self.metrics.clone(),
+            timeout: self.drain_timeout,
+        };
+        let draining = tokio::spawn(drain.run());
         let (public, admin) = tokio::join!(self.public, self.admin);
         signals.abort();
-        self.mysql.close().await;
+        draining.abort();
         self.redis.close();
         tracing::info!("stopped");
         public.and(admin)
+    }
+}
+
+/// The shutdown sequence, once draining begins.
+struct Drain {
+    draining: watch::Receiver<bool>,
+    public: ServerHandle,
+    admin: ServerHandle,
+    mysql: Arc<MysqlPools>,
+    metrics: Metrics,
+    timeout: Duration,
+}
+
+impl Drain {
+    async fn run(mut self) {
+        if self.draining.wait_for(|d| *d).await.is_err() {
+            return;
+        }
+        let deadline = Instant::now() + self.timeout;
+        self.public.pause().await;
+        while self.metrics.requests_in_flight.get() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.mysql
+            .closed(deadline.saturating_duration_since(Instant::now()))
+            .await;
+        tokio::join!(self.public.stop(true), self.admin.stop(true));
     }
 }
 
@@ -152,7 +193,7 @@ impl Application {
 /// the middlewares and probes need.
 fn app_state(
     settings: &Settings,
-    mysql: &MySqlPool,
+    mysql: &Arc<MysqlPools>,
     redis: &Arc<RedisPools>,
     metrics: &Metrics,
     peers: PeerWatch,
@@ -161,33 +202,25 @@ fn app_state(
     metrics
         .mysql_pool_max
         .set(i64::from(settings.database.pool_max));
-    // Queries and background tasks run on this (the main) runtime, which
-    // outlives the HTTP workers: connections stay usable until closed cleanly.
+    // The lock engine's tasks run on this (the main) runtime, which outlives
+    // the HTTP workers.
     let backend = tokio::runtime::Handle::current();
     let redis_client =
         redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
     Ok(AppState {
-        reader: web::Data::new(TranscriptionReader::new(
-            TranscriptionRepo::new(mysql.clone(), metrics.clone()),
-            metrics.clone(),
-            backend.clone(),
-        )),
+        mysql: Arc::clone(mysql),
+        coalescer: ReadCoalescer::new(),
         locks: LockEngine::new(
             redis.background().clone(),
             redis_client,
             &settings.redis_key_prefix,
             settings.lock_max_waiters,
             metrics.clone(),
-            backend.clone(),
+            backend,
             draining.clone(),
         ),
         redis: Arc::clone(redis),
-        readiness: web::Data::new(Readiness {
-            mysql: mysql.clone(),
-            redis: redis.background().clone(),
-            draining,
-            runtime: backend,
-        }),
+        draining,
         auth: web::Data::new(AuthPolicy(
             (!settings.auth_disabled).then(|| settings.api_keys.clone()),
         )),

@@ -5,6 +5,7 @@
 mod http;
 mod load;
 mod lock_costs;
+mod read_path;
 mod report;
 mod scenarios;
 mod strategies;
@@ -46,7 +47,9 @@ enum Command {
         /// Rows in the table (ids 1..=rows).
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
-        /// Comma-separated strategies (connect-per-request, connection-per-instance, middleway-new-conn, middleway-keep-alive, ceiling).
+        /// Comma-separated strategies (connect-per-request, connection-per-instance,
+        /// middleway-new-conn, middleway-keep-alive, ceiling; and direct-persistent,
+        /// middleway-batch-10, middleway-batch-100, whose cells count requests, not rows).
         #[arg(
             long,
             value_delimiter = ',',
@@ -117,6 +120,38 @@ enum Command {
         waiters: usize,
         #[arg(long, default_value_t = 100)]
         names: usize,
+    },
+    /// The service's CPU time per GET /transcriptions/{id} (from /proc/<pid>/stat).
+    ReadCpu {
+        #[command(flatten)]
+        target: Target,
+        /// The service's process id.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+    },
+    /// GETs at fixed offered rates; latency from each request's intended start.
+    OpenLoop {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Offered rates, requests per second, in order.
+        #[arg(long, value_delimiter = ',', default_value = "5000")]
+        rates: Vec<u64>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Keep-alive connections the requests are spread over.
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        /// Report the first rate whose p99 passes this.
+        #[arg(long, default_value_t = 10.0)]
+        p99_limit_ms: f64,
     },
     /// Idle waiters, one per lock: Redis commands per second and connections.
     Idle {
@@ -248,6 +283,21 @@ async fn main() -> anyhow::Result<()> {
             waiters,
             names,
         } => scenarios::waiters(&target, &redis_url, pid, waiters, names).await,
+        Command::ReadCpu {
+            target,
+            pid,
+            rows,
+            concurrency,
+            requests,
+        } => read_path::cpu_per_get(&target, pid, rows, concurrency, requests).await,
+        Command::OpenLoop {
+            target,
+            rows,
+            rates,
+            seconds,
+            connections,
+            p99_limit_ms,
+        } => read_path::open_loop(&target, rows, &rates, seconds, connections, p99_limit_ms).await,
         Command::Idle {
             target,
             redis_url,

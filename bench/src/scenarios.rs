@@ -144,7 +144,7 @@ pub async fn mysql(
                     })
                     .await
                 }
-                "connection-per-instance" => {
+                "connection-per-instance" | "direct-persistent" => {
                     let options = options.clone();
                     best_of(runs, c, requests, Some(&root), move |_| {
                         let options = options.clone();
@@ -177,6 +177,22 @@ pub async fn mysql(
                                 key,
                                 rows,
                                 keep_alive,
+                            }
+                        }
+                    })
+                    .await
+                }
+                "middleway-batch-10" | "middleway-batch-100" => {
+                    let batch = if strategy.ends_with("-100") { 100 } else { 10 };
+                    best_of(runs, c, requests, Some(&root), move |_| {
+                        let (host, key) = (host.clone(), key.clone());
+                        async move {
+                            MiddlewayBatchRead {
+                                http: HttpConnection::warm(&host).await,
+                                host,
+                                key,
+                                rows,
+                                batch,
                             }
                         }
                     })

@@ -57,6 +57,9 @@ impl Worker for ConnectPerRequest {
 }
 
 /// 2. One connection per instance, kept across requests (serverless-mysql).
+/// Opened before the measured requests, it is also the strongest direct
+/// baseline one process can build (`direct-persistent`): no pool, no
+/// hand-off between tasks, the statement prepared once per connection.
 pub struct ConnectionPerInstance {
     pub options: MySqlConnectOptions,
     pub rows: u64,
@@ -131,6 +134,40 @@ impl Worker for MiddlewayRead {
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         let (status, _) = self.http.send(request, self.keep_alive).await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_failure(status))
+        }
+    }
+}
+
+/// `GET /transcriptions?ids=` with `batch` distinct random ids (keep-alive).
+pub struct MiddlewayBatchRead {
+    pub http: HttpConnection,
+    pub host: String,
+    pub key: String,
+    pub rows: u64,
+    pub batch: usize,
+}
+
+impl Worker for MiddlewayBatchRead {
+    async fn run_once(&mut self) -> Result<(), Failure> {
+        let mut ids: Vec<u64> = Vec::with_capacity(self.batch);
+        while ids.len() < self.batch {
+            let id = random_id(self.rows);
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let list = ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let request = Request::builder()
+            .uri(format!("/transcriptions?ids={list}"))
+            .header("host", &self.host)
+            .header("authorization", format!("Bearer {}", self.key))
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let (status, _) = self.http.send(request, true).await?;
         if status == StatusCode::OK {
             Ok(())
         } else {

@@ -4,9 +4,9 @@ use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, TextEncoder};
-use sqlx::MySqlPool;
 
 use crate::metrics::Metrics;
+use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
 
 /// What the admin listener reads.
@@ -15,17 +15,16 @@ pub(crate) struct AdminState {
     /// The registry to render.
     pub metrics: Metrics,
     /// Read at scrape time for the pool gauges.
-    pub mysql: MySqlPool,
+    pub mysql: Arc<MysqlPools>,
     /// Read at scrape time for the pool gauges.
     pub redis: Arc<RedisPools>,
 }
 
 /// `GET /metrics` on the admin listener.
 pub(crate) async fn metrics_endpoint(state: web::Data<AdminState>) -> HttpResponse {
-    state.metrics.set_pool_sizes(
-        (state.mysql.size(), state.mysql.num_idle()),
-        state.redis.status(),
-    );
+    state
+        .metrics
+        .set_pool_sizes(state.mysql.sizes(), state.redis.status());
     HttpResponse::Ok()
         .content_type(TextEncoder::new().format_type())
         .body(state.metrics.render())

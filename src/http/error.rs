@@ -12,7 +12,7 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
-use super::middleware::request_id;
+use crate::telemetry;
 
 /// One field that failed validation.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -214,7 +214,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let problem = self.problem();
-        let request_id = request_id::current();
+        let request_id = telemetry::current_request_id();
         let body = ProblemSchema {
             kind: format!("urn:middleway:problem:{}", problem.slug),
             title: problem.title,

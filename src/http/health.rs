@@ -1,35 +1,44 @@
 //! `/healthz` (the process serves) and `/readyz` (dependencies answer and we are not draining).
 
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
-use sqlx::MySqlPool;
 
 use crate::http::error::ApiError;
+use crate::pools::mysql::WorkerPool;
 use crate::pools::redis::RedisPool;
 
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
-/// What readiness looks at.
+/// What readiness looks at: this HTTP worker's pools (their connections
+/// close cleanly at shutdown, as the reads' do).
 #[derive(Clone)]
 pub(crate) struct Readiness {
     /// MySQL pool to ping.
-    pub mysql: MySqlPool,
+    pub mysql: Rc<WorkerPool>,
     /// Redis pool to ping.
     pub redis: RedisPool,
     /// True once shutdown begins: the load balancer must stop sending traffic.
     pub draining: tokio::sync::watch::Receiver<bool>,
-    /// The runtime that owns pool connections (see `startup`): a connection
-    /// opened on an HTTP worker would die with that worker instead of closing cleanly.
-    pub runtime: tokio::runtime::Handle,
 }
 
 impl Readiness {
     async fn mysql_answers(&self) -> bool {
-        let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.mysql);
-        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(1)))
+        let _read = self.mysql.begin_read();
+        let ping = async {
+            let mut conn = self.mysql.acquire().await.ok()?;
+            let one = sqlx::query_scalar::<_, i32>("SELECT 1")
+                .fetch_one(conn.conn())
+                .await;
+            if one.is_err() {
+                conn.discard();
+            }
+            one.ok()
+        };
+        matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Some(1)))
     }
 
     async fn redis_answers(&self) -> bool {
@@ -65,12 +74,7 @@ pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpRespon
             "draining: the service is shutting down",
         ));
     }
-    let checks = readiness.get_ref().clone();
-    let (mysql, redis) = readiness
-        .runtime
-        .spawn(async move { tokio::join!(checks.mysql_answers(), checks.redis_answers()) })
-        .await
-        .unwrap_or((false, false));
+    let (mysql, redis) = tokio::join!(readiness.mysql_answers(), readiness.redis_answers());
     match (mysql, redis) {
         (true, true) => {
             Ok(HttpResponse::Ok().json(json!({"status": "ok", "mysql": "ok", "redis": "ok"})))

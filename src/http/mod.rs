@@ -12,6 +12,7 @@ pub(crate) mod peer;
 pub(crate) mod routes;
 
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,28 +35,32 @@ use self::middleware::compact_headers::compact_headers;
 use self::middleware::edge_guard::guard_edge;
 use self::middleware::metrics::track_requests;
 use self::middleware::overload::{InFlightLimit, shed_overload};
-use self::middleware::request_id::stamp_request_id;
+use self::middleware::request_context::stamp_request_context;
 use self::openapi::openapi_json;
 use self::peer::{PeerWatch, record_peer_socket};
 use self::routes::locks::post_locks;
-use self::routes::transcriptions::get_transcription;
+use self::routes::transcriptions::{get_transcription, get_transcriptions};
 use crate::locks::LockEngine;
 use crate::metrics::Metrics;
+use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
-use crate::transcriptions::TranscriptionReader;
+use crate::transcriptions::{ReadCoalescer, TranscriptionReader};
 
 /// What the public listener's handlers and middlewares share, built once by
-/// `startup`; each HTTP worker gets a clone for [`public_app`].
+/// `startup`; each HTTP worker gets a clone for [`public_app`], which opens
+/// that worker's own pools.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// Transcription reads.
-    pub reader: web::Data<TranscriptionReader>,
+    /// The per-worker MySQL pools.
+    pub mysql: Arc<MysqlPools>,
+    /// Reads of one id in flight, shared by every worker.
+    pub coalescer: ReadCoalescer,
     /// The lock engine; each worker gets a copy making calls through its own Redis pool.
     pub locks: LockEngine,
-    /// The per-worker Redis pools the engine copies use.
+    /// The per-worker Redis pools.
     pub redis: Arc<RedisPools>,
-    /// What `/readyz` checks.
-    pub readiness: web::Data<Readiness>,
+    /// Flips to true when shutdown begins (readiness turns 503).
+    pub draining: tokio::sync::watch::Receiver<bool>,
     /// Which bearer keys are accepted.
     pub auth: web::Data<AuthPolicy>,
     /// The in-flight cap.
@@ -67,7 +72,7 @@ pub(crate) struct AppState {
 }
 
 /// The public server on `listener`: `workers` threads, each with its own
-/// [`public_app`]; in-flight requests get `drain` to finish at shutdown.
+/// [`public_app`].
 ///
 /// Built on actix-http rather than `HttpServer` for one hook: an
 /// `Expect: 100-continue` is answered only after the key is checked.
@@ -75,14 +80,15 @@ pub(crate) fn public_server(
     listener: TcpListener,
     state: AppState,
     workers: usize,
-    drain: Duration,
 ) -> std::io::Result<Server> {
     let builder = actix_server::Server::build();
     let shutdown = builder.graceful_shutdown_signal();
     Ok(builder
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(drain.as_secs())
+        // `startup` drains requests before it stops the server: what is left
+        // then are idle keep-alive connections.
+        .shutdown_timeout(1)
         .listen("middleway", listener, move || {
             let (state, shutdown, auth) = (state.clone(), shutdown.clone(), state.auth.clone());
             HttpService::build()
@@ -142,11 +148,20 @@ fn public_app(
         InitError = (),
     >,
 > {
-    let locks = state.locks.for_worker(state.redis.for_worker());
+    // Called on the worker's runtime: its pools' connections live there.
+    let redis = state.redis.for_worker();
+    let mysql = state.mysql.open_for_worker();
+    let metrics = state.metrics.get_ref().clone();
+    let reader = TranscriptionReader::for_worker(Rc::clone(&mysql), state.coalescer, metrics);
+    let readiness = Readiness {
+        mysql,
+        redis: redis.clone(),
+        draining: state.draining,
+    };
     App::new()
-        .app_data(state.reader)
-        .app_data(web::Data::new(locks))
-        .app_data(state.readiness)
+        .app_data(web::Data::new(reader))
+        .app_data(web::Data::new(state.locks.for_worker(redis)))
+        .app_data(web::Data::new(readiness))
         .app_data(state.auth)
         .app_data(state.limit)
         .app_data(state.metrics)
@@ -155,10 +170,18 @@ fn public_app(
         .wrap(from_fn(track_requests))
         .wrap(TracingLogger::<AccessLog>::new())
         .wrap(from_fn(guard_edge))
-        .wrap(from_fn(stamp_request_id))
+        .wrap(from_fn(stamp_request_context))
         .service(open_get("/healthz", healthz))
         .service(open_get("/readyz", readyz))
         .service(open_get("/openapi.json", openapi_json))
+        .service(
+            web::resource("/transcriptions")
+                .wrap(from_fn(shed_overload))
+                .wrap(from_fn(require_api_key))
+                .route(web::get().to(get_transcriptions))
+                .route(web::head().to(get_transcriptions))
+                .default_service(web::to(|| method_not_allowed("GET, HEAD"))),
+        )
         .service(
             web::resource("/transcriptions/{id}")
                 .wrap(from_fn(shed_overload))
@@ -192,7 +215,7 @@ fn admin_app(
 > {
     App::new()
         .app_data(state)
-        .wrap(from_fn(stamp_request_id))
+        .wrap(from_fn(stamp_request_context))
         .service(open_get("/metrics", metrics_endpoint))
         .default_service(web::to(not_found))
 }

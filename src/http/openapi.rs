@@ -7,6 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::error::{FieldError, ProblemSchema};
 use crate::http::routes::locks::{GrantBody, HolderBody, InspectBody, ReleasedBody};
+use crate::http::routes::transcriptions::TranscriptionBatch;
 use crate::locks::LockRequest;
 use crate::transcriptions::Transcription;
 
@@ -20,12 +21,13 @@ use crate::transcriptions::Transcription;
     ),
     paths(
         crate::http::routes::transcriptions::get_transcription,
+        crate::http::routes::transcriptions::get_transcriptions,
         crate::http::routes::locks::post_locks,
         crate::http::health::healthz,
         crate::http::health::readyz,
         openapi_json
     ),
-    components(schemas(Transcription, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
+    components(schemas(Transcription, TranscriptionBatch, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
     modifiers(&BearerAuth, &ClosedLockBodies)
 )]
 pub(crate) struct ApiDoc;

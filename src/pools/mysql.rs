@@ -1,39 +1,342 @@
-//! The MySQL pool: bounded, lazy, and checked only when a connection has
-//! been idle long enough to have been dropped by the server.
+//! The MySQL pools: one per HTTP worker, `DB_POOL_MAX` split between them.
+//!
+//! A worker's pool is used from that worker's thread only, so it is a plain
+//! LIFO of idle connections behind a semaphore: a read never wakes another
+//! thread, checking a connection out or in spawns no task, and a connection
+//! whose query completed goes straight back (sqlx's general pool spawns a
+//! task and sends MySQL a COM_PING on every return: two round trips per read;
+//! bench/README.md, "Read path").
+//!
+//! At shutdown each worker closes its own pool on its own runtime once its
+//! last read has finished: every connection ends with COM_QUIT (MySQL counts
+//! no aborted client), and no read in flight is cut off.
 
-use std::time::Duration;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use sqlx::MySqlPool;
-use sqlx::mysql::MySqlPoolOptions;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
+use sqlx::{Connection, MySqlConnection, MySqlPool};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::DatabaseSettings;
 
-/// A pooled connection idle for longer than this is pinged before use,
-/// so a connection the server dropped (wait_timeout, restart) is replaced
-/// instead of failing a request. Busy connections skip the round trip.
-const TEST_IDLE_CONNECTION_AFTER: Duration = Duration::from_secs(30);
+/// A connection idle for longer than this is pinged before use, so one the
+/// server dropped (wait_timeout, restart) is replaced instead of failing a
+/// read. Busy connections skip the round trip.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
+/// Idle longer than this, a connection is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Connections are replaced after this long, so a replica's connections
+/// spread again over the servers behind a load balancer (Aurora readers).
+const MAX_LIFETIME: Duration = Duration::from_secs(1800);
 
-/// The serving pool: at most `DB_POOL_MAX` connections, opened on demand,
-/// so the service starts (not ready) while MySQL is down.
-pub fn serving_pool(database: &DatabaseSettings) -> MySqlPool {
-    MySqlPoolOptions::new()
-        .max_connections(database.pool_max)
-        .min_connections(0)
-        .acquire_timeout(database.acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
-        .max_lifetime(Duration::from_secs(1800))
-        .test_before_acquire(false)
-        .before_acquire(|conn, meta| {
-            Box::pin(async move {
-                if meta.idle_for > TEST_IDLE_CONNECTION_AFTER {
-                    use sqlx::Connection;
-                    // A failed ping makes the pool discard this connection and try another.
-                    return conn.ping().await.map(|_| true);
-                }
-                Ok(true)
-            })
+/// Why no connection could be checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcquireError {
+    /// None came free within `DB_ACQUIRE_TIMEOUT_MS`.
+    Exhausted,
+    /// MySQL refused or did not answer a new connection.
+    Unreachable,
+    /// The pool is closed (shutdown).
+    Closed,
+}
+
+/// The serving pools of one replica.
+pub(crate) struct MysqlPools {
+    /// How to connect, and the replica's total `DB_POOL_MAX`.
+    database: DatabaseSettings,
+    /// Connections each worker may open: the total split between workers,
+    /// the first `remainder` opened getting one more, so the shares add up
+    /// to `DB_POOL_MAX` exactly.
+    per_worker: usize,
+    remainder: usize,
+    /// Flips to true at shutdown: each pool then closes once quiet.
+    draining: watch::Receiver<bool>,
+    /// What every opened pool reports (read from other threads).
+    opened: Mutex<Vec<Arc<PoolReport>>>,
+}
+
+/// What a worker's pool tells the rest of the process.
+#[derive(Default)]
+struct PoolReport {
+    /// Connections open (idle or in use).
+    open: AtomicUsize,
+    /// Connections idle.
+    idle: AtomicUsize,
+    /// True once the pool is closed.
+    closed: watch::Sender<bool>,
+}
+
+/// One HTTP worker's pool. Not `Send`: it never leaves its worker's thread.
+pub(crate) struct WorkerPool {
+    options: MySqlConnectOptions,
+    acquire_timeout: Duration,
+    /// The worker's bound: its share of `DB_POOL_MAX`.
+    capacity: usize,
+    /// One permit per connection that may be in use.
+    permits: Arc<Semaphore>,
+    /// Idle connections, most recently used last.
+    idle: RefCell<Vec<IdleConnection>>,
+    /// Reads running now; the pool does not close before they end.
+    reads: Cell<usize>,
+    /// Woken when `reads` drops to zero.
+    quiet: Notify,
+    report: Arc<PoolReport>,
+}
+
+struct IdleConnection {
+    conn: MySqlConnection,
+    born: Instant,
+    since: Instant,
+}
+
+/// A checked-out connection: back to the pool when dropped, unless it failed.
+pub(crate) struct PooledConnection {
+    conn: Option<MySqlConnection>,
+    born: Instant,
+    pool: Rc<WorkerPool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// A read in flight on a worker's pool; the pool does not close before it ends.
+pub(crate) struct ReadInFlight(Rc<WorkerPool>);
+
+impl Drop for ReadInFlight {
+    fn drop(&mut self) {
+        let reads = self.0.reads.get() - 1;
+        self.0.reads.set(reads);
+        if reads == 0 {
+            self.0.quiet.notify_waiters();
+        }
+    }
+}
+
+impl MysqlPools {
+    /// Pools for `workers` HTTP workers; nothing connects until a read needs it.
+    pub(crate) fn new(
+        database: &DatabaseSettings,
+        workers: usize,
+        draining: watch::Receiver<bool>,
+    ) -> Arc<Self> {
+        let total = usize::try_from(database.pool_max).unwrap_or(usize::MAX);
+        Arc::new(Self {
+            per_worker: (total / workers.max(1)).max(1),
+            remainder: total % workers.max(1),
+            database: database.clone(),
+            draining,
+            opened: Mutex::default(),
         })
-        .connect_lazy_with(database.connect_options())
+    }
+
+    /// Opens the pool of the calling HTTP worker. Call it on that worker's
+    /// runtime (its app factory runs there): the pool's connections and, at
+    /// shutdown, its closing run there.
+    pub(crate) fn open_for_worker(&self) -> Rc<WorkerPool> {
+        let report = Arc::new(PoolReport::default());
+        let capacity = {
+            let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+            opened.push(Arc::clone(&report));
+            self.per_worker + usize::from(opened.len() <= self.remainder)
+        };
+        let pool = Rc::new(WorkerPool {
+            options: self.database.connect_options(),
+            acquire_timeout: self.database.acquire_timeout,
+            capacity,
+            permits: Arc::new(Semaphore::new(capacity)),
+            idle: RefCell::default(),
+            reads: Cell::new(0),
+            quiet: Notify::new(),
+            report,
+        });
+        let (closing, mut draining) = (Rc::clone(&pool), self.draining.clone());
+        tokio::task::spawn_local(async move {
+            if draining.wait_for(|d| *d).await.is_ok() {
+                closing.close_when_quiet().await;
+            }
+        });
+        pool
+    }
+
+    /// Connections open and idle, over every worker's pool.
+    pub(crate) fn sizes(&self) -> (u32, usize) {
+        let opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        opened.iter().fold((0, 0), |(open, idle), r| {
+            let count = r.open.load(Ordering::Relaxed);
+            (
+                open + u32::try_from(count).unwrap_or(u32::MAX),
+                idle + r.idle.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Waits (at most `patience`) until every worker has closed its pool.
+    pub(crate) async fn closed(&self, patience: Duration) {
+        let reports: Vec<_> = self
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(Arc::clone)
+            .collect();
+        let all = async {
+            for report in reports {
+                let _ = report.closed.subscribe().wait_for(|c| *c).await;
+            }
+        };
+        if tokio::time::timeout(patience, all).await.is_err() {
+            tracing::warn!("MySQL pools still busy at the end of the drain: closing anyway");
+        }
+    }
+}
+
+impl WorkerPool {
+    /// Most connections this pool holds at once (its share of `DB_POOL_MAX`).
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// How long a read may wait for a connection (`DB_ACQUIRE_TIMEOUT_MS`).
+    pub(crate) fn acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+
+    /// Counts a read until the returned guard drops.
+    pub(crate) fn begin_read(self: &Rc<Self>) -> ReadInFlight {
+        self.reads.set(self.reads.get() + 1);
+        ReadInFlight(Rc::clone(self))
+    }
+
+    /// A connection, waiting up to the acquire timeout for one to come free.
+    pub(crate) async fn acquire(self: &Rc<Self>) -> Result<PooledConnection, AcquireError> {
+        let started = Instant::now();
+        let permit = match tokio::time::timeout(
+            self.acquire_timeout,
+            Arc::clone(&self.permits).acquire_owned(),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => return Err(AcquireError::Closed),
+            Err(_elapsed) => return Err(AcquireError::Exhausted),
+        };
+        while let Some(idle) = self.take_idle() {
+            let IdleConnection {
+                mut conn,
+                born,
+                since,
+            } = idle;
+            if since.elapsed() > IDLE_TIMEOUT || born.elapsed() > MAX_LIFETIME {
+                self.retire(conn);
+                continue;
+            }
+            if since.elapsed() > PING_AFTER_IDLE && conn.ping().await.is_err() {
+                self.forget_one();
+                continue;
+            }
+            return Ok(self.checked_out(conn, born, permit));
+        }
+        let left = self.acquire_timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, MySqlConnection::connect_with(&self.options)).await {
+            Ok(Ok(conn)) => {
+                self.report.open.fetch_add(1, Ordering::Relaxed);
+                Ok(self.checked_out(conn, Instant::now(), permit))
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(error = %describe(&error), "MySQL connection failed");
+                Err(AcquireError::Unreachable)
+            }
+            Err(_elapsed) => Err(AcquireError::Unreachable),
+        }
+    }
+
+    fn take_idle(&self) -> Option<IdleConnection> {
+        let idle = self.idle.borrow_mut().pop()?;
+        self.report.idle.fetch_sub(1, Ordering::Relaxed);
+        Some(idle)
+    }
+
+    fn checked_out(
+        self: &Rc<Self>,
+        conn: MySqlConnection,
+        born: Instant,
+        permit: OwnedSemaphorePermit,
+    ) -> PooledConnection {
+        PooledConnection {
+            conn: Some(conn),
+            born,
+            pool: Rc::clone(self),
+            _permit: permit,
+        }
+    }
+
+    /// A connection that failed: dropped without ceremony.
+    fn forget_one(&self) {
+        self.report.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A healthy connection no longer wanted: closed with COM_QUIT, in the background.
+    fn retire(&self, conn: MySqlConnection) {
+        self.forget_one();
+        tokio::task::spawn_local(async move {
+            let _ = conn.close().await;
+        });
+    }
+
+    /// Closes the pool once no read is in flight: every idle connection
+    /// with COM_QUIT; a read that comes later is refused.
+    async fn close_when_quiet(&self) {
+        loop {
+            let quiet = self.quiet.notified();
+            if self.reads.get() == 0 {
+                break;
+            }
+            quiet.await;
+        }
+        self.permits.close();
+        let idle: Vec<IdleConnection> = std::mem::take(&mut *self.idle.borrow_mut());
+        for connection in idle {
+            self.report.idle.fetch_sub(1, Ordering::Relaxed);
+            self.forget_one();
+            let _ = connection.conn.close().await;
+        }
+        self.report.closed.send_replace(true);
+    }
+}
+
+impl PooledConnection {
+    /// The connection.
+    pub(crate) fn conn(&mut self) -> &mut MySqlConnection {
+        // Present until drop or `discard`.
+        self.conn.as_mut().expect("a checked-out connection")
+    }
+
+    /// Drops the connection instead of returning it (after an error or a
+    /// timeout its state is unknown).
+    pub(crate) fn discard(mut self) {
+        if self.conn.take().is_some() {
+            self.pool.forget_one();
+        }
+    }
+}
+
+impl Drop for PooledConnection {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        if self.pool.permits.is_closed() {
+            // Shutting down: close it properly.
+            self.pool.retire(conn);
+            return;
+        }
+        self.pool.idle.borrow_mut().push(IdleConnection {
+            conn,
+            born: self.born,
+            since: Instant::now(),
+        });
+        self.pool.report.idle.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A small pool for `migrate` and `seed`, connected at once so a wrong URL

@@ -7,16 +7,22 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use tokio::runtime::Handle;
 
 type InFlight<K, V> = Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>;
 
 /// Runs at most one computation per key at a time; callers that arrive while
-/// it runs wait for the same result instead of starting their own.
-pub(super) struct Coalescer<K, V: Clone> {
+/// it runs wait for the same result instead of starting their own. Clones
+/// share the computations in flight (one coalescer serves every worker).
+pub(crate) struct Coalescer<K, V: Clone> {
     in_flight: InFlight<K, V>,
-    /// Where computations run (the runtime that owns the pools' connections).
-    runtime: Handle,
+}
+
+impl<K, V: Clone> Clone for Coalescer<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            in_flight: Arc::clone(&self.in_flight),
+        }
+    }
 }
 
 impl<K, V> Coalescer<K, V>
@@ -24,21 +30,21 @@ where
     K: Eq + Hash + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// A coalescer whose computations run on `runtime`.
-    pub(super) fn new(runtime: Handle) -> Self {
+    /// A coalescer with nothing in flight.
+    pub(crate) fn new() -> Self {
         Self {
             in_flight: Arc::new(Mutex::new(HashMap::new())),
-            runtime,
         }
     }
 
     /// The result for `key`, computed by `start` unless a computation for
     /// `key` is already running. The flag says whether this call joined one.
     ///
-    /// The computation runs in its own task: a caller that goes away (client
-    /// disconnect) never cancels a query that others are waiting on, and a
-    /// query is never cut off mid-protocol on its connection.
-    pub(super) async fn run<F, Fut>(
+    /// The computation runs in its own task, on the caller's thread (an HTTP
+    /// worker's, inside its `LocalSet`: its pool lives there): a caller that goes
+    /// away (client disconnect) never cancels a query that others are waiting
+    /// on, and a query is never cut off mid-protocol on its connection.
+    pub(crate) async fn run<F, Fut>(
         &self,
         key: K,
         start: F,
@@ -46,7 +52,7 @@ where
     ) -> (V, bool)
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = V> + Send + 'static,
+        Fut: Future<Output = V> + 'static,
     {
         let (shared, joined) = {
             let mut map = self
@@ -56,7 +62,7 @@ where
             match map.get(&key) {
                 Some(running) => (running.clone(), true),
                 None => {
-                    let task = self.runtime.spawn(start());
+                    let task = tokio::task::spawn_local(start());
                     let in_flight = Arc::clone(&self.in_flight);
                     let task_key = key.clone();
                     let shared = async move {
@@ -87,12 +93,18 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_calls_for_one_key_share_one_computation() {
-        let coalescer = Arc::new(Coalescer::<u64, u64>::new(Handle::current()));
+        tokio::task::LocalSet::new()
+            .run_until(share_one_computation())
+            .await;
+    }
+
+    async fn share_one_computation() {
+        let coalescer = Arc::new(Coalescer::<u64, u64>::new());
         let runs = Arc::new(AtomicUsize::new(0));
         let mut calls = Vec::new();
         for _ in 0..50 {
             let (coalescer, runs) = (Arc::clone(&coalescer), Arc::clone(&runs));
-            calls.push(tokio::spawn(async move {
+            calls.push(tokio::task::spawn_local(async move {
                 coalescer
                     .run(
                         7,

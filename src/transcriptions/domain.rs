@@ -33,6 +33,37 @@ impl TranscriptionId {
     }
 }
 
+/// Most ids one batch read may ask for (one SQL query answers them all).
+pub(crate) const MAX_IDS_PER_BATCH: usize = 100;
+
+/// Parses a batch's `42,43,7`: 1 to [`MAX_IDS_PER_BATCH`] distinct ids, each
+/// as strict as a single id. The error names the offending item.
+pub(crate) fn parse_id_list(raw: &str) -> Result<Vec<TranscriptionId>, String> {
+    if raw.is_empty() {
+        return Err("must list 1 to 100 ids separated by commas".to_owned());
+    }
+    let mut ids: Vec<TranscriptionId> = Vec::new();
+    for (position, item) in raw.split(',').enumerate() {
+        if position == MAX_IDS_PER_BATCH {
+            return Err(format!("at most {MAX_IDS_PER_BATCH} ids per request"));
+        }
+        let id = TranscriptionId::parse(item)
+            .map_err(|why| format!("id #{} ({:?}) {why}", position + 1, truncated(item)))?;
+        if ids.contains(&id) {
+            return Err(format!("id {id} is repeated; list each id once"));
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// At most 24 characters of a bad item, so a huge one does not flood the answer.
+fn truncated(item: &str) -> &str {
+    item.char_indices()
+        .nth(24)
+        .map_or(item, |(end, _)| &item[..end])
+}
+
 impl fmt::Display for TranscriptionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
@@ -82,6 +113,36 @@ fn rfc3339_millis<S: serde::Serializer>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn id_lists_are_one_to_a_hundred_distinct_strict_ids() {
+        let ids = parse_id_list("42,43,7").unwrap();
+        assert_eq!(
+            ids.iter().map(|id| id.get()).collect::<Vec<_>>(),
+            [42, 43, 7]
+        );
+        let hundred = (1..=100)
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(parse_id_list(&hundred).unwrap().len(), 100);
+        let too_many = format!("{hundred},101");
+        assert!(
+            parse_id_list(&too_many)
+                .unwrap_err()
+                .contains("at most 100")
+        );
+        assert!(
+            parse_id_list("1,2,1")
+                .unwrap_err()
+                .contains("id 1 is repeated")
+        );
+        for bad in ["", ",", "1,", ",1", "1,,2", "1, 2", "1,02", "1,-2", "1;2"] {
+            assert!(parse_id_list(bad).is_err(), "{bad:?} should be refused");
+        }
+        let long = format!("1,{}", "9".repeat(1000));
+        assert!(parse_id_list(&long).unwrap_err().len() < 200);
+    }
 
     #[test]
     fn ids_parse_strictly() {

@@ -1,14 +1,18 @@
 //! Coalesced, rendered reads: the domain side of `GET /transcriptions/{id}`.
 
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use actix_web::http::header::HeaderValue;
 use bytes::Bytes;
 
+use super::batcher::ReadBatcher;
 use super::coalesce::Coalescer;
 use super::domain::{Transcription, TranscriptionId};
 use super::repo::{ReadError, TranscriptionRepo};
 use crate::metrics::Metrics;
+use crate::pools::mysql::WorkerPool;
 
 /// A transcription serialized once and shared by every coalesced caller.
 #[derive(Debug)]
@@ -22,35 +26,43 @@ pub(crate) struct RenderedTranscription {
 /// What a read yields: the rendered row, none, or why MySQL could not say.
 pub(crate) type ReadOutcome = Result<Option<Arc<RenderedTranscription>>, ReadError>;
 
-/// Reads rows through the repository, one query per id in flight.
+/// Reads of one id in flight, shared by every worker's reader.
+pub(crate) type ReadCoalescer = Coalescer<TranscriptionId, ReadOutcome>;
+
+/// Reads rows through the worker's batcher, one read per id in flight.
 pub(crate) struct TranscriptionReader {
     repo: TranscriptionRepo,
-    coalescer: Coalescer<TranscriptionId, ReadOutcome>,
+    batcher: ReadBatcher,
+    coalescer: ReadCoalescer,
     metrics: Metrics,
 }
 
 impl TranscriptionReader {
-    /// A reader over `repo`; queries run on `runtime` (the pool's).
-    pub(crate) fn new(
-        repo: TranscriptionRepo,
+    /// The reader of one HTTP worker: over its pool, coalescing through
+    /// `coalescer` (shared by the workers).
+    pub(crate) fn for_worker(
+        pool: Rc<WorkerPool>,
+        coalescer: ReadCoalescer,
         metrics: Metrics,
-        runtime: tokio::runtime::Handle,
     ) -> Self {
+        let (max_queries, queue_limit) = (pool.capacity(), pool.acquire_timeout());
+        let repo = TranscriptionRepo::new(pool, metrics.clone());
         Self {
+            batcher: ReadBatcher::new(repo.clone(), metrics.clone(), max_queries, queue_limit),
             repo,
-            coalescer: Coalescer::new(runtime),
+            coalescer,
             metrics,
         }
     }
 
     /// The rendered row, sharing the query with concurrent reads of the same id.
     pub(crate) async fn read(&self, id: TranscriptionId) -> ReadOutcome {
-        let repo = self.repo.clone();
+        let batcher = self.batcher.clone();
         let (outcome, joined) = self
             .coalescer
             .run(
                 id,
-                move || async move { render(repo.get(id).await?) },
+                move || async move { render(batcher.read(id).await?) },
                 || Err(ReadError::Unreachable),
             )
             .await;
@@ -58,6 +70,32 @@ impl TranscriptionReader {
             self.metrics.coalesced_reads.inc();
         }
         outcome
+    }
+}
+
+impl TranscriptionReader {
+    /// The rows for a batch of distinct ids, in the order asked, and the ids
+    /// with no row: one query of its own (a batch is already a batch, so it
+    /// neither queues behind single reads nor coalesces with them).
+    pub(crate) async fn read_many(
+        &self,
+        ids: &[TranscriptionId],
+    ) -> Result<(Vec<Transcription>, Vec<TranscriptionId>), ReadError> {
+        let mut found: HashMap<u64, Transcription> = self
+            .repo
+            .get_many(ids)
+            .await?
+            .into_iter()
+            .map(|row| (row.transcription_id, row))
+            .collect();
+        let (mut rows, mut missing) = (Vec::with_capacity(found.len()), Vec::new());
+        for &id in ids {
+            match found.remove(&id.get()) {
+                Some(row) => rows.push(row),
+                None => missing.push(id),
+            }
+        }
+        Ok((rows, missing))
     }
 }
 

@@ -8,5 +8,6 @@ mod lock_faults;
 mod locks;
 mod production;
 mod redis_pool;
+mod transcription_batches;
 mod transcription_faults;
 mod transcriptions;

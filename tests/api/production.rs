@@ -164,6 +164,60 @@ async fn keys_never_reach_the_logs_but_their_names_do() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn at_info_each_request_writes_one_json_line_with_its_id_route_status_and_latency() {
+    let (_db, url) = create_database(&mysql_admin_url()).await;
+    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
+    env.insert("RUST_LOG".into(), "info".into());
+    let mut service = ServiceProcess::start_logged(env).await;
+    let http = client();
+    for (request_id, path) in [
+        ("line-single-1", "/transcriptions/424242"),
+        ("line-batch-1", "/transcriptions?ids=424242,7"),
+        ("line-bad-1", "/transcriptions/042"),
+    ] {
+        let _ = http
+            .get(format!("{}{path}", service.base))
+            .bearer_auth(TEST_KEY)
+            .header("x-request-id", request_id)
+            .send()
+            .await
+            .unwrap();
+    }
+    service.process.signal(Signal::SIGTERM);
+    drop(http);
+    let _ = service.process.child().wait();
+    let logs = service.logs();
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    for (request_id, route, status) in [
+        ("line-single-1", "/transcriptions/{id}", 404),
+        ("line-batch-1", "/transcriptions", 200),
+        ("line-bad-1", "/transcriptions/{id}", 400),
+    ] {
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["request_id"] == request_id)
+            .collect();
+        assert_eq!(mine.len(), 1, "one line for {request_id}:\n{logs}");
+        let line = mine[0];
+        assert_eq!(line["level"], "INFO");
+        assert_eq!(line["message"], "request completed");
+        assert_eq!(line["route"], route);
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["status"], status);
+        assert_eq!(line["api_key"], "tests");
+        assert!(
+            line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+            "{line}"
+        );
+        let at = line["timestamp"].as_str().unwrap();
+        assert!(at.ends_with('Z') && at.len() >= 20, "RFC 3339 UTC: {at}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn past_the_in_flight_cap_requests_are_shed_at_once_while_the_rest_succeed() {
     let app = std::sync::Arc::new(
         spawn_app_with(|env| {

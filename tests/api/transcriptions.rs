@@ -211,7 +211,7 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
 #[tokio::test(flavor = "multi_thread")]
 async fn five_hundred_concurrent_reads_never_open_more_than_the_pool_bound() {
     let app = crate::helpers::spawn_app_with(|env| {
-        env.insert("DB_POOL_MAX".into(), "4".into());
+        env.insert("DB_POOL_MAX".into(), "3".into());
         env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "10000".into());
     })
     .await;
@@ -270,7 +270,10 @@ async fn five_hundred_concurrent_reads_never_open_more_than_the_pool_bound() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.await.unwrap();
     assert!(peak >= 1, "the sampler saw the pool at work");
-    assert!(peak <= 4, "peak connections {peak} exceed DB_POOL_MAX=4");
+    assert!(
+        peak <= 3,
+        "peak connections {peak} exceed DB_POOL_MAX=3 (split 2 + 1 between the two workers)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,10 +5,11 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{Error, web};
+use actix_web::{Error, HttpMessage, web};
 
 use actix_web::http::Method;
 
+use super::request_context::Route;
 use crate::metrics::Metrics;
 
 /// A metric label or log field for `method`: a closed set, so no client can
@@ -36,6 +37,11 @@ pub(crate) async fn track_requests(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<Route>()
+        .cloned()
+        .unwrap_or_else(Route::unmatched);
     let started = Instant::now();
     if let Some(m) = &metrics {
         m.requests_in_flight.inc();
@@ -43,13 +49,11 @@ pub(crate) async fn track_requests(
     let outcome = next.call(req).await;
     if let Some(m) = metrics {
         m.requests_in_flight.dec();
-        // The route is known only once the router has run, i.e. after the call.
-        let (route, status) = match &outcome {
-            Ok(response) => (response.request().match_pattern(), response.status()),
-            Err(error) => (None, error.as_response_error().status_code()),
+        let status = match &outcome {
+            Ok(response) => response.status(),
+            Err(error) => error.as_response_error().status_code(),
         };
-        let route = route.unwrap_or_else(|| "unmatched".to_owned());
-        let labels = [route.as_str(), method, status.as_str()];
+        let labels = [&*route.0, method, status.as_str()];
         m.requests.with_label_values(&labels).inc();
         m.request_duration
             .with_label_values(&labels)

@@ -7,4 +7,4 @@ pub(crate) mod compact_headers;
 pub(crate) mod edge_guard;
 pub(crate) mod metrics;
 pub(crate) mod overload;
-pub(crate) mod request_id;
+pub(crate) mod request_context;

@@ -1,16 +1,22 @@
 //! `GET /transcriptions/{id}`: strict id, coalesced read, ETag / 304.
+//! `GET /transcriptions?ids=...`: up to a hundred rows in one query.
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::http::error::ApiError;
-use crate::transcriptions::{ReadError, Transcription, TranscriptionId, TranscriptionReader};
+use serde::Serialize;
+
+use crate::transcriptions::{
+    ReadError, Transcription, TranscriptionId, TranscriptionReader, parse_id_list,
+};
 
 impl From<ReadError> for ApiError {
     fn from(error: ReadError) -> Self {
         ApiError::Unavailable(match error {
             ReadError::PoolExhausted => "the MySQL connection pool is exhausted",
             ReadError::Unreachable => "MySQL is unreachable",
+            ReadError::ShuttingDown => "the service is shutting down",
         })
     }
 }
@@ -70,4 +76,79 @@ pub(crate) async fn get_transcription(
         .content_type("application/json")
         .insert_header((header::ETAG, rendered.etag.clone()))
         .body(rendered.body.clone()))
+}
+
+/// The answer to a batch read.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TranscriptionBatch {
+    /// The rows found, in the order their ids were asked.
+    transcriptions: Vec<Transcription>,
+    /// The ids asked that have no row, in the order asked.
+    #[schema(value_type = Vec<u64>)]
+    missing: Vec<u64>,
+}
+
+/// The ids of `?ids=42,43,7`: exactly one `ids` parameter (percent-encoded
+/// commas are commas) and nothing else, so a typo is a 400, not a silent default.
+fn batch_ids(query: &str) -> Result<Vec<TranscriptionId>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| ApiError::invalid_field("ids", "the query string is not form-encoded"))?;
+    let mut ids = None;
+    for (name, value) in pairs {
+        if name != "ids" {
+            return Err(ApiError::invalid_field(
+                "query",
+                format!(
+                    "unknown parameter {:?}; only `ids` is accepted",
+                    name.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+        if ids.replace(value).is_some() {
+            return Err(ApiError::invalid_field(
+                "ids",
+                "give `ids` once, as a comma-separated list",
+            ));
+        }
+    }
+    let ids = ids.ok_or_else(|| {
+        ApiError::invalid_field("ids", "required: a comma-separated list of 1 to 100 ids")
+    })?;
+    parse_id_list(&ids).map_err(|why| ApiError::invalid_field("ids", why))
+}
+
+/// `GET /transcriptions?ids=...`.
+#[utoipa::path(
+    get,
+    path = "/transcriptions",
+    tag = "transcriptions",
+    security(("bearer" = [])),
+    params(
+        ("ids" = String, Query, example = "42,43,7",
+            description = "1 to 100 distinct ids, comma-separated, each written as [1-9][0-9]*; a bad, repeated or 101st id is 400"),
+        ("x-request-id" = Option<String>, Header, description = "Echoed back when 1-64 chars of [A-Za-z0-9._-]"),
+    ),
+    responses(
+        (status = 200, description = "The rows found in the order asked, and the ids with no row", body = TranscriptionBatch),
+        (status = 400, description = "A bad, repeated or 101st id, or a parameter other than `ids`", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong key", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 503, description = "MySQL unreachable or pool exhausted", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
+    )
+)]
+pub(crate) async fn get_transcriptions(
+    request: HttpRequest,
+    reader: web::Data<TranscriptionReader>,
+) -> Result<HttpResponse, ApiError> {
+    let ids = batch_ids(request.query_string())?;
+    let (transcriptions, missing) = reader.read_many(&ids).await?;
+    let batch = TranscriptionBatch {
+        transcriptions,
+        missing: missing.into_iter().map(TranscriptionId::get).collect(),
+    };
+    // Only strings and numbers: serialization cannot fail.
+    let body = serde_json::to_vec(&batch).unwrap_or_default();
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }

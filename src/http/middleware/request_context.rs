@@ -1,7 +1,8 @@
-//! The request id every response carries: the caller's `x-request-id` when it
-//! is 1–64 chars of `[A-Za-z0-9._-]`, otherwise a new one.
+//! What every request carries from the start: its id (the caller's
+//! `x-request-id` when it is 1–64 chars of `[A-Za-z0-9._-]`, otherwise a new
+//! one, echoed on every response), when it arrived, and its route template.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -10,14 +11,10 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage};
 
+use crate::telemetry;
+
 /// The response header carrying the request id.
 pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
-
-tokio::task_local! {
-    /// The id of the request being served, so error bodies can quote it
-    /// without every handler threading it through.
-    static REQUEST_ID: Arc<str>;
-}
 
 /// The request id, in request extensions (for the access log span).
 #[derive(Clone, Debug)]
@@ -27,9 +24,26 @@ pub(crate) struct RequestId(pub Arc<str>);
 #[derive(Clone, Copy)]
 pub(crate) struct RequestStart(pub Instant);
 
-/// The id of the request this task is serving, if any.
-pub(crate) fn current() -> Option<Arc<str>> {
-    REQUEST_ID.try_with(Arc::clone).ok()
+/// The route template the request matched (`/transcriptions/{id}`), or
+/// `unmatched`: never the raw path, so labels and log fields stay a closed set.
+///
+/// Found once here: actix answers `match_pattern` by running the router
+/// again (a regex match per dynamic route), and the access log and the
+/// metrics both need it.
+#[derive(Clone, Debug)]
+pub(crate) struct Route(pub Arc<str>);
+
+impl Route {
+    fn of(req: &ServiceRequest) -> Self {
+        req.match_pattern()
+            .map_or_else(Self::unmatched, |pattern| Self(pattern.into()))
+    }
+
+    /// What requests no route matched are labelled.
+    pub(crate) fn unmatched() -> Self {
+        static UNMATCHED: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unmatched"));
+        Self(Arc::clone(&UNMATCHED))
+    }
 }
 
 /// A caller's id is kept when it is 1–64 chars of `[A-Za-z0-9._-]`.
@@ -50,9 +64,10 @@ fn new_request_id() -> Arc<str> {
 }
 
 /// Outermost middleware: picks the request id, makes it visible to error
-/// rendering, and stamps it on every response (errors included). Inner
-/// middlewares answer errors as responses (never `Err`) so none escapes this.
-pub(crate) async fn stamp_request_id(
+/// rendering and logging, notes arrival and route, and stamps the id on
+/// every response (errors included). Inner middlewares answer errors as
+/// responses (never `Err`) so none escapes this.
+pub(crate) async fn stamp_request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
@@ -60,10 +75,14 @@ pub(crate) async fn stamp_request_id(
         Some(v) if is_acceptable(v.as_bytes()) => Arc::from(v.to_str().unwrap_or_default()),
         _ => new_request_id(),
     };
-    req.extensions_mut().insert(RequestId(Arc::clone(&id)));
-    req.extensions_mut().insert(RequestStart(Instant::now()));
-    let mut response = REQUEST_ID
-        .scope(Arc::clone(&id), next.call(req))
+    let route = Route::of(&req);
+    {
+        let mut extensions = req.extensions_mut();
+        extensions.insert(RequestId(Arc::clone(&id)));
+        extensions.insert(RequestStart(Instant::now()));
+        extensions.insert(route);
+    }
+    let mut response = telemetry::serving(Arc::clone(&id), next.call(req))
         .await?
         .map_into_boxed_body();
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -1,0 +1,212 @@
+//! Group reads: the ids asked for while a worker's connections are busy go
+//! to MySQL together, in one `IN (...)` query, as soon as one comes free.
+//!
+//! A query's fixed costs (a round trip, the result's column definitions,
+//! MySQL's per-statement work) dwarf the cost of one more primary key, so
+//! under load most of a read's cost was that overhead, paid once per id.
+//! Nothing waits on purpose: an id asked for while a connection is free goes
+//! alone and at once; only ids that would have queued for a connection
+//! anyway share the next query (group commit). So batching costs no latency
+//! when idle and saves the most when busy (bench/README.md, "Read path").
+//!
+//! One batcher per HTTP worker, on that worker's thread, over its pool.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::domain::{Transcription, TranscriptionId};
+use super::repo::{MAX_IDS_PER_QUERY, ReadError, TranscriptionRepo};
+use crate::metrics::Metrics;
+
+/// What one id's read yields.
+pub(crate) type RowOutcome = Result<Option<Transcription>, ReadError>;
+
+/// Groups one worker's reads into as few queries as its connections allow.
+#[derive(Clone)]
+pub(crate) struct ReadBatcher {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    repo: TranscriptionRepo,
+    metrics: Metrics,
+    /// Flushers that may run at once: the worker's share of `DB_POOL_MAX`.
+    max_flushers: usize,
+    /// How long an id may wait for a connection before its caller gets 503.
+    queue_limit: Duration,
+    state: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Ids waiting for a query, in the order first asked.
+    queue: VecDeque<TranscriptionId>,
+    /// The callers of each queued id. An id not here was taken or withdrawn.
+    callers: HashMap<TranscriptionId, Vec<oneshot::Sender<RowOutcome>>>,
+    /// Flusher tasks running.
+    flushers: usize,
+    /// Flushers started that have not taken their first batch yet: while
+    /// one exists, a new id will be picked up without starting another.
+    starting: usize,
+}
+
+impl ReadBatcher {
+    /// A batcher over `repo`, running at most `max_flushers` queries at once.
+    pub(crate) fn new(
+        repo: TranscriptionRepo,
+        metrics: Metrics,
+        max_flushers: usize,
+        queue_limit: Duration,
+    ) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                repo,
+                metrics,
+                max_flushers: max_flushers.max(1),
+                queue_limit,
+                state: RefCell::default(),
+            }),
+        }
+    }
+
+    /// The row with this id, read in the next query this worker sends.
+    ///
+    /// The caller waits at most the acquire timeout for its id to be taken
+    /// into a query (then 503, as when no pooled connection comes free);
+    /// once taken, the query runs to its end (bounded by the repository)
+    /// whether or not the caller is still there.
+    pub(crate) async fn read(&self, id: TranscriptionId) -> RowOutcome {
+        let mut answer = self.enqueue(id);
+        if let Ok(outcome) = tokio::time::timeout(self.inner.queue_limit, &mut answer).await {
+            return outcome.unwrap_or(Err(ReadError::Unreachable));
+        }
+        match self.withdraw(id, answer) {
+            None => Err(ReadError::PoolExhausted),
+            // Taken into a query: the answer comes when it ends.
+            Some(answer) => answer.await.unwrap_or(Err(ReadError::Unreachable)),
+        }
+    }
+
+    fn enqueue(&self, id: TranscriptionId) -> oneshot::Receiver<RowOutcome> {
+        let (tx, rx) = oneshot::channel();
+        let mut state = self.inner.state.borrow_mut();
+        let callers = state.callers.entry(id).or_default();
+        let first = callers.is_empty();
+        callers.push(tx);
+        if first {
+            state.queue.push_back(id);
+        }
+        if state.starting == 0 && state.flushers < self.inner.max_flushers {
+            state.flushers += 1;
+            state.starting += 1;
+            tokio::task::spawn_local(Rc::clone(&self.inner).flush());
+        }
+        rx
+    }
+
+    /// Takes a caller whose wait ran out off the queue, or hands its
+    /// receiver back when its id was already taken into a query.
+    fn withdraw(
+        &self,
+        id: TranscriptionId,
+        answer: oneshot::Receiver<RowOutcome>,
+    ) -> Option<oneshot::Receiver<RowOutcome>> {
+        let mut state = self.inner.state.borrow_mut();
+        let Some(callers) = state.callers.get_mut(&id) else {
+            return Some(answer);
+        };
+        drop(answer);
+        callers.retain(|caller| !caller.is_closed());
+        if callers.is_empty() {
+            state.callers.remove(&id);
+        }
+        None
+    }
+}
+
+/// A running flusher's place in the counts, given back however it ends.
+struct FlusherSlot {
+    inner: Rc<Inner>,
+    starting: bool,
+}
+
+impl Drop for FlusherSlot {
+    fn drop(&mut self) {
+        let mut state = self.inner.state.borrow_mut();
+        state.flushers -= 1;
+        if self.starting {
+            state.starting -= 1;
+        }
+    }
+}
+
+impl Inner {
+    /// Sends queued ids to MySQL, up to a hundred per query, until none is left.
+    async fn flush(self: Rc<Self>) {
+        let mut slot = FlusherSlot {
+            inner: Rc::clone(&self),
+            starting: true,
+        };
+        loop {
+            let batch = self.take_batch(&mut slot);
+            if batch.is_empty() {
+                return;
+            }
+            let ids: Vec<TranscriptionId> = batch.iter().map(|(id, _)| *id).collect();
+            self.metrics.mysql_read_batch_size.observe(ids.len() as f64);
+            match self.repo.get_many(&ids).await {
+                Ok(rows) => {
+                    let mut rows: HashMap<u64, Transcription> = rows
+                        .into_iter()
+                        .map(|row| (row.transcription_id, row))
+                        .collect();
+                    for (id, callers) in batch {
+                        answer(callers, Ok(rows.remove(&id.get())));
+                    }
+                }
+                Err(error) => {
+                    for (_, callers) in batch {
+                        answer(callers, Err(error));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next ids to query with their callers (the oldest first).
+    fn take_batch(
+        &self,
+        slot: &mut FlusherSlot,
+    ) -> Vec<(TranscriptionId, Vec<oneshot::Sender<RowOutcome>>)> {
+        let mut state = self.state.borrow_mut();
+        if std::mem::take(&mut slot.starting) {
+            state.starting -= 1;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < MAX_IDS_PER_QUERY {
+            let Some(id) = state.queue.pop_front() else {
+                break;
+            };
+            // Absent: withdrawn, or taken already under an earlier entry.
+            if let Some(callers) = state.callers.remove(&id) {
+                batch.push((id, callers));
+            }
+        }
+        batch
+    }
+}
+
+/// Sends `outcome` to every caller (a caller that went away is skipped).
+fn answer(mut callers: Vec<oneshot::Sender<RowOutcome>>, outcome: RowOutcome) {
+    let last = callers.pop();
+    for caller in callers {
+        let _gone = caller.send(outcome.clone());
+    }
+    if let Some(last) = last {
+        let _gone = last.send(outcome);
+    }
+}
