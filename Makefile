@@ -10,7 +10,7 @@ DEMO_KEY ?= dev:dev-key-change-me-0001
 
 help:
 	@echo "make run    # local MariaDB + Redis, migrate, seed $(DEMO_ROWS) demo rows, serve on :8080"
-	@echo "make test   # local MariaDB + Redis, then the whole test suite"
+	@echo "make test   # local MariaDB + Redis, then the whole test suite (Rust, then the Node and Python clients)"
 
 services:
 	@$(SERVICES) start
@@ -32,6 +32,7 @@ run: services
 
 test: services
 	@$(ENV); ulimit -n 65536 2>/dev/null || true; cargo nextest run --workspace --all-targets --no-fail-fast
+	@clients/test.sh
 
 lint:
 	cargo fmt --all -- --check

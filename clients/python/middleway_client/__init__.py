@@ -1,0 +1,20 @@
+"""middleway-client: transcriptions and distributed locks from functions, through middleway."""
+
+from ._model import Batch, Lock
+from .aio import AsyncMiddleway
+from .client import Middleway
+from .errors import (
+    InvalidRequest,
+    LockLost,
+    LockTimeout,
+    MiddlewayError,
+    NotHeld,
+    PermitsMismatch,
+    Unauthorized,
+    Unavailable,
+)
+
+__all__ = [
+    "AsyncMiddleway", "Batch", "InvalidRequest", "Lock", "LockLost", "LockTimeout", "Middleway",
+    "MiddlewayError", "NotHeld", "PermitsMismatch", "Unauthorized", "Unavailable",
+]

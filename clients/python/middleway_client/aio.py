@@ -1,0 +1,130 @@
+"""The asyncio client: ``async with AsyncMiddleway(url, key) as mw: ...``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, AsyncIterator, Dict, Optional, Sequence, Union
+
+import httpx
+
+from . import _policy as policy
+from ._model import Batch, Lock
+from .errors import LockLost, NotHeld
+
+Id = Union[int, str]
+
+
+class AsyncMiddleway:
+    def __init__(self, url: str, key: str, **settings: Any) -> None:
+        self.settings = policy.Settings(url, key, **settings)
+        self._http = httpx.AsyncClient(base_url=self.settings.url, limits=httpx.Limits(max_keepalive_connections=4))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncMiddleway":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def transcription(self, id: Id, deadline_s: Optional[float] = None) -> Optional[Dict[str, Any]]:
+        response = await self._call(policy.Call("GET", f"/transcriptions/{id}", allowed=(404,)), deadline_s)
+        return None if response.status_code == 404 else response.json()
+
+    async def transcriptions(self, ids: Sequence[Id], deadline_s: Optional[float] = None) -> Batch:
+        path = "/transcriptions?ids=" + ",".join(str(i) for i in ids)
+        return Batch(**(await self._call(policy.Call("GET", path), deadline_s)).json())
+
+    async def acquire(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000, permits: int = 1,
+                      deadline_s: Optional[float] = None) -> Lock:
+        deadline = self.settings.deadline(deadline_s)
+        body = policy.acquire_body(name, wait_ms, lease_ms, permits, deadline)
+        call = policy.Call("POST", "/locks", body, idempotent=False, server_wait_s=body["wait_ms"] / 1000)
+        return Lock.from_grant((await self._call(call, deadline=deadline)).json())
+
+    async def release(self, name: str, token: str, deadline_s: Optional[float] = None) -> None:
+        try:
+            await self._call(policy.Call("POST", "/locks", {"op": "release", "name": name, "token": token}), deadline_s)
+        except NotHeld as error:
+            if error.reason != "released":
+                raise
+
+    async def extend(self, name: str, token: str, lease_ms: int, deadline_s: Optional[float] = None) -> Lock:
+        body = {"op": "extend", "name": name, "token": token, "lease_ms": lease_ms}
+        return Lock.from_grant((await self._call(policy.Call("POST", "/locks", body), deadline_s)).json())
+
+    async def inspect(self, name: str, token: Optional[str] = None,
+                      deadline_s: Optional[float] = None) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"op": "inspect", "name": name}
+        if token is not None:
+            body["token"] = token
+        return (await self._call(policy.Call("POST", "/locks", body), deadline_s)).json()
+
+    @contextlib.asynccontextmanager
+    async def lock(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000,
+                   permits: int = 1) -> AsyncIterator[Lock]:
+        """As ``Middleway.lock``; ``lock.lost`` is an ``asyncio.Event``."""
+        asked = time.monotonic()
+        grant = await self.acquire(name, wait_ms, lease_ms, permits)
+        grant.lost = asyncio.Event()
+        keeper = asyncio.ensure_future(self._keep(grant, lease_ms / 1000, asked))
+        body_error: Optional[BaseException] = None
+        try:
+            yield grant
+        except BaseException as error:  # re-raised below, or chained to LockLost
+            body_error = error
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+        if not grant.lost.is_set():
+            try:
+                await self.release(name, grant.token)
+            except NotHeld as error:
+                _lose(grant, error.reason)
+        if grant.lost.is_set():
+            raise LockLost(grant.lost_reason or "expired") from body_error
+        if body_error is not None:
+            raise body_error
+
+    async def _keep(self, grant: Lock, lease_s: float, asked: float) -> None:
+        held_until = asked + lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            asked = time.monotonic()
+            try:
+                await self.extend(grant.name, grant.token, int(lease_s * 1000), max(held_until - asked, 1.0))
+                held_until = asked + lease_s
+            except NotHeld as error:
+                return _lose(grant, error.reason)
+            except Exception:  # transient: keep trying while the lease may hold
+                if time.monotonic() >= held_until:
+                    return _lose(grant, "expired")
+
+    async def _call(self, call: policy.Call, deadline_s: Optional[float] = None,
+                    deadline: Optional[float] = None) -> httpx.Response:
+        call.deadline = deadline if deadline is not None else self.settings.deadline(deadline_s)
+        headers = self.settings.request_headers()
+        attempt = 0
+        while True:
+            timeout = policy.attempt_timeout(self.settings, call)
+            try:
+                response = await self._http.request(call.method, call.path, json=call.body, headers=headers,
+                                                    timeout=timeout)
+                retry = policy.judge_response(response, call, attempt)
+                if retry is None:
+                    return response
+            except httpx.HTTPError as failure:
+                retry = policy.judge_failure(failure, call, attempt)
+            if policy.give_up(self.settings, call, attempt, retry):
+                raise retry.last
+            await asyncio.sleep(retry.delay_s)
+            attempt += 1
+
+
+def _lose(grant: Lock, reason: str) -> None:
+    if not grant.lost.is_set():
+        grant.lost_reason = reason
+        grant.lost.set()
