@@ -42,9 +42,33 @@ fi
 # (a MariaDB restarted since seeding would otherwise favour later cells).
 "${mysql_cli[@]}" $db -e "SELECT COUNT(*), SUM(LENGTH(content)) FROM transcriptions" >/dev/null
 
-key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 service=127.0.0.1:18080
 admin=127.0.0.1:19090
+key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+mysql_root="mysql://root@127.0.0.1:13306"
+# fleet LABEL REPLICAS CALLERS REQUESTS [DB_FLEET_MAX]: that many replicas
+# (DB_POOL_MAX=32, the budget on or off) under callers spread over them.
+fleet() {
+  local label=$1 replicas=$2 callers=$3 requests=$4 budget=${5:-} pids=() addresses=()
+  for i in $(seq 0 $((replicas - 1))); do
+    API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:$((18200 + i)) ADMIN_BIND_ADDR=127.0.0.1:$((19200 + i)) \
+      REDIS_KEY_PREFIX="mwfleet-$label:" DB_POOL_MAX=32 env ${budget:+DB_FLEET_MAX=$budget} \
+      RUST_LOG=warn $mw serve >/dev/null 2>&1 &
+    pids+=($!); addresses+=("127.0.0.1:$((18200 + i))")
+  done
+  for address in "${addresses[@]}"; do
+    for _ in $(seq 1 100); do curl -sf "http://$address/readyz" >/dev/null && break; sleep 0.1; done
+  done
+  $mwbench fleet --services "$(IFS=,; echo "${addresses[*]}")" --key "$key" --mysql-root-url "$mysql_root" \
+    --rows "$rows" --concurrency "$callers" --requests "$requests" --label "$label"
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+}
+work=$(mktemp -d)
+if [ "$mode" != smoke ]; then
+  # Before the main replicas start, so MySQL's connection count is the fleet's alone.
+  log "issue 13: six replicas, 1,000 callers, with and without DB_FLEET_MAX=40"
+  { fleet no-budget 6 1000 50000; fleet budget-40 6 1000 50000 40; } > "$work/fleet.txt"
+fi
 serve() { # address admin-address: one replica, JSON request logs at info to /dev/null
   API_KEYS="bench:$key" BIND_ADDR=$1 ADMIN_BIND_ADDR=$2 REDIS_KEY_PREFIX="mwbench:" \
     RUST_LOG=${BENCH_RUST_LOG:-info} LOG_FORMAT=json $mw serve >/dev/null 2>&1 &
@@ -57,7 +81,7 @@ trap 'kill -CONT $second_pid 2>/dev/null; kill $pid $second_pid 2>/dev/null || t
 for _ in $(seq 1 100); do curl -sf "http://$service/readyz" >/dev/null && curl -sf "http://$second/readyz" >/dev/null && break; sleep 0.1; done
 
 target=(--service "$service" --admin "$admin" --key "$key")
-mysql_root="mysql://root@127.0.0.1:13306"
+
 stamp=$(date -u +%Y-%m-%d)
 host=$(hostname -s)
 if [ "$mode" = smoke ]; then
@@ -75,6 +99,7 @@ if [ "$mode" = smoke ]; then
     --strategies direct-persistent,middleway-batch-10,middleway-batch-100 --concurrency 4 --requests 100 --runs 1 --out "$out/cells.jsonl"
   $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 8 --requests 2000
   $mwbench open-loop "${target[@]}" --rows "$rows" --rates 500 --seconds 1 --connections 16
+  fleet budget-4 2 20 500 4
   $mwbench report --input "$out/cells.jsonl" --stem "$out/smoke"
   cells=$(wc -l < "$out/cells.jsonl")
   [ "$cells" -eq 11 ] || { log "expected 11 cells, got $cells"; exit 1; }
@@ -84,7 +109,6 @@ fi
 
 mkdir -p bench/results
 stem="bench/results/$stamp-$host"
-work=$(mktemp -d)
 {
   echo "# middleway benchmark, $stamp on $host"
   echo
@@ -137,6 +161,12 @@ for c in cells:
 PY
   $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 64 --requests 100000
   $mwbench open-loop "${target[@]}" --rows "$rows" --rates 5000,10000,15000,20000,25000,30000 --seconds 10
+  echo '```'
+  echo
+  echo "## Six replicas, 1,000 callers: with and without a fleet budget (issue 13)"
+  echo
+  echo '```'
+  cat "$work/fleet.txt"
   echo '```'
   echo
   echo "## Lock engine v2: what waiting costs (issue 10)"

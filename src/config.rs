@@ -176,6 +176,8 @@ pub struct DatabaseSettings {
     pub pool_max: u32,
     /// Wait for a pooled MySQL connection before answering 503.
     pub acquire_timeout: Duration,
+    /// Most MySQL connections every replica together holds (`DB_FLEET_MAX`; off when unset).
+    pub fleet_max: Option<u32>,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -184,6 +186,7 @@ impl fmt::Debug for DatabaseSettings {
             .field("url", &"[redacted]")
             .field("pool_max", &self.pool_max)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("fleet_max", &self.fleet_max)
             .finish()
     }
 }
@@ -194,7 +197,7 @@ impl DatabaseSettings {
         Self::from_lookup(&|name: &str| std::env::var(name).ok())
     }
 
-    /// Reads `DATABASE_URL`, `DB_POOL_MAX` and `DB_ACQUIRE_TIMEOUT_MS` through `lookup`.
+    /// Reads `DATABASE_URL`, `DB_POOL_MAX`, `DB_ACQUIRE_TIMEOUT_MS` and `DB_FLEET_MAX` through `lookup`.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let url = require_url(&var, "DATABASE_URL", &["mysql", "mariadb"])?;
@@ -215,6 +218,11 @@ impl DatabaseSettings {
                 10,
                 60_000,
             )?),
+            fleet_max: match var("DB_FLEET_MAX") {
+                None => None,
+                // The budget is a lock of `permits` slots: the same bound.
+                raw => Some(parse_range(raw, "DB_FLEET_MAX", 1, 1, 1024)?),
+            },
         })
     }
 

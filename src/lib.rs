@@ -16,6 +16,7 @@
 
 pub mod api_keys;
 pub mod config;
+mod fleet;
 mod http;
 pub mod locks;
 mod metrics;

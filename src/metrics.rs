@@ -35,6 +35,10 @@ pub(crate) struct Metrics {
     pub coalesced_reads: IntCounter,
     /// Ids per MySQL read query (reads queued together share one query).
     pub mysql_read_batch_size: Histogram,
+    /// Fleet budget permits this replica holds (`DB_FLEET_MAX`).
+    pub mysql_fleet_permits: IntGauge,
+    /// Fleet budget leases by outcome: granted, exhausted, fallback.
+    pub mysql_fleet_leases: IntCounterVec,
     /// Redis pool connections open / idle (set at scrape time).
     pub redis_pool_connections: IntGaugeVec,
     /// Redis connections parked in BLPOP for waiters.
@@ -116,6 +120,19 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
             )
             .expect("static"),
+            mysql_fleet_permits: IntGauge::new(
+                "mysql_fleet_permits",
+                "Slots of the fleet-wide MySQL connection budget this replica holds",
+            )
+            .expect("static"),
+            mysql_fleet_leases: IntCounterVec::new(
+                Opts::new(
+                    "mysql_fleet_leases_total",
+                    "Requests for a fleet budget slot from Redis, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("static"),
             redis_pool_connections: IntGaugeVec::new(
                 Opts::new("redis_pool_connections", "Redis pool connections by state"),
                 &["state"],
@@ -154,6 +171,8 @@ impl Metrics {
             Box::new(metrics.mysql_acquire_wait.clone()),
             Box::new(metrics.coalesced_reads.clone()),
             Box::new(metrics.mysql_read_batch_size.clone()),
+            Box::new(metrics.mysql_fleet_permits.clone()),
+            Box::new(metrics.mysql_fleet_leases.clone()),
             Box::new(metrics.redis_pool_connections.clone()),
             Box::new(metrics.redis_blocking_connections.clone()),
             Box::new(metrics.lock_operations.clone()),

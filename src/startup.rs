@@ -10,6 +10,7 @@ use actix_web::web;
 use tokio::sync::watch;
 
 use crate::config::{ConfigError, Settings};
+use crate::fleet::FleetBudget;
 use crate::http::admin::AdminState;
 use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
@@ -60,6 +61,8 @@ pub struct Application {
     mysql: Arc<MysqlPools>,
     /// Closed after the drain.
     redis: Arc<RedisPools>,
+    /// The fleet budget's slots go back once the pools are closed.
+    fleet: Option<Arc<FleetBudget>>,
     /// Requests being served, which the drain waits for.
     metrics: Metrics,
     /// How long the drain may take.
@@ -90,6 +93,7 @@ impl Application {
         )?);
         let (peers, sweeper) = PeerWatch::start()?;
         let state = app_state(&settings, &mysql, &redis, &metrics, peers, drain_watch)?;
+        let fleet = state.fleet.clone();
         let admin_state = web::Data::new(AdminState {
             metrics: metrics.clone(),
             mysql: Arc::clone(&mysql),
@@ -104,6 +108,7 @@ impl Application {
         let admin = admin_server(admin_listener, admin_state)?;
 
         Ok(Self {
+            fleet,
             public_addr,
             admin_addr,
             public,
@@ -149,6 +154,7 @@ impl Application {
             public: self.public.handle(),
             admin: self.admin.handle(),
             mysql: Arc::clone(&self.mysql),
+            fleet: self.fleet.clone(),
             metrics: self.metrics.clone(),
             timeout: self.drain_timeout,
         };
@@ -168,6 +174,7 @@ struct Drain {
     public: ServerHandle,
     admin: ServerHandle,
     mysql: Arc<MysqlPools>,
+    fleet: Option<Arc<FleetBudget>>,
     metrics: Metrics,
     timeout: Duration,
 }
@@ -185,6 +192,9 @@ impl Drain {
         self.mysql
             .closed(deadline.saturating_duration_since(Instant::now()))
             .await;
+        if let Some(fleet) = &self.fleet {
+            fleet.give_back_all().await;
+        }
         tokio::join!(self.public.stop(true), self.admin.stop(true));
     }
 }
@@ -207,19 +217,25 @@ fn app_state(
     let backend = tokio::runtime::Handle::current();
     let redis_client =
         redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
+    let locks = LockEngine::new(
+        redis.background().clone(),
+        redis_client,
+        &settings.redis_key_prefix,
+        settings.lock_max_waiters,
+        metrics.clone(),
+        backend,
+        draining.clone(),
+    );
+    let fleet = settings.database.fleet_max.map(|permits| {
+        let engine = locks.for_worker(redis.background().clone());
+        FleetBudget::start(permits, engine, metrics.clone(), draining.clone())
+    });
     Ok(AppState {
         mysql: Arc::clone(mysql),
         coalescer: ReadCoalescer::new(),
-        locks: LockEngine::new(
-            redis.background().clone(),
-            redis_client,
-            &settings.redis_key_prefix,
-            settings.lock_max_waiters,
-            metrics.clone(),
-            backend,
-            draining.clone(),
-        ),
+        locks,
         redis: Arc::clone(redis),
+        fleet,
         draining,
         auth: web::Data::new(AuthPolicy(
             (!settings.auth_disabled).then(|| settings.api_keys.clone()),

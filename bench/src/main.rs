@@ -153,6 +153,25 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         p99_limit_ms: f64,
     },
+    /// GETs from many callers spread over several replicas (DB_FLEET_MAX on or off).
+    Fleet {
+        /// The replicas' public addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        services: Vec<String>,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        mysql_root_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1000)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 50_000)]
+        requests: u64,
+        /// What the report calls this row.
+        #[arg(long)]
+        label: String,
+    },
     /// Idle waiters, one per lock: Redis commands per second and connections.
     Idle {
         #[command(flatten)]
@@ -298,6 +317,18 @@ async fn main() -> anyhow::Result<()> {
             connections,
             p99_limit_ms,
         } => read_path::open_loop(&target, rows, &rates, seconds, connections, p99_limit_ms).await,
+        Command::Fleet {
+            services,
+            key,
+            mysql_root_url,
+            rows,
+            concurrency,
+            requests,
+            label,
+        } => {
+            read_path::fleet(&services, &key, &mysql_root_url, rows, concurrency, requests, &label)
+                .await
+        }
         Command::Idle {
             target,
             redis_url,

@@ -191,3 +191,43 @@ pub async fn open_loop(
     }
     Ok(())
 }
+
+/// `GET /transcriptions/{id}` from `concurrency` keep-alive callers spread
+/// over several replicas (the fleet-budget row): errors, peak MySQL
+/// connections (sampled from `root_url`), p99.
+pub async fn fleet(
+    services: &[String],
+    key: &str,
+    root_url: &str,
+    rows: u64,
+    concurrency: usize,
+    requests: u64,
+    label: &str,
+) -> anyhow::Result<()> {
+    let root = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect(root_url)
+        .await
+        .context("root connection")?;
+    let replicas = services.len();
+    let services = services.to_vec();
+    let key = key.to_owned();
+    let make = move |i: usize| {
+        let (host, key) = (services[i % services.len()].clone(), key.clone());
+        async move {
+            let http = HttpConnection::warm(&host).await;
+            MiddlewayRead { http, host, key, rows, keep_alive: true }
+        }
+    };
+    let cell = crate::scenarios::best_of(1, concurrency, requests, Some(&root), make).await;
+    println!(
+        "fleet {label} replicas={} callers={concurrency} ok={} failures={:?} peak_mysql_connections={} throughput={:.0}/s p99={:.2}ms",
+        replicas,
+        cell.ok,
+        cell.failures,
+        cell.peak_mysql_connections.unwrap_or(0),
+        cell.throughput,
+        cell.p99_ms
+    );
+    Ok(())
+}

@@ -78,7 +78,7 @@ fn sample_mysql_connections(root: MySqlPool) -> (Arc<AtomicBool>, tokio::task::J
 }
 
 /// Runs a cell `runs` times after a warm-up and keeps the best.
-async fn best_of<W, F, Fut>(
+pub(crate) async fn best_of<W, F, Fut>(
     runs: usize,
     concurrency: usize,
     requests: u64,

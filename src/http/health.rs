@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::http::error::ApiError;
-use crate::pools::mysql::WorkerPool;
+use crate::pools::mysql::{AcquireError, WorkerPool};
 use crate::pools::redis::RedisPool;
 
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
@@ -29,7 +29,13 @@ impl Readiness {
     async fn mysql_answers(&self) -> bool {
         let _read = self.mysql.begin_read();
         let ping = async {
-            let mut conn = self.mysql.acquire().await.ok()?;
+            let mut conn = match self.mysql.acquire().await {
+                Ok(conn) => conn,
+                // Every connection busy, or the fleet budget spent: that is
+                // load, not failure; taking this replica out would shed more.
+                Err(AcquireError::Exhausted) => return Some(1),
+                Err(_) => return None,
+            };
             let one = sqlx::query_scalar::<_, i32>("SELECT 1")
                 .fetch_one(conn.conn())
                 .await;

@@ -40,6 +40,7 @@ use self::openapi::openapi_json;
 use self::peer::{PeerWatch, record_peer_socket};
 use self::routes::locks::post_locks;
 use self::routes::transcriptions::{get_transcription, get_transcriptions};
+use crate::fleet::FleetBudget;
 use crate::locks::LockEngine;
 use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
@@ -59,6 +60,8 @@ pub(crate) struct AppState {
     pub locks: LockEngine,
     /// The per-worker Redis pools.
     pub redis: Arc<RedisPools>,
+    /// The fleet-wide MySQL connection budget, when `DB_FLEET_MAX` is set.
+    pub fleet: Option<Arc<FleetBudget>>,
     /// Flips to true when shutdown begins (readiness turns 503).
     pub draining: tokio::sync::watch::Receiver<bool>,
     /// Which bearer keys are accepted.
@@ -150,7 +153,11 @@ fn public_app(
 > {
     // Called on the worker's runtime: its pools' connections live there.
     let redis = state.redis.for_worker();
-    let mysql = state.mysql.open_for_worker();
+    let budget = state
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.for_worker(state.locks.for_worker(redis.clone())));
+    let mysql = state.mysql.open_for_worker(budget);
     let metrics = state.metrics.get_ref().clone();
     let reader = TranscriptionReader::for_worker(Rc::clone(&mysql), state.coalescer, metrics);
     let readiness = Readiness {

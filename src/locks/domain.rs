@@ -17,6 +17,12 @@ impl LockName {
             .ok_or("must be 1 to 128 characters of [A-Za-z0-9._:-]")
     }
 
+    /// A name the service uses for itself. It starts with `~`, which no
+    /// client's name may contain, so no request can take or release its slots.
+    pub(crate) fn internal(name: &'static str) -> Self {
+        Self(format!("~{name}"))
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -15,7 +15,9 @@ mod waiters;
 mod wake;
 mod wire;
 
-pub(crate) use domain::{Grant, LockState};
+pub(crate) use domain::{
+    AcquireRequest, ExtendRequest, Grant, InspectRequest, LockState, LockToken, ReleaseRequest,
+};
 pub(crate) use engine::LockEngine;
 pub(crate) use error::LockError;
 pub(crate) use wire::{LockCommand, LockRequest};

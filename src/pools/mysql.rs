@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::future::LocalBoxFuture;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use sqlx::{Connection, MySqlConnection, MySqlPool};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -32,6 +33,28 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Connections are replaced after this long, so a replica's connections
 /// spread again over the servers behind a load balancer (Aurora readers).
 const MAX_LIFETIME: Duration = Duration::from_secs(1800);
+
+/// A budget the pools lease connection slots from before opening a
+/// connection (`DB_FLEET_MAX`: a budget shared by every replica). Each open
+/// connection holds one slot, returned when the connection closes.
+pub(crate) trait ConnectionBudget {
+    /// A slot for one more connection, waiting at most `wait`.
+    fn lease(&self, wait: Duration) -> LocalBoxFuture<'_, Result<BudgetSlot, AcquireError>>;
+    /// Whether this replica holds more connections than slots (a lease was
+    /// lost): connections are then closed instead of kept idle.
+    fn over_budget(&self) -> bool;
+    /// Whether other replicas wait for slots: idle connections are then
+    /// closed, so their slots can move.
+    fn wanted_elsewhere(&self) -> bool;
+}
+
+/// One connection's slot of a [`ConnectionBudget`]; dropping it gives it back.
+pub(crate) type BudgetSlot = Box<dyn std::any::Any>;
+
+/// How often a pool under a budget looks for idle connections to close.
+const TRIM_EVERY: Duration = Duration::from_millis(250);
+/// Idle this long while other replicas wait for slots, a connection is closed.
+const TRIM_IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Why no connection could be checked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +108,15 @@ pub(crate) struct WorkerPool {
     /// Woken when `reads` drops to zero.
     quiet: Notify,
     report: Arc<PoolReport>,
+    /// The fleet budget, when `DB_FLEET_MAX` is set.
+    budget: Option<Rc<dyn ConnectionBudget>>,
 }
 
 struct IdleConnection {
     conn: MySqlConnection,
     born: Instant,
     since: Instant,
+    slot: Option<BudgetSlot>,
 }
 
 /// A checked-out connection: back to the pool when dropped, unless it failed.
@@ -98,6 +124,7 @@ pub(crate) struct PooledConnection {
     conn: Option<MySqlConnection>,
     born: Instant,
     pool: Rc<WorkerPool>,
+    slot: Option<BudgetSlot>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -134,7 +161,10 @@ impl MysqlPools {
     /// Opens the pool of the calling HTTP worker. Call it on that worker's
     /// runtime (its app factory runs there): the pool's connections and, at
     /// shutdown, its closing run there.
-    pub(crate) fn open_for_worker(&self) -> Rc<WorkerPool> {
+    pub(crate) fn open_for_worker(
+        &self,
+        budget: Option<Rc<dyn ConnectionBudget>>,
+    ) -> Rc<WorkerPool> {
         let report = Arc::new(PoolReport::default());
         let capacity = {
             let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
@@ -150,7 +180,11 @@ impl MysqlPools {
             reads: Cell::new(0),
             quiet: Notify::new(),
             report,
+            budget,
         });
+        if pool.budget.is_some() {
+            tokio::task::spawn_local(trim_while_open(Rc::downgrade(&pool)));
+        }
         let (closing, mut draining) = (Rc::clone(&pool), self.draining.clone());
         tokio::task::spawn_local(async move {
             if draining.wait_for(|d| *d).await.is_ok() {
@@ -223,10 +257,12 @@ impl WorkerPool {
             Err(_elapsed) => return Err(AcquireError::Exhausted),
         };
         while let Some(idle) = self.take_idle() {
+            // A connection given up here returns its budget slot as it drops.
             let IdleConnection {
                 mut conn,
                 born,
                 since,
+                slot,
             } = idle;
             if since.elapsed() > IDLE_TIMEOUT || born.elapsed() > MAX_LIFETIME {
                 self.retire(conn);
@@ -236,13 +272,21 @@ impl WorkerPool {
                 self.forget_one();
                 continue;
             }
-            return Ok(self.checked_out(conn, born, permit));
+            return Ok(self.checked_out(conn, born, slot, permit));
         }
+        // A new connection needs a slot of the fleet budget first, if there is one.
+        let slot = match &self.budget {
+            Some(budget) => {
+                let left = self.acquire_timeout.saturating_sub(started.elapsed());
+                Some(budget.lease(left).await?)
+            }
+            None => None,
+        };
         let left = self.acquire_timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, MySqlConnection::connect_with(&self.options)).await {
             Ok(Ok(conn)) => {
                 self.report.open.fetch_add(1, Ordering::Relaxed);
-                Ok(self.checked_out(conn, Instant::now(), permit))
+                Ok(self.checked_out(conn, Instant::now(), slot, permit))
             }
             Ok(Err(error)) => {
                 tracing::warn!(error = %describe(&error), "MySQL connection failed");
@@ -262,13 +306,34 @@ impl WorkerPool {
         self: &Rc<Self>,
         conn: MySqlConnection,
         born: Instant,
+        slot: Option<BudgetSlot>,
         permit: OwnedSemaphorePermit,
     ) -> PooledConnection {
         PooledConnection {
             conn: Some(conn),
             born,
             pool: Rc::clone(self),
+            slot,
             _permit: permit,
+        }
+    }
+
+    /// Under a budget: closes idle connections this replica may no longer
+    /// hold (a lease was lost) or that other replicas are waiting for.
+    fn trim_idle(&self) {
+        let Some(budget) = &self.budget else { return };
+        loop {
+            let over = budget.over_budget();
+            let idle_enough = |c: &IdleConnection| over || c.since.elapsed() >= TRIM_IDLE_AFTER;
+            if !over && !budget.wanted_elsewhere() {
+                return;
+            }
+            // The least recently used first: the others are likelier to be reused.
+            let position = self.idle.borrow().iter().position(idle_enough);
+            let Some(position) = position else { return };
+            let IdleConnection { conn, .. } = self.idle.borrow_mut().remove(position);
+            self.report.idle.fetch_sub(1, Ordering::Relaxed);
+            self.retire(conn);
         }
     }
 
@@ -322,11 +387,24 @@ impl PooledConnection {
     }
 }
 
+/// Trims a budgeted pool's idle connections until the pool is gone or closed.
+async fn trim_while_open(pool: std::rc::Weak<WorkerPool>) {
+    loop {
+        tokio::time::sleep(TRIM_EVERY).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.permits.is_closed() {
+            return;
+        }
+        pool.trim_idle();
+    }
+}
+
 impl Drop for PooledConnection {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        if self.pool.permits.is_closed() {
-            // Shutting down: close it properly.
+        let over_budget = self.pool.budget.as_ref().is_some_and(|b| b.over_budget());
+        if self.pool.permits.is_closed() || over_budget {
+            // Shutting down, or more connections than budget slots: close it properly.
             self.pool.retire(conn);
             return;
         }
@@ -334,6 +412,7 @@ impl Drop for PooledConnection {
             conn,
             born: self.born,
             since: Instant::now(),
+            slot: self.slot.take(),
         });
         self.pool.report.idle.fetch_add(1, Ordering::Relaxed);
     }

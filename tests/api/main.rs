@@ -1,6 +1,7 @@
 //! One integration test binary (STYLE.md): a file per area.
 
 mod edge;
+mod fleet_budget;
 mod health;
 mod helpers;
 mod lock_engine;
