@@ -63,6 +63,30 @@ fleet() {
     --rows "$rows" --concurrency "$callers" --requests "$requests" --label "$label"
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
 }
+# tracing_cost REQUESTS: CPU per GET of a fresh replica with traces off, then
+# exported at 10 % (OTEL_TRACES_SAMPLER=traceidratio) to a do-nothing OTLP
+# collector, and MySQL statement prepares per 1,000 GETs (reuse of prepared
+# statements: sampled reads go as commented text queries).
+tracing_cost() {
+  local requests=$1
+  python3 bench/otlp_sink.py 14318 & local sink=$!
+  for traces in off on; do
+    local extra=()
+    [ "$traces" = on ] && extra=(OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:14318 OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1)
+    env "${extra[@]}" API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:18090 ADMIN_BIND_ADDR=127.0.0.1:19190 \
+      REDIS_KEY_PREFIX="mwtrace:" RUST_LOG=info LOG_FORMAT=json $mw serve >/dev/null 2>&1 &
+    local traced=$!
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18090/readyz >/dev/null && break; sleep 0.1; done
+    local prepares_before; prepares_before=$(mariadb -N -h127.0.0.1 -P13306 -uroot -e "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'" | awk '{print $2}')
+    echo "traces $traces:"
+    $mwbench read-cpu --service 127.0.0.1:18090 --admin 127.0.0.1:19190 --key "$key" --pid "$traced" \
+      --rows "$rows" --concurrency 64 --requests "$requests"
+    local prepares_after; prepares_after=$(mariadb -N -h127.0.0.1 -P13306 -uroot -e "SHOW GLOBAL STATUS LIKE 'Com_stmt_prepare'" | awk '{print $2}')
+    echo "  MySQL statement prepares during the run (warm-up included): $((prepares_after - prepares_before))"
+    kill $traced; wait $traced 2>/dev/null || true
+  done
+  kill $sink; wait $sink 2>/dev/null || true
+}
 work=$(mktemp -d)
 if [ "$mode" != smoke ]; then
   # Before the main replicas start, so MySQL's connection count is the fleet's alone.
@@ -100,6 +124,7 @@ if [ "$mode" = smoke ]; then
   $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 8 --requests 2000
   $mwbench open-loop "${target[@]}" --rows "$rows" --rates 500 --seconds 1 --connections 16
   fleet budget-4 2 20 500 4
+  tracing_cost 2000
   $mwbench report --input "$out/cells.jsonl" --stem "$out/smoke"
   cells=$(wc -l < "$out/cells.jsonl")
   [ "$cells" -eq 11 ] || { log "expected 11 cells, got $cells"; exit 1; }
@@ -161,6 +186,12 @@ for c in cells:
 PY
   $mwbench read-cpu "${target[@]}" --pid "$pid" --rows "$rows" --concurrency 64 --requests 100000
   $mwbench open-loop "${target[@]}" --rows "$rows" --rates 5000,10000,15000,20000,25000,30000 --seconds 10
+  echo '```'
+  echo
+  echo "## Traces: CPU per GET off and sampled at 10 % (issue 15)"
+  echo
+  echo '```'
+  tracing_cost 100000
   echo '```'
   echo
   echo "## Six replicas, 1,000 callers: with and without a fleet budget (issue 13)"

@@ -24,6 +24,23 @@ drain=$(sed -n 's/^ *SHUTDOWN_TIMEOUT_S: *"\([0-9]*\)"/\1/p' k8s/configmap.yaml)
 pause=$(sed -n '/preStop:/,/seconds:/s/^ *seconds: *//p' k8s/deployment.yaml)
 [ "$grace" -gt $((drain + pause)) ] || fail "terminationGracePeriodSeconds $grace <= SHUTDOWN_TIMEOUT_S $drain + preStop $pause"
 
+# --- Observability: the alerts are a well-formed PrometheusRule, the dashboard
+# is JSON, the kustomization lists what exists. (That they query only metrics
+# the service exports is tests/api/observability.rs, against a live scrape.)
+python3 - <<'PY' || fail "k8s/observability is malformed"
+import json, yaml
+rule = yaml.safe_load(open("k8s/observability/prometheus-rule.yaml"))
+assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+assert rules and all(r["alert"] and r["expr"] and r["labels"]["severity"] for r in rules)
+dashboard = json.load(open("k8s/observability/dashboard.json"))
+assert dashboard["panels"] and all(p["targets"] for p in dashboard["panels"])
+kustomization = yaml.safe_load(open("k8s/observability/kustomization.yaml"))
+import os
+for f in kustomization["resources"] + [f for g in kustomization["configMapGenerator"] for f in g["files"]]:
+    assert os.path.exists(os.path.join("k8s/observability", f)), f
+PY
+
 # --- Dockerfile: the binary it copies is what `cargo build --release` makes.
 grep -q 'cargo build --release --locked --bin middleway' Dockerfile || fail "Dockerfile does not build the middleway binary"
 grep -q 'cp target/release/middleway /usr/local/bin/middleway' Dockerfile || fail "Dockerfile copies another path"

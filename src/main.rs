@@ -63,6 +63,8 @@ async fn main() -> ExitCode {
         Command::Migrate => migrate().await,
         Command::Seed { rows } => seed(rows).await,
     };
+    // Spans still queued for the collector go out before the process ends.
+    middleway::telemetry::flush();
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {

@@ -35,6 +35,10 @@ pub(crate) struct Metrics {
     pub coalesced_reads: IntCounter,
     /// Ids per MySQL read query (reads queued together share one query).
     pub mysql_read_batch_size: Histogram,
+    /// 1 when the last readiness check passed, 0 when it failed.
+    pub ready: IntGauge,
+    /// `LOCK_MAX_WAITERS`, for alerts on `lock_waiters`.
+    pub lock_max_waiters: IntGauge,
     /// Fleet budget permits this replica holds (`DB_FLEET_MAX`).
     pub mysql_fleet_permits: IntGauge,
     /// Fleet budget leases by outcome: granted, exhausted, fallback.
@@ -120,6 +124,13 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
             )
             .expect("static"),
+            ready: IntGauge::new("ready", "1 when the last readiness check passed, else 0")
+                .expect("static"),
+            lock_max_waiters: IntGauge::new(
+                "lock_max_waiters",
+                "Most lock requests that may wait at once (LOCK_MAX_WAITERS)",
+            )
+            .expect("static"),
             mysql_fleet_permits: IntGauge::new(
                 "mysql_fleet_permits",
                 "Slots of the fleet-wide MySQL connection budget this replica holds",
@@ -171,8 +182,11 @@ impl Metrics {
             Box::new(metrics.mysql_acquire_wait.clone()),
             Box::new(metrics.coalesced_reads.clone()),
             Box::new(metrics.mysql_read_batch_size.clone()),
+            Box::new(metrics.ready.clone()),
+            Box::new(metrics.lock_max_waiters.clone()),
             Box::new(metrics.mysql_fleet_permits.clone()),
             Box::new(metrics.mysql_fleet_leases.clone()),
+            Box::new(crate::telemetry::otel::DROPPED_SPANS.clone()),
             Box::new(metrics.redis_pool_connections.clone()),
             Box::new(metrics.redis_blocking_connections.clone()),
             Box::new(metrics.lock_operations.clone()),

@@ -212,6 +212,9 @@ fn app_state(
     metrics
         .mysql_pool_max
         .set(i64::from(settings.database.pool_max));
+    metrics
+        .lock_max_waiters
+        .set(i64::try_from(settings.lock_max_waiters).unwrap_or(i64::MAX));
     // The lock engine's tasks run on this (the main) runtime, which outlives
     // the HTTP workers.
     let backend = tokio::runtime::Handle::current();

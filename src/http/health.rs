@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde_json::json;
 
 use crate::http::error::ApiError;
+use crate::metrics::Metrics;
 use crate::pools::mysql::{AcquireError, WorkerPool};
 use crate::pools::redis::RedisPool;
 
@@ -23,6 +24,8 @@ pub(crate) struct Readiness {
     pub redis: RedisPool,
     /// True once shutdown begins: the load balancer must stop sending traffic.
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// Where each verdict is recorded (`middleway_ready`, for flapping alerts).
+    pub metrics: Metrics,
 }
 
 impl Readiness {
@@ -75,6 +78,12 @@ pub(crate) async fn healthz() -> HttpResponse {
             headers(("Retry-After" = String, description = "Seconds"))),
     ))]
 pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
+    let verdict = check(&readiness).await;
+    readiness.metrics.ready.set(i64::from(verdict.is_ok()));
+    verdict
+}
+
+async fn check(readiness: &Readiness) -> Result<HttpResponse, ApiError> {
     if *readiness.draining.borrow() {
         return Err(ApiError::Unavailable(
             "draining: the service is shutting down",

@@ -159,11 +159,13 @@ fn public_app(
         .map(|fleet| fleet.for_worker(state.locks.for_worker(redis.clone())));
     let mysql = state.mysql.open_for_worker(budget);
     let metrics = state.metrics.get_ref().clone();
-    let reader = TranscriptionReader::for_worker(Rc::clone(&mysql), state.coalescer, metrics);
+    let reader =
+        TranscriptionReader::for_worker(Rc::clone(&mysql), state.coalescer, metrics.clone());
     let readiness = Readiness {
         mysql,
         redis: redis.clone(),
         draining: state.draining,
+        metrics: metrics.clone(),
     };
     App::new()
         .app_data(web::Data::new(reader))

@@ -20,6 +20,7 @@ use super::waiters::{WaitOutcome, Waiter};
 use super::wake::run_wake_loop;
 use crate::metrics::Metrics;
 use crate::pools::redis::RedisPool;
+use crate::telemetry::otel;
 
 /// The lock service of one replica.
 #[derive(Clone)]
@@ -133,7 +134,12 @@ impl LockEngine {
     ) -> Result<(Grant, bool), LockError> {
         // Boxed: see `bounded` (a waiting request's future must stay small).
         let queued = std::cell::Cell::new(false);
-        let grant = Box::pin(self.acquire_inner(request, caller_gone, &queued)).await?;
+        let inner = Box::pin(self.acquire_inner(request, caller_gone, &queued));
+        let grant = if otel::enabled() && request.wait_ms > 0 {
+            traced_wait(request, inner).await?
+        } else {
+            inner.await?
+        };
         Ok((grant, queued.get()))
     }
 
@@ -419,6 +425,34 @@ impl LockEngine {
         self.core.count(op, "not_held");
         LockError::NotHeld(reason)
     }
+}
+
+/// A wait as a span of its own (only when traces are exported): the lock's
+/// name, how it ended and the fence granted; never the token.
+async fn traced_wait(
+    request: &AcquireRequest,
+    wait: impl Future<Output = Result<Grant, LockError>>,
+) -> Result<Grant, LockError> {
+    use tracing::Instrument;
+    let span = tracing::debug_span!(
+        "lock.wait",
+        lock.name = request.name.as_str(),
+        lock.permits = request.permits,
+        wait_ms = request.wait_ms,
+        outcome = tracing::field::Empty,
+        fence = tracing::field::Empty,
+    );
+    let outcome = wait.instrument(span.clone()).await;
+    match &outcome {
+        Ok(grant) => {
+            span.record("outcome", "granted");
+            span.record("fence", grant.fence);
+        }
+        Err(error) => {
+            span.record("outcome", error.outcome());
+        }
+    }
+    outcome
 }
 
 #[cfg(test)]

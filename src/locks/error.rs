@@ -28,3 +28,18 @@ pub(crate) enum LockError {
     #[error("the client disconnected")]
     CallerGone,
 }
+
+impl LockError {
+    /// How a wait ended, as a word for traces and metrics.
+    pub(crate) fn outcome(&self) -> &'static str {
+        match self {
+            Self::NotHeld(_) => "not-held",
+            Self::PermitsMismatch(_) => "permits-mismatch",
+            Self::Timeout => "timeout",
+            Self::RedisUnavailable => "unavailable",
+            Self::TooManyWaiters => "too-many-waiters",
+            Self::Draining => "draining",
+            Self::CallerGone => "caller-gone",
+        }
+    }
+}

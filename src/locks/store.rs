@@ -1,7 +1,12 @@
 //! The Redis side of locks: key names and the Lua scripts, one method each,
 //! with typed replies. Every key of a lock shares the `{name}` hash tag.
 
+use std::future::Future;
 use std::time::Duration;
+
+use futures_util::future::Either;
+use tracing::Instrument;
+use tracing::instrument::Instrumented;
 
 use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
@@ -231,6 +236,7 @@ impl LockStore {
             .arg(call.nonce)
             .arg(call.fence_floor)
             .invoke_async(conn)
+            .traced("acquire", name)
             .await?;
         let items = items("acquire", &reply)?;
         let tag: String = at(items, 0, &reply)?;
@@ -299,6 +305,7 @@ impl LockStore {
             .arg(lease_ms)
             .arg(&replica.id)
             .invoke_async(conn)
+            .traced("claim", name)
             .await?;
         let items = items("claim", &reply)?;
         let tag: String = at(items, 0, &reply)?;
@@ -325,6 +332,7 @@ impl LockStore {
             .arg(ticket)
             .arg(lease_ms)
             .invoke_async(conn)
+            .traced("cancel", name)
             .await?;
         let items = items("cancel", &reply)?;
         let tag: String = at(items, 0, &reply)?;
@@ -353,6 +361,7 @@ impl LockStore {
             .arg(nonce)
             .arg(if scan { "1" } else { "0" })
             .invoke_async(conn)
+            .traced("forget", name)
             .await
     }
 
@@ -370,6 +379,7 @@ impl LockStore {
             .arg(offer.0.as_str())
             .arg(offer.1)
             .invoke_async(conn)
+            .traced("decline", name)
             .await?;
         Ok(passed == 1)
     }
@@ -385,6 +395,7 @@ impl LockStore {
             .call(&self.release, &self.keys(name), name)
             .arg(token.as_str())
             .invoke_async(conn)
+            .traced("release", name)
             .await?;
         let items = items("release", &reply)?;
         let tag: String = at(items, 0, &reply)?;
@@ -407,6 +418,7 @@ impl LockStore {
             .arg(token.as_str())
             .arg(lease_ms)
             .invoke_async(conn)
+            .traced("extend", name)
             .await?;
         let items = items("extend", &reply)?;
         let tag: String = at(items, 0, &reply)?;
@@ -427,6 +439,7 @@ impl LockStore {
             .call(&self.reap, &self.keys(name), name)
             .arg(&replica.id)
             .invoke_async(conn)
+            .traced("reap", name)
             .await?;
         Ok(Reaped {
             expired,
@@ -456,7 +469,7 @@ impl LockStore {
                 .arg(t.wait_left_ms)
                 .arg(t.nonce);
         }
-        let reply: Value = call.invoke_async(conn).await?;
+        let reply: Value = call.invoke_async(conn).traced("sync", name).await?;
         let items = items("sync", &reply)?;
         let (earliest, now): (i64, i64) = (at(items, 0, &reply)?, at(items, 1, &reply)?);
         let mut states = Vec::with_capacity(tickets.len());
@@ -500,6 +513,7 @@ impl LockStore {
             .call(&self.inspect, &self.keys(name), name)
             .arg(token.map_or("", LockToken::as_str))
             .invoke_async(conn)
+            .traced("inspect", name)
             .await?;
         let items = items("inspect", &reply)?;
         let permits: i64 = at(items, 0, &reply)?;
@@ -527,3 +541,23 @@ impl LockStore {
         })
     }
 }
+
+/// A script call, as a span of its own when traces are exported (and as
+/// itself, at no cost, when they are not).
+trait Traced: Future + Sized {
+    fn traced(self, script: &'static str, name: &LockName) -> Either<Self, Instrumented<Self>> {
+        if !crate::telemetry::otel::enabled() {
+            return Either::Left(self);
+        }
+        let span = tracing::debug_span!(
+            "redis.script",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = script,
+            lock.name = name.as_str(),
+        );
+        Either::Right(self.instrument(span))
+    }
+}
+
+impl<F: Future> Traced for F {}

@@ -4,7 +4,10 @@
 
 mod client_errors;
 mod json;
+pub(crate) mod otel;
 mod stdout;
+
+pub use otel::flush;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -64,6 +67,7 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests build several apps in one process) is harmless.
     let _ = tracing_subscriber::registry()
+        .with(otel::layer())
         .with(output.with_filter(output_filter))
         .with(
             ClientErrorsAtWarn::default()

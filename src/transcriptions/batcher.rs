@@ -18,9 +18,14 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use tracing::Instrument;
+
 use super::domain::{Transcription, TranscriptionId};
 use super::repo::{MAX_IDS_PER_QUERY, ReadError, TranscriptionRepo};
 use crate::metrics::Metrics;
+
+/// The ids of one query, each with the callers waiting for its row.
+type Batch = Vec<(TranscriptionId, Vec<oneshot::Sender<RowOutcome>>)>;
 
 /// What one id's read yields.
 pub(crate) type RowOutcome = Result<Option<Transcription>, ReadError>;
@@ -47,6 +52,9 @@ struct State {
     queue: VecDeque<TranscriptionId>,
     /// The callers of each queued id. An id not here was taken or withdrawn.
     callers: HashMap<TranscriptionId, Vec<oneshot::Sender<RowOutcome>>>,
+    /// The request span of each id's first caller, when traces are exported:
+    /// a query's span is a child of its first id's request.
+    spans: HashMap<TranscriptionId, tracing::Span>,
     /// Flusher tasks running.
     flushers: usize,
     /// Flushers started that have not taken their first batch yet: while
@@ -78,9 +86,14 @@ impl ReadBatcher {
     /// The caller waits at most the acquire timeout for its id to be taken
     /// into a query (then 503, as when no pooled connection comes free);
     /// once taken, the query runs to its end (bounded by the repository)
-    /// whether or not the caller is still there.
-    pub(crate) async fn read(&self, id: TranscriptionId) -> RowOutcome {
-        let mut answer = self.enqueue(id);
+    /// whether or not the caller is still there. `caller` is the request's
+    /// span when traces are exported (the query's span becomes its child).
+    pub(crate) async fn read(
+        &self,
+        id: TranscriptionId,
+        caller: Option<tracing::Span>,
+    ) -> RowOutcome {
+        let mut answer = self.enqueue(id, caller);
         if let Ok(outcome) = tokio::time::timeout(self.inner.queue_limit, &mut answer).await {
             return outcome.unwrap_or(Err(ReadError::Unreachable));
         }
@@ -91,7 +104,11 @@ impl ReadBatcher {
         }
     }
 
-    fn enqueue(&self, id: TranscriptionId) -> oneshot::Receiver<RowOutcome> {
+    fn enqueue(
+        &self,
+        id: TranscriptionId,
+        caller: Option<tracing::Span>,
+    ) -> oneshot::Receiver<RowOutcome> {
         let (tx, rx) = oneshot::channel();
         let mut state = self.inner.state.borrow_mut();
         let callers = state.callers.entry(id).or_default();
@@ -99,6 +116,9 @@ impl ReadBatcher {
         callers.push(tx);
         if first {
             state.queue.push_back(id);
+            if let Some(span) = caller {
+                state.spans.insert(id, span);
+            }
         }
         if state.starting == 0 && state.flushers < self.inner.max_flushers {
             state.flushers += 1;
@@ -123,6 +143,7 @@ impl ReadBatcher {
         callers.retain(|caller| !caller.is_closed());
         if callers.is_empty() {
             state.callers.remove(&id);
+            state.spans.remove(&id);
         }
         None
     }
@@ -152,13 +173,18 @@ impl Inner {
             starting: true,
         };
         loop {
-            let batch = self.take_batch(&mut slot);
+            let (batch, parent) = self.take_batch(&mut slot);
             if batch.is_empty() {
                 return;
             }
             let ids: Vec<TranscriptionId> = batch.iter().map(|(id, _)| *id).collect();
             self.metrics.mysql_read_batch_size.observe(ids.len() as f64);
-            match self.repo.get_many(&ids).await {
+            let read = self.repo.get_many(&ids);
+            let rows = match parent {
+                Some(span) => read.instrument(span).await,
+                None => read.await,
+            };
+            match rows {
                 Ok(rows) => {
                     let mut rows: HashMap<u64, Transcription> = rows
                         .into_iter()
@@ -178,11 +204,9 @@ impl Inner {
     }
 
     /// The next ids to query with their callers (the oldest first).
-    fn take_batch(
-        &self,
-        slot: &mut FlusherSlot,
-    ) -> Vec<(TranscriptionId, Vec<oneshot::Sender<RowOutcome>>)> {
+    fn take_batch(&self, slot: &mut FlusherSlot) -> (Batch, Option<tracing::Span>) {
         let mut state = self.state.borrow_mut();
+        let mut parent = None;
         if std::mem::take(&mut slot.starting) {
             state.starting -= 1;
         }
@@ -195,8 +219,10 @@ impl Inner {
             if let Some(callers) = state.callers.remove(&id) {
                 batch.push((id, callers));
             }
+            let span = state.spans.remove(&id);
+            parent = parent.or(span);
         }
-        batch
+        (batch, parent)
     }
 }
 

@@ -13,6 +13,7 @@ use super::domain::{Transcription, TranscriptionId};
 use super::repo::{ReadError, TranscriptionRepo};
 use crate::metrics::Metrics;
 use crate::pools::mysql::WorkerPool;
+use crate::telemetry::otel;
 
 /// A transcription serialized once and shared by every coalesced caller.
 #[derive(Debug)]
@@ -58,11 +59,14 @@ impl TranscriptionReader {
     /// The rendered row, sharing the query with concurrent reads of the same id.
     pub(crate) async fn read(&self, id: TranscriptionId) -> ReadOutcome {
         let batcher = self.batcher.clone();
+        // The coalesced read runs as a task of its own: it takes the
+        // caller's span along, so its MySQL span joins the caller's trace.
+        let caller = otel::enabled().then(tracing::Span::current);
         let (outcome, joined) = self
             .coalescer
             .run(
                 id,
-                move || async move { render(batcher.read(id).await?) },
+                move || async move { render(batcher.read(id, caller).await?) },
                 || Err(ReadError::Unreachable),
             )
             .await;

@@ -4,8 +4,12 @@ use std::rc::Rc;
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
+use futures_util::future::Either;
+use tracing::Instrument;
+
 use crate::metrics::Metrics;
 use crate::pools::mysql::{AcquireError, WorkerPool};
+use crate::telemetry::otel;
 
 use super::domain::{MAX_IDS_PER_BATCH, Transcription, TranscriptionId};
 
@@ -23,16 +27,39 @@ pub(crate) const MAX_IDS_PER_QUERY: usize = MAX_IDS_PER_BATCH;
 const ARITIES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, MAX_IDS_PER_QUERY];
 
 /// `SELECT ... WHERE transcription_id IN (?, ...)`, one text per arity.
-static SELECT_BY_IDS: LazyLock<[String; ARITIES.len()]> = LazyLock::new(|| {
-    ARITIES.map(|arity| {
-        let marks = vec!["?"; arity].join(", ");
-        format!(
-            "SELECT transcription_id, call_id, language, CAST(status AS CHAR) AS status, \
-             duration_ms, confidence, content, created_at, updated_at \
-             FROM transcriptions WHERE transcription_id IN ({marks})"
-        )
-    })
-});
+static SELECT_BY_IDS: LazyLock<[String; ARITIES.len()]> =
+    LazyLock::new(|| ARITIES.map(|arity| select_for(&vec!["?"; arity].join(", "))));
+
+/// The query of a sampled trace: the same SELECT with a sqlcommenter comment
+/// carrying its `traceparent`, so MySQL's process list and slow log lead
+/// back to the trace. Sent as text (the ids are integers, written by us):
+/// a prepared statement per distinct comment would fill MySQL's statement
+/// cache, while text queries leave the prepared ones of untraced reads alone.
+async fn commented(
+    ids: &[TranscriptionId],
+    traceparent: String,
+    conn: &mut sqlx::MySqlConnection,
+) -> Result<Vec<Transcription>, sqlx::Error> {
+    use sqlx::FromRow;
+    let list = ids
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let sql = format!("{} /*traceparent='{traceparent}'*/", select_for(&list));
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(Transcription::from_row).collect()
+}
+
+fn select_for(list: &str) -> String {
+    format!(
+        "SELECT transcription_id, call_id, language, CAST(status AS CHAR) AS status, \
+         duration_ms, confidence, content, created_at, updated_at \
+         FROM transcriptions WHERE transcription_id IN ({list})"
+    )
+}
 
 /// Why a read failed; every case is the database's fault, not the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +98,21 @@ impl TranscriptionRepo {
         &self,
         ids: &[TranscriptionId],
     ) -> Result<Vec<Transcription>, ReadError> {
+        if !otel::enabled() {
+            return self.query(ids).await;
+        }
+        let span = tracing::debug_span!(
+            "mysql.read",
+            otel.kind = "client",
+            db.system.name = "mysql",
+            db.operation.name = "SELECT",
+            db.collection.name = "transcriptions",
+            ids = ids.len(),
+        );
+        self.query(ids).instrument(span).await
+    }
+
+    async fn query(&self, ids: &[TranscriptionId]) -> Result<Vec<Transcription>, ReadError> {
         let (Some(&last), Some(slot)) = (
             ids.last(),
             ARITIES.iter().position(|&arity| arity >= ids.len()),
@@ -90,17 +132,23 @@ impl TranscriptionRepo {
                 AcquireError::Unreachable => ReadError::Unreachable,
                 AcquireError::Closed => ReadError::ShuttingDown,
             })?;
-            // Built once from constants, with placeholders only.
-            let sql: &'static str = &SELECT_BY_IDS[slot];
-            let mut query = sqlx::query_as::<_, Transcription>(sql);
-            for id in ids
-                .iter()
-                .chain(std::iter::repeat(&last))
-                .take(ARITIES[slot])
-            {
-                query = query.bind(id.get());
-            }
-            match tokio::time::timeout(QUERY_TIMEOUT, query.fetch_all(conn.conn())).await {
+            let fetch = match otel::sampled_traceparent(&tracing::Span::current()) {
+                Some(traceparent) => Either::Left(commented(ids, traceparent, conn.conn())),
+                None => {
+                    // Built once from constants, with placeholders only.
+                    let sql: &'static str = &SELECT_BY_IDS[slot];
+                    let mut query = sqlx::query_as::<_, Transcription>(sql);
+                    for id in ids
+                        .iter()
+                        .chain(std::iter::repeat(&last))
+                        .take(ARITIES[slot])
+                    {
+                        query = query.bind(id.get());
+                    }
+                    Either::Right(query.fetch_all(conn.conn()))
+                }
+            };
+            match tokio::time::timeout(QUERY_TIMEOUT, fetch).await {
                 Ok(Ok(rows)) => return Ok(rows),
                 Ok(Err(error)) => {
                     tracing::warn!(%error, "MySQL read failed; discarding the connection");

@@ -10,6 +10,7 @@ use tracing_actix_web::RootSpanBuilder;
 use super::auth::KeyName;
 use super::metrics::method_label;
 use super::request_context::{RequestId, RequestStart, Route};
+use crate::telemetry::otel;
 
 /// Builds the request span for `tracing_actix_web::TracingLogger`.
 ///
@@ -26,12 +27,23 @@ impl RootSpanBuilder for AccessLog {
             .get::<Route>()
             .map(|r| &*r.0)
             .unwrap_or("unmatched");
-        tracing::info_span!(
+        let method = method_label(request.method());
+        let span = tracing::info_span!(
             "request",
-            method = method_label(request.method()),
+            method,
             route,
             request_id,
-        )
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            http.response.status_code = tracing::field::Empty,
+        );
+        // Trace fields stay empty (and out of the log line) unless traces are exported.
+        if otel::enabled() {
+            span.record("otel.name", format!("{method} {route}"));
+            span.record("otel.kind", "server");
+            otel::continue_trace(&span, request.headers());
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
@@ -50,6 +62,9 @@ impl RootSpanBuilder for AccessLog {
             .map(|s| s.0.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or_default();
         let api_key = extensions.get::<KeyName>().map(|k| &*k.0);
+        if otel::enabled() {
+            span.record("http.response.status_code", response.status().as_u16());
+        }
         span.in_scope(|| {
             tracing::info!(
                 status = response.status().as_u16(),
