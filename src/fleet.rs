@@ -150,9 +150,11 @@ impl FleetBudget {
             permits: self.permits,
         };
         let asked = Instant::now();
-        self.own_waiting.fetch_add(1, Ordering::Relaxed);
-        let outcome = engine.acquire(&request, std::future::pending()).await;
-        self.own_waiting.fetch_sub(1, Ordering::Relaxed);
+        let outcome = {
+            // Counted while queued (a dropped wait uncounts itself too).
+            let _queued = OwnWait::start(&self.own_waiting);
+            engine.acquire(&request, std::future::pending()).await
+        };
         let outcome = match outcome {
             Ok((grant, _queued)) => {
                 self.redis_down.store(false, Ordering::Relaxed);
@@ -322,6 +324,22 @@ impl FleetBudget {
         };
         self.metrics.mysql_fleet_permits.set(0);
         Arc::clone(self).give_back(tokens).await;
+    }
+}
+
+/// One of this replica's own requests queued for a slot, until dropped.
+struct OwnWait<'a>(&'a AtomicUsize);
+
+impl<'a> OwnWait<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for OwnWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
