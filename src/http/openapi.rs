@@ -28,7 +28,7 @@ use crate::transcriptions::Transcription;
         openapi_json
     ),
     components(schemas(Transcription, TranscriptionBatch, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
-    modifiers(&BearerAuth, &ClosedLockBodies)
+    modifiers(&BearerAuth, &ClosedLockBodies, &BatchIds)
 )]
 pub(crate) struct ApiDoc;
 
@@ -48,6 +48,41 @@ impl Modify for ClosedLockBodies {
                 if let RefOr::T(Schema::Object(object)) = body {
                     object.additional_properties =
                         Some(Box::new(AdditionalProperties::FreeForm(false)));
+                }
+            }
+        }
+    }
+}
+
+/// `ids` of a batch read: the parser's bounds (1 to 100 distinct ids of at
+/// least 1), which utoipa's parameter attributes cannot state.
+struct BatchIds;
+
+impl Modify for BatchIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{ArrayItems, Schema};
+        let Some(get) = openapi
+            .paths
+            .paths
+            .get_mut("/transcriptions")
+            .and_then(|item| item.get.as_mut())
+        else {
+            return;
+        };
+        let ids = get.parameters.iter_mut().flatten().filter_map(|p| match p {
+            RefOr::T(parameter) if parameter.name == "ids" => parameter.schema.as_mut(),
+            _ => None,
+        });
+        for schema in ids {
+            if let RefOr::T(Schema::Array(array)) = schema {
+                array.min_items = Some(1);
+                array.max_items = Some(crate::transcriptions::MAX_IDS_PER_BATCH);
+                array.unique_items = true;
+                if let ArrayItems::RefOrSchema(item) = &mut array.items
+                    && let RefOr::T(Schema::Object(id)) = item.as_mut()
+                {
+                    id.minimum = Some(1.into());
                 }
             }
         }

@@ -9,6 +9,6 @@ mod domain;
 mod reader;
 mod repo;
 
-pub(crate) use domain::{Transcription, TranscriptionId, parse_id_list};
+pub(crate) use domain::{MAX_IDS_PER_BATCH, Transcription, TranscriptionId, parse_id_list};
 pub(crate) use reader::{ReadCoalescer, TranscriptionReader};
 pub(crate) use repo::ReadError;

@@ -124,8 +124,8 @@ fn batch_ids(query: &str) -> Result<Vec<TranscriptionId>, ApiError> {
     tag = "transcriptions",
     security(("bearer" = [])),
     params(
-        ("ids" = String, Query, example = "42,43,7",
-            description = "1 to 100 distinct ids, comma-separated, each written as [1-9][0-9]*; a bad, repeated or 101st id is 400"),
+        ("ids" = Vec<u64>, Query, style = Form, explode = false,
+            description = "1 to 100 distinct ids, comma-separated (ids=42,43,7), each written as [1-9][0-9]*; a bad, repeated or 101st id is 400"),
         ("x-request-id" = Option<String>, Header, description = "Echoed back when 1-64 chars of [A-Za-z0-9._-]"),
     ),
     responses(
