@@ -20,6 +20,12 @@ class Lock:
     #: ``expired`` or ``released`` once lost.
     lost_reason: Optional[str] = None
 
+    def mark_lost(self, reason: str) -> None:
+        """Records the loss once: the first reason stays, ``lost`` is set."""
+        if not self.lost.is_set():
+            self.lost_reason = reason
+            self.lost.set()
+
     @classmethod
     def from_grant(cls, grant: Dict[str, Any], lost: Any = None) -> "Lock":
         return cls(grant["name"], grant["token"], grant["fence"], grant["lease_ms"], grant["expires_at"], lost)

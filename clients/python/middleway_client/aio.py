@@ -83,7 +83,7 @@ class AsyncMiddleway:
             try:
                 await self.release(name, grant.token)
             except NotHeld as error:
-                _lose(grant, error.reason)
+                grant.mark_lost(error.reason)
         if grant.lost.is_set():
             raise LockLost(grant.lost_reason or "expired") from body_error
         if body_error is not None:
@@ -98,10 +98,10 @@ class AsyncMiddleway:
                 await self.extend(grant.name, grant.token, int(lease_s * 1000), max(held_until - asked, 1.0))
                 held_until = asked + lease_s
             except NotHeld as error:
-                return _lose(grant, error.reason)
+                return grant.mark_lost(error.reason)
             except Exception:  # transient: keep trying while the lease may hold
                 if time.monotonic() >= held_until:
-                    return _lose(grant, "expired")
+                    return grant.mark_lost("expired")
 
     async def _call(self, call: policy.Call, deadline_s: Optional[float] = None,
                     deadline: Optional[float] = None) -> httpx.Response:
@@ -123,8 +123,3 @@ class AsyncMiddleway:
             await asyncio.sleep(retry.delay_s)
             attempt += 1
 
-
-def _lose(grant: Lock, reason: str) -> None:
-    if not grant.lost.is_set():
-        grant.lost_reason = reason
-        grant.lost.set()

@@ -88,7 +88,7 @@ class Middleway:
             try:
                 self.release(name, grant.token)
             except NotHeld as error:
-                keeper.lose(error.reason)
+                grant.mark_lost(error.reason)
         if grant.lost.is_set():
             raise LockLost(grant.lost_reason or "expired") from body_error
         if body_error is not None:
@@ -124,11 +124,6 @@ class _LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name=f"middleway-lease-{grant.name}", daemon=True)
         self._thread.start()
 
-    def lose(self, reason: str) -> None:
-        if not self._grant.lost.is_set():
-            self._grant.lost_reason = reason
-            self._grant.lost.set()
-
     def stop(self) -> None:
         self._stopping.set()
         self._thread.join()
@@ -143,7 +138,7 @@ class _LeaseKeeper:
                 self._client.extend(self._grant.name, self._grant.token, int(self._lease_s * 1000), deadline_s)
                 self._held_until = asked + self._lease_s
             except NotHeld as error:
-                return self.lose(error.reason)
+                return self._grant.mark_lost(error.reason)
             except Exception:  # transient: keep trying while the lease may hold
                 if time.monotonic() >= self._held_until:
-                    return self.lose("expired")
+                    return self._grant.mark_lost("expired")
