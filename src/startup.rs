@@ -16,10 +16,13 @@ use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::{AppState, admin_server, public_server};
-use crate::locks::LockEngine;
+use crate::locks::{LockEngine, LockStore};
 use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
-use crate::pools::redis::{RedisPools, invalid_redis_url};
+use crate::pools::redis::RedisPools;
+use crate::pools::tls::{
+    install_crypto_provider, invalid_redis_url, redis_connection_info, verify_mysql, verify_redis,
+};
 use crate::transcriptions::ReadCoalescer;
 
 /// Why the service could not start.
@@ -74,8 +77,15 @@ pub struct Application {
 
 impl Application {
     /// Binds both listeners and creates the pools. Pools connect lazily, so
-    /// the service starts (not ready) even while MySQL or Redis is down.
+    /// the service starts (not ready) even while MySQL or Redis is down; a
+    /// backend reached over TLS is tried once first, so a certificate that
+    /// does not verify stops the start (see `pools::tls`).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        install_crypto_provider();
+        let redis_target =
+            redis_connection_info(&settings.redis_url, settings.redis_tls_ca_file.as_deref())?;
+        verify_redis(&redis_target, settings.redis_tls_ca_file.is_some()).await?;
+        verify_mysql(&settings.database).await?;
         // One HTTP worker per core, but never more workers than MySQL
         // connections: each worker reads over its own share of `DB_POOL_MAX`,
         // and a worker with no share could never answer a read.
@@ -87,12 +97,20 @@ impl Application {
         let (draining, drain_watch) = watch::channel(false);
         let mysql = MysqlPools::new(&settings.database, workers, drain_watch.clone());
         let redis = Arc::new(RedisPools::new(
-            settings.redis_url.expose(),
+            &redis_target,
             settings.redis_pool_max,
             workers,
         )?);
         let (peers, sweeper) = PeerWatch::start()?;
-        let state = app_state(&settings, &mysql, &redis, &metrics, peers, drain_watch)?;
+        let redis_client = redis::Client::open(redis_target).map_err(|_| invalid_redis_url())?;
+        let state = app_state(
+            &settings,
+            &mysql,
+            (&redis, redis_client),
+            &metrics,
+            peers,
+            drain_watch,
+        );
         let fleet = state.fleet.clone();
         let admin_state = web::Data::new(AdminState {
             metrics: metrics.clone(),
@@ -204,11 +222,11 @@ impl Drain {
 fn app_state(
     settings: &Settings,
     mysql: &Arc<MysqlPools>,
-    redis: &Arc<RedisPools>,
+    (redis, redis_client): (&Arc<RedisPools>, redis::Client),
     metrics: &Metrics,
     peers: PeerWatch,
     draining: watch::Receiver<bool>,
-) -> Result<AppState, ConfigError> {
+) -> AppState {
     metrics
         .mysql_pool_max
         .set(i64::from(settings.database.pool_max));
@@ -218,12 +236,12 @@ fn app_state(
     // The lock engine's tasks run on this (the main) runtime, which outlives
     // the HTTP workers.
     let backend = tokio::runtime::Handle::current();
-    let redis_client =
-        redis::Client::open(settings.redis_url.expose()).map_err(|_| invalid_redis_url())?;
+    let store =
+        LockStore::new(&settings.redis_key_prefix).with_replica_acks(settings.lock_replica_acks);
     let locks = LockEngine::new(
+        store,
         redis.background().clone(),
         redis_client,
-        &settings.redis_key_prefix,
         settings.lock_max_waiters,
         metrics.clone(),
         backend,
@@ -233,7 +251,7 @@ fn app_state(
         let engine = locks.for_worker(redis.background().clone());
         FleetBudget::start(permits, engine, metrics.clone(), draining.clone())
     });
-    Ok(AppState {
+    AppState {
         mysql: Arc::clone(mysql),
         coalescer: ReadCoalescer::new(),
         locks,
@@ -246,7 +264,7 @@ fn app_state(
         limit: web::Data::new(InFlightLimit::new(settings.max_in_flight)),
         metrics: web::Data::new(metrics.clone()),
         peers: web::Data::new(peers),
-    })
+    }
 }
 
 /// Pending connections the kernel queues before `accept` (capped by

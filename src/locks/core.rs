@@ -13,7 +13,9 @@ use super::alarms::AlarmClock;
 use super::domain::{LockName, LockToken};
 use super::error::LockError;
 use super::fences::FenceFloors;
-use super::store::{Claimed, LockStore, Replica, SyncTicket, TicketState, random_id};
+use super::store::{
+    Claimed, LockStore, Replica, SyncTicket, TicketState, is_not_replicated, random_id,
+};
 use super::waiters::Waiters;
 use crate::metrics::Metrics;
 use crate::pools::redis::RedisPool;
@@ -93,6 +95,10 @@ pub(crate) fn bounded<'a, T: 'a>(
     async move {
         match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) if is_not_replicated(&error) => {
+                tracing::warn!(%error, "lock change not confirmed by Redis replicas");
+                Err(LockError::NotReplicated)
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "Redis call failed");
                 Err(LockError::RedisUnavailable)

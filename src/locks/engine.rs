@@ -81,25 +81,20 @@ impl Drop for Place<'_> {
 }
 
 impl LockEngine {
-    /// An engine over `pool` (for its tasks, used on `runtime`) and `client`
-    /// (its wake connection); keys under `key_prefix`. Starts the wake loop.
+    /// An engine over `store` (scripts, keys, replica acknowledgements),
+    /// `pool` (for its tasks, used on `runtime`) and `client` (its wake
+    /// connection). Starts the wake loop.
     /// Give each HTTP worker its own copy with [`Self::for_worker`].
     pub(crate) fn new(
+        store: LockStore,
         pool: RedisPool,
         client: redis::Client,
-        key_prefix: &str,
         max_waiters: usize,
         metrics: Metrics,
         runtime: Handle,
         draining: watch::Receiver<bool>,
     ) -> Self {
-        let core = Core::new(
-            LockStore::new(key_prefix),
-            pool.clone(),
-            metrics,
-            runtime.clone(),
-            max_waiters,
-        );
+        let core = Core::new(store, pool.clone(), metrics, runtime.clone(), max_waiters);
         runtime.spawn(run_wake_loop(Arc::clone(&core), client, draining.clone()));
         let on_drain = (Arc::clone(&core), draining.clone());
         runtime.spawn(async move {
@@ -265,11 +260,13 @@ impl LockEngine {
             Ok(Claimed::Granted(grant)) => Ok(self.granted(name, grant)),
             Ok(Claimed::Nothing) => Err(self.timed_out()),
             Err(error) => {
+                // The cancel may have taken an offer before its reply was
+                // lost (or its grant was not replicated): release that too.
                 core.cleanup(Cleanup::Forget {
                     name: name.clone(),
                     ticket: place.ticket.clone(),
                     nonce: place.nonce.clone(),
-                    scan: false,
+                    scan: true,
                 });
                 Err(error)
             }
@@ -467,9 +464,9 @@ mod tests {
         let client = redis::Client::open("redis://127.0.0.1:1/0").unwrap();
         let (_drain, draining) = watch::channel(false);
         let engine = LockEngine::new(
+            LockStore::new("p:"),
             pool,
             client,
-            "p:",
             10,
             Metrics::new(),
             Handle::current(),

@@ -18,6 +18,9 @@ pub(crate) enum LockError {
     /// Redis did not answer.
     #[error("Redis is unreachable")]
     RedisUnavailable,
+    /// Too few Redis replicas confirmed the change in time (`LOCK_REPLICA_ACKS`).
+    #[error("Redis replicas did not confirm the change in time")]
+    NotReplicated,
     /// `LOCK_MAX_WAITERS` requests are waiting already.
     #[error("too many lock requests are waiting")]
     TooManyWaiters,
@@ -37,6 +40,7 @@ impl LockError {
             Self::PermitsMismatch(_) => "permits-mismatch",
             Self::Timeout => "timeout",
             Self::RedisUnavailable => "unavailable",
+            Self::NotReplicated => "not-replicated",
             Self::TooManyWaiters => "too-many-waiters",
             Self::Draining => "draining",
             Self::CallerGone => "caller-gone",

@@ -1,5 +1,12 @@
 //! The Redis side of locks: key names and the Lua scripts, one method each,
 //! with typed replies. Every key of a lock shares the `{name}` hash tag.
+//!
+//! With `LOCK_REPLICA_ACKS`, every call that grants, extends or releases is
+//! followed on the same connection by `WAIT n timeout`, which covers the
+//! script's write. A short count fails the call as if its reply had been
+//! lost, so the callers' existing "it may have run: undo it" paths apply: an
+//! unconfirmed grant is released again and its caller gets 503; an
+//! unconfirmed extend or release is answered 503.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +19,17 @@ use redis::aio::ConnectionLike;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 
 use super::domain::{Grant, Holder, LockName, LockState, LockToken, NotHeldReason};
+use crate::config::ReplicaAcks;
+
+/// The detail of the error a call fails with when too few replicas confirmed it.
+const NOT_REPLICATED: &str = "too few Redis replicas acknowledged the change";
+
+/// Whether `error` is a short `WAIT` count (see the module documentation).
+pub(crate) fn is_not_replicated(error: &redis::RedisError) -> bool {
+    error
+        .detail()
+        .is_some_and(|d| d.starts_with(NOT_REPLICATED))
+}
 
 macro_rules! lock_script {
     ($file:literal) => {
@@ -122,9 +140,10 @@ pub(crate) struct Synced {
     pub tickets: Vec<TicketState>,
 }
 
-/// The loaded scripts and the key prefix.
+/// The loaded scripts, the key prefix and the replica acknowledgements wanted.
 pub struct LockStore {
     prefix: String,
+    acks: ReplicaAcks,
     acquire: Script,
     claim: Script,
     cancel: Script,
@@ -175,6 +194,7 @@ impl LockStore {
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            acks: ReplicaAcks::OFF,
             acquire: lock_script!("acquire.lua"),
             claim: lock_script!("claim.lua"),
             cancel: lock_script!("cancel.lua"),
@@ -186,6 +206,34 @@ impl LockStore {
             sync: lock_script!("sync.lua"),
             inspect: lock_script!("inspect.lua"),
         }
+    }
+
+    /// The same store, confirming every change with `acks` replicas.
+    pub fn with_replica_acks(self, acks: ReplicaAcks) -> Self {
+        Self { acks, ..self }
+    }
+
+    /// With replica acknowledgements on: waits (WAIT) until enough replicas
+    /// have every write this connection made, and fails the call if they do
+    /// not within the timeout. A multiplexed connection's other callers may
+    /// have written meanwhile; WAIT then covers their writes too, never fewer.
+    async fn replicated<C: ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
+        if self.acks.replicas == 0 {
+            return Ok(());
+        }
+        let acked: u32 = redis::cmd("WAIT")
+            .arg(self.acks.replicas)
+            .arg(self.acks.timeout.as_millis() as u64)
+            .query_async(conn)
+            .await?;
+        if acked >= self.acks.replicas {
+            return Ok(());
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "lock change not replicated",
+            format!("{NOT_REPLICATED}: {acked} of {}", self.acks.replicas),
+        )))
     }
 
     /// The keys of lock `name`.
@@ -241,11 +289,14 @@ impl LockStore {
         let items = items("acquire", &reply)?;
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
-            "granted" => AcquireOutcome::Granted(Grant {
-                token: LockToken::minted(at(items, 1, &reply)?),
-                fence: at(items, 2, &reply)?,
-                deadline_ms: at(items, 3, &reply)?,
-            }),
+            "granted" => {
+                self.replicated(conn).await?;
+                AcquireOutcome::Granted(Grant {
+                    token: LockToken::minted(at(items, 1, &reply)?),
+                    fence: at(items, 2, &reply)?,
+                    deadline_ms: at(items, 3, &reply)?,
+                })
+            }
             "mismatch" => AcquireOutcome::PermitsMismatch(at(items, 1, &reply)?),
             "busy" => AcquireOutcome::Busy,
             "gone" => AcquireOutcome::GaveUp,
@@ -310,11 +361,14 @@ impl LockStore {
         let items = items("claim", &reply)?;
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
-            "granted" => Claimed::Granted(Grant {
-                token: offer.0.clone(),
-                fence: offer.1,
-                deadline_ms: at(items, 1, &reply)?,
-            }),
+            "granted" => {
+                self.replicated(conn).await?;
+                Claimed::Granted(Grant {
+                    token: offer.0.clone(),
+                    fence: offer.1,
+                    deadline_ms: at(items, 1, &reply)?,
+                })
+            }
             _ => Claimed::Nothing,
         })
     }
@@ -337,11 +391,14 @@ impl LockStore {
         let items = items("cancel", &reply)?;
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
-            "granted" => Claimed::Granted(Grant {
-                token: LockToken::minted(at(items, 1, &reply)?),
-                fence: at(items, 2, &reply)?,
-                deadline_ms: at(items, 3, &reply)?,
-            }),
+            "granted" => {
+                self.replicated(conn).await?;
+                Claimed::Granted(Grant {
+                    token: LockToken::minted(at(items, 1, &reply)?),
+                    fence: at(items, 2, &reply)?,
+                    deadline_ms: at(items, 3, &reply)?,
+                })
+            }
             _ => Claimed::Nothing,
         })
     }
@@ -400,7 +457,10 @@ impl LockStore {
         let items = items("release", &reply)?;
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
-            "released" => Ok(()),
+            "released" => {
+                self.replicated(conn).await?;
+                Ok(())
+            }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
         })
     }
@@ -423,7 +483,11 @@ impl LockStore {
         let items = items("extend", &reply)?;
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
-            "extended" => Ok(at(items, 1, &reply)?),
+            "extended" => {
+                let deadline = at(items, 1, &reply)?;
+                self.replicated(conn).await?;
+                Ok(deadline)
+            }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
         })
     }

@@ -1,4 +1,6 @@
-//! The bounded connection pools the service owns: MySQL (sqlx) and Redis.
+//! The bounded connection pools the service owns: MySQL (sqlx) and Redis,
+//! and TLS to both.
 
 pub mod mysql;
 pub mod redis;
+pub mod tls;

@@ -26,8 +26,12 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, QueueMode, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use redis::{
+    Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, Value,
+};
 
+use super::tls::invalid_redis_url;
 use crate::config::ConfigError;
 
 /// A connection that answered this recently is handed out without a PING:
@@ -43,14 +47,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(1);
 /// off sooner by the connection than by the caller.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The error for a `REDIS_URL` the Redis client cannot use.
-pub fn invalid_redis_url() -> ConfigError {
-    ConfigError {
-        variable: "REDIS_URL",
-        message: "is not a valid redis:// URL".into(),
-    }
-}
-
 /// The pool every non-blocking Redis call uses.
 #[derive(Clone)]
 pub struct RedisPool {
@@ -58,13 +54,14 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
-    /// A lazy pool of at most `max_size` connections to `url` (`REDIS_URL`).
+    /// A lazy pool of at most `max_size` connections to `target` (a URL, or
+    /// the details `tls::redis_connection_info` made of the settings).
     /// Use it from one runtime only (see the module documentation).
-    pub fn new(url: &str, max_size: usize) -> Result<Self, ConfigError> {
+    pub fn new(target: impl IntoConnectionInfo, max_size: usize) -> Result<Self, ConfigError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(REPLY_TIMEOUT));
-        let maker = deadpool_redis::Manager::new_with_config(url, config)
+        let maker = deadpool_redis::Manager::new_with_config(target, config)
             .map_err(|_| invalid_redis_url())?;
         let manager = RedisManager { maker };
         let timeouts = Some(IO_TIMEOUT);
@@ -115,13 +112,17 @@ pub struct RedisPools {
 
 impl RedisPools {
     /// Pools for `workers` HTTP workers and the background, at most
-    /// `max_total` connections (at least one per pool) to `url`.
-    pub fn new(url: &str, max_total: usize, workers: usize) -> Result<Self, ConfigError> {
+    /// `max_total` connections (at least one per pool) to `target`.
+    pub fn new(
+        target: &ConnectionInfo,
+        max_total: usize,
+        workers: usize,
+    ) -> Result<Self, ConfigError> {
         let per_pool = (max_total / (workers + 1)).max(1);
         Ok(Self {
-            background: RedisPool::new(url, per_pool)?,
+            background: RedisPool::new(target.clone(), per_pool)?,
             workers: (0..workers)
-                .map(|_| RedisPool::new(url, per_pool))
+                .map(|_| RedisPool::new(target.clone(), per_pool))
                 .collect::<Result<_, _>>()?,
             next: AtomicUsize::new(0),
         })

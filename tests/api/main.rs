@@ -9,6 +9,7 @@ mod lock_faults;
 mod locks;
 mod observability;
 mod production;
+mod production_backends;
 mod redis_pool;
 mod traces;
 mod transcription_batches;

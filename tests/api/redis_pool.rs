@@ -26,7 +26,7 @@ async fn kill_client(url: &str, id: i64) {
 /// A pool of one connection that Redis has just closed, and that connection's id.
 async fn pool_whose_connection_was_killed() -> (RedisPool, i64) {
     let url = redis_url();
-    let pool = RedisPool::new(&url, 1).unwrap();
+    let pool = RedisPool::new(url.as_str(), 1).unwrap();
     let mut conn = pool.connection().await.unwrap();
     let id = client_id(&mut conn).await.unwrap();
     drop(conn);
@@ -36,7 +36,7 @@ async fn pool_whose_connection_was_killed() -> (RedisPool, i64) {
 
 #[tokio::test]
 async fn a_checked_out_connection_is_shared_not_held() {
-    let pool = RedisPool::new(&redis_url(), 1).unwrap();
+    let pool = RedisPool::new(redis_url().as_str(), 1).unwrap();
     let mut first = pool.connection().await.unwrap();
     // With one connection in the pool, a second checkout while the first
     // handle lives would wait out the pool timeout if checkouts were exclusive.
@@ -54,7 +54,7 @@ async fn a_checked_out_connection_is_shared_not_held() {
 #[tokio::test]
 async fn connections_that_just_answered_are_not_pinged_on_checkout() {
     let redis = OwnRedis::start().await;
-    let pool = RedisPool::new(&redis.url(), 2).unwrap();
+    let pool = RedisPool::new(redis.url().as_str(), 2).unwrap();
     for i in 0..200 {
         let mut conn = pool.connection().await.unwrap();
         let _: () = redis::cmd("SET")

@@ -18,6 +18,9 @@ impl From<LockError> for ApiError {
             LockError::PermitsMismatch(existing) => ApiError::PermitsMismatch { existing },
             LockError::Timeout => ApiError::LockTimeout,
             LockError::RedisUnavailable => ApiError::Unavailable("Redis is unreachable"),
+            LockError::NotReplicated => ApiError::Unavailable(
+                "Redis replicas did not confirm the change in time (LOCK_REPLICA_ACKS); retry",
+            ),
             LockError::TooManyWaiters => {
                 ApiError::Unavailable("too many lock requests are waiting; retry shortly")
             }

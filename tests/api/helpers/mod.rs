@@ -7,6 +7,7 @@
 //! - `contract`: assertions on problem+json answers.
 //! - `redis`: looking at Redis from a test.
 //! - `storm`: many clients on several replicas, checked by a recorder.
+//! - `tls`: certificates for a test's own TLS servers.
 
 // Shared by every test area; not every area uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -16,6 +17,7 @@ mod contract;
 mod redis;
 mod servers;
 mod storm;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ pub use contract::*;
 pub use redis::*;
 pub use servers::*;
 pub use storm::*;
+pub use tls::*;
 
 /// A short random lowercase suffix for database names and key prefixes.
 pub fn random_suffix() -> String {

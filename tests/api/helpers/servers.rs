@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use sqlx::Executor;
 use sqlx::mysql::MySqlPoolOptions;
 
-use super::{client, eventually, free_port, redis_connection, scratch_dir};
+use super::{TestCertificates, client, eventually, free_port, redis_connection, scratch_dir};
 
 /// A child process a test owns: killed and reaped when dropped, and its
 /// scratch directory (if any) removed.
@@ -88,12 +88,23 @@ impl Drop for OwnedProcess {
 pub struct OwnMariaDb {
     pub port: u16,
     process: OwnedProcess,
+    /// Server options beyond the defaults (TLS, say).
+    extra_args: Vec<String>,
 }
 
 impl OwnMariaDb {
     /// Initialises a data directory and starts the server.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Like [`Self::start`], with more server options.
+    pub async fn start_with(extra_args: Vec<String>) -> Self {
         let process = OwnedProcess::in_dir(scratch_dir("mariadb"));
+        // A temporary folder of its own: bootstraps running at once in the
+        // shared /tmp collide on temporary table names and abort.
+        let tmp = process.dir().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmpdir");
         let status = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -105,6 +116,7 @@ impl OwnMariaDb {
                 "--datadir={}",
                 process.dir().join("data").display()
             ))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -113,6 +125,7 @@ impl OwnMariaDb {
         let mut db = Self {
             port: free_port(),
             process,
+            extra_args,
         };
         db.restart().await;
         let root = MySqlPoolOptions::new()
@@ -153,6 +166,8 @@ impl OwnMariaDb {
                 .arg(format!("--socket={}", path("mysqld.sock")))
                 .arg(format!("--pid-file={}", path("mysqld.pid")))
                 .arg(format!("--log-error={}", path("error.log")))
+                .arg(format!("--tmpdir={}", path("tmp")))
+                .args(&self.extra_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
@@ -208,43 +223,121 @@ impl OwnMariaDb {
 pub struct OwnRedis {
     pub port: u16,
     process: OwnedProcess,
+    /// Serving TLS only, with a certificate this CA (a PEM file) signed.
+    tls_ca: Option<PathBuf>,
+    /// Server options beyond the defaults.
+    extra_args: Vec<String>,
 }
 
 impl OwnRedis {
     /// Starts a throwaway redis-server on a free port.
     pub async fn start() -> Self {
+        Self::start_with(Vec::new(), None).await
+    }
+
+    /// A replica of `primary` (it has the primary's data once it answers).
+    pub async fn start_replica_of(primary: &OwnRedis) -> Self {
+        let args = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            primary.port.to_string(),
+        ];
+        let replica = Self::start_with(args, None).await;
+        let url = replica.url();
+        let synced = eventually(Duration::from_secs(10), async || {
+            let mut conn = redis_connection(&url).await.expect("replica answers");
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            info.contains("master_link_status:up")
+        })
+        .await;
+        assert!(synced, "replica did not sync with its primary");
+        replica
+    }
+
+    /// Serves TLS only (no plain port), certificates from `certs`.
+    pub async fn start_tls(certs: &TestCertificates) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--tls-cert-file".into(),
+            path(&certs.server_cert),
+            "--tls-key-file".into(),
+            path(&certs.server_key),
+            "--tls-ca-cert-file".into(),
+            path(&certs.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        Self::start_with(args, Some(certs.ca.clone())).await
+    }
+
+    async fn start_with(extra_args: Vec<String>, tls_ca: Option<PathBuf>) -> Self {
         let mut redis = Self {
             port: free_port(),
             process: OwnedProcess::in_dir(scratch_dir("redis")),
+            tls_ca,
+            extra_args,
         };
         redis.restart().await;
         redis
     }
 
-    /// `redis://127.0.0.1:<port>/0`
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://` when serving TLS.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A connection from the test (verifying the server with the test CA).
+    pub async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let Some(ca) = &self.tls_ca else {
+            return redis_connection(&self.url()).await;
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(ca).expect("test CA")),
+        };
+        let client = redis::Client::build_with_tls(self.url(), certificates).ok()?;
+        client.get_multiplexed_async_connection().await.ok()
     }
 
     /// Starts the server (empty: no persistence) and waits until it answers.
     pub async fn restart(&mut self) {
         let dir = self.process.dir().to_owned();
+        let (plain_port, tls_port) = match self.tls_ca {
+            Some(_) => (0, self.port),
+            None => (self.port, 0),
+        };
         self.process.start(
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .arg("--port")
-                .arg(self.port.to_string())
+                .arg(plain_port.to_string())
+                .arg("--tls-port")
+                .arg(tls_port.to_string())
                 .arg("--dir")
                 .arg(dir)
+                .args(&self.extra_args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
         );
-        let url = self.url();
         let up = eventually(Duration::from_secs(10), async || {
-            redis_connection(&url).await.is_some()
+            self.connection().await.is_some()
         })
         .await;
         assert!(up, "own redis-server did not come up");
+    }
+
+    /// Sends `signal` to the server (SIGSTOP makes it a replica that never acknowledges).
+    pub fn signal(&self, signal: Signal) {
+        self.process.signal(signal);
     }
 
     /// Kills the server and waits for it to exit.

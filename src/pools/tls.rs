@@ -1,0 +1,166 @@
+//! TLS to MySQL and Redis, with rustls (no OpenSSL in the image): the
+//! process-wide crypto provider, Redis connection details that carry
+//! `REDIS_TLS_CA_FILE`'s roots, and one connection at start to each backend
+//! that uses TLS.
+//!
+//! Why connect at start when the pools are lazy: a backend that is down
+//! comes back by itself, so the service starts (not ready) and waits; a
+//! certificate that does not verify never fixes itself, and a replica stuck
+//! unready says nothing about why. So a certificate error stops the process
+//! with exit 2 and one line naming the variable to fix; a backend that is
+//! merely unreachable at start is logged and waited for as before.
+
+use std::error::Error;
+use std::path::Path;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
+use sqlx::Connection;
+use sqlx::mysql::{MySqlConnection, MySqlSslMode};
+
+use crate::config::{ConfigError, DatabaseSettings, Secret};
+
+/// How long the start-up check waits for a backend before leaving it to the pools.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Makes ring rustls' crypto provider for the whole process (sqlx and redis
+/// both build their TLS configuration from the process default). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The error for a `REDIS_URL` the Redis client cannot use.
+pub fn invalid_redis_url() -> ConfigError {
+    ConfigError::new("REDIS_URL", "is not a valid redis:// or rediss:// URL")
+}
+
+/// Where and how to connect to Redis: `REDIS_URL`, with the roots of
+/// `REDIS_TLS_CA_FILE` (instead of the system's) when it is set.
+pub fn redis_connection_info(
+    url: &Secret,
+    ca_file: Option<&Path>,
+) -> Result<ConnectionInfo, ConfigError> {
+    let info = url
+        .expose()
+        .into_connection_info()
+        .map_err(|_| invalid_redis_url())?;
+    let Some(ca_file) = ca_file else {
+        return Ok(info);
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| {
+        ConfigError::new(
+            "REDIS_TLS_CA_FILE",
+            format!("cannot read {}: {}", ca_file.display(), e.kind()),
+        )
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigError::new(
+            "REDIS_TLS_CA_FILE",
+            format!("{} holds no PEM certificate", ca_file.display()),
+        ));
+    }
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map(|client| client.get_connection_info().clone())
+        .map_err(|e| ConfigError::new("REDIS_TLS_CA_FILE", format!("unusable: {e}")))
+}
+
+/// For a `rediss://` target, connects once and stops the start on a
+/// certificate error (naming `REDIS_TLS_CA_FILE` if set, else `REDIS_URL`).
+pub async fn verify_redis(info: &ConnectionInfo, ca_file_set: bool) -> Result<(), ConfigError> {
+    if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+        return Ok(());
+    }
+    let client = redis::Client::open(info.clone()).map_err(|_| invalid_redis_url())?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(PROBE_TIMEOUT))
+        .set_response_timeout(Some(PROBE_TIMEOUT));
+    let error = match client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(error) => error,
+    };
+    match certificate_problem(&error) {
+        Some(problem) => Err(ConfigError::new(
+            if ca_file_set {
+                "REDIS_TLS_CA_FILE"
+            } else {
+                "REDIS_URL"
+            },
+            format!("the Redis server's TLS certificate does not verify: {problem}"),
+        )),
+        None => {
+            tracing::warn!(%error, "Redis is not reachable at start; serving unready until it is");
+            Ok(())
+        }
+    }
+}
+
+/// When `DATABASE_URL` asks for TLS (`ssl-mode=required` or stricter),
+/// connects once and stops the start if TLS cannot be set up.
+pub async fn verify_mysql(database: &DatabaseSettings) -> Result<(), ConfigError> {
+    let options = database.connect_options();
+    if matches!(
+        options.get_ssl_mode(),
+        MySqlSslMode::Disabled | MySqlSslMode::Preferred
+    ) {
+        return Ok(());
+    }
+    let error =
+        match tokio::time::timeout(PROBE_TIMEOUT, MySqlConnection::connect_with(&options)).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                tracing::warn!("MySQL did not answer at start; serving unready until it does");
+                return Ok(());
+            }
+        };
+    let problem = match &error {
+        sqlx::Error::Tls(inner) => {
+            Some(certificate_problem(inner.as_ref()).unwrap_or_else(|| inner.to_string()))
+        }
+        other => certificate_problem(other),
+    };
+    match problem {
+        Some(problem) => Err(ConfigError::new(
+            "DATABASE_URL",
+            format!("TLS to MySQL failed: {problem}"),
+        )),
+        None => {
+            tracing::warn!(error = %crate::pools::mysql::describe(&error), "MySQL is not reachable at start; serving unready until it is");
+            Ok(())
+        }
+    }
+}
+
+/// The certificate problem in `error`, as one line: a rustls error
+/// somewhere in its chain, or (the Redis client keeps its cause behind an
+/// `Arc`, which hides the type) a message about a certificate.
+fn certificate_problem(error: &(dyn Error + 'static)) -> Option<String> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        current = e.source();
+    }
+    let text = error.to_string();
+    text.to_ascii_lowercase()
+        .contains("certificate")
+        .then_some(text)
+}
