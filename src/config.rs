@@ -82,6 +82,8 @@ pub struct Settings {
     pub database: DatabaseSettings,
     /// Redis connection URL (`redis://`, or `rediss://` for TLS).
     pub redis_url: Secret,
+    /// `REDIS_MODE=cluster`: `redis_url` lists a Redis Cluster's seed nodes.
+    pub redis_cluster: bool,
     /// PEM bundle that verifies the Redis server's certificate (`REDIS_TLS_CA_FILE`).
     pub redis_tls_ca_file: Option<std::path::PathBuf>,
     /// Redis replicas that must hold a grant, extend or release before it is answered.
@@ -126,19 +128,16 @@ impl Settings {
                 "is set but REDIS_URL is not a rediss:// (TLS) URL",
             ));
         }
-        match var("REDIS_MODE").as_deref().map(str::trim) {
-            None | Some("standalone") => {}
-            // Said plainly rather than half-working: the lock scripts and the
-            // wake list are not yet placed per hash slot (see docs/locks.md).
-            Some("cluster") => {
+        let redis_cluster = match var("REDIS_MODE").as_deref().map(str::trim) {
+            None | Some("standalone") => false,
+            Some("cluster") => true,
+            Some(_) => {
                 return Err(ConfigError::new(
                     "REDIS_MODE",
-                    "cluster is not supported by this version; use a standalone Redis \
-                     (for ElastiCache: cluster mode disabled)",
+                    "must be `standalone` or `cluster`",
                 ));
             }
-            Some(_) => return Err(ConfigError::new("REDIS_MODE", "must be `standalone`")),
-        }
+        };
         let lock_replica_acks = ReplicaAcks {
             replicas: parse_range(var("LOCK_REPLICA_ACKS"), "LOCK_REPLICA_ACKS", 0, 0, 16)?,
             timeout: Duration::from_millis(parse_range(
@@ -186,6 +185,7 @@ impl Settings {
         Ok(Self {
             database,
             redis_url,
+            redis_cluster,
             redis_tls_ca_file,
             lock_replica_acks,
             bind_addr: parse_addr(var("BIND_ADDR"), "BIND_ADDR", "0.0.0.0:8080")?,
@@ -459,7 +459,6 @@ mod tests {
             ("REDIS_KEY_PREFIX", "a{b}:"),
             ("REDIS_KEY_PREFIX", "x;y="),
             ("REDIS_MODE", "sentinel"),
-            ("REDIS_MODE", "cluster"),
             ("REDIS_TLS_CA_FILE", "/etc/ssl/certs/ca-certificates.crt"),
             ("LOCK_REPLICA_ACKS", "17"),
             ("LOCK_REPLICA_ACKS", "-1"),
@@ -476,7 +475,7 @@ mod tests {
         let mut pairs = BASE.to_vec();
         pairs[1] = ("REDIS_URL", "rediss://cache.example:6379/0");
         pairs.push(("REDIS_TLS_CA_FILE", "/etc/ssl/ca.pem"));
-        pairs.push(("REDIS_MODE", "standalone"));
+        pairs.push(("REDIS_MODE", "cluster"));
         pairs.push(("LOCK_REPLICA_ACKS", "1"));
         pairs.push(("LOCK_REPLICA_ACK_TIMEOUT_MS", "250"));
         let s = settings(&pairs).unwrap();

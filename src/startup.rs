@@ -16,13 +16,12 @@ use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::{AppState, admin_server, public_server};
-use crate::locks::{LockEngine, LockStore};
+use crate::locks::{LockEngine, LockStore, WakeSource};
 use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
-use crate::pools::tls::{
-    install_crypto_provider, invalid_redis_url, redis_connection_info, verify_mysql, verify_redis,
-};
+use crate::pools::redis_target::RedisTarget;
+use crate::pools::tls::{install_crypto_provider, invalid_redis_url, verify_mysql, verify_redis};
 use crate::transcriptions::ReadCoalescer;
 
 /// Why the service could not start.
@@ -82,8 +81,7 @@ impl Application {
     /// does not verify stops the start (see `pools::tls`).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         install_crypto_provider();
-        let redis_target =
-            redis_connection_info(&settings.redis_url, settings.redis_tls_ca_file.as_deref())?;
+        let redis_target = RedisTarget::from_settings(&settings)?;
         verify_redis(&redis_target, settings.redis_tls_ca_file.is_some()).await?;
         verify_mysql(&settings.database).await?;
         // One HTTP worker per core, but never more workers than MySQL
@@ -102,11 +100,11 @@ impl Application {
             workers,
         )?);
         let (peers, sweeper) = PeerWatch::start()?;
-        let redis_client = redis::Client::open(redis_target).map_err(|_| invalid_redis_url())?;
+        let wake = wake_source(&redis_target)?;
         let state = app_state(
             &settings,
             &mysql,
-            (&redis, redis_client),
+            (&redis, wake),
             &metrics,
             peers,
             drain_watch,
@@ -222,7 +220,7 @@ impl Drain {
 fn app_state(
     settings: &Settings,
     mysql: &Arc<MysqlPools>,
-    (redis, redis_client): (&Arc<RedisPools>, redis::Client),
+    (redis, wake): (&Arc<RedisPools>, WakeSource),
     metrics: &Metrics,
     peers: PeerWatch,
     draining: watch::Receiver<bool>,
@@ -236,12 +234,13 @@ fn app_state(
     // The lock engine's tasks run on this (the main) runtime, which outlives
     // the HTTP workers.
     let backend = tokio::runtime::Handle::current();
-    let store =
-        LockStore::new(&settings.redis_key_prefix).with_replica_acks(settings.lock_replica_acks);
+    let store = LockStore::new(&settings.redis_key_prefix)
+        .with_replica_acks(settings.lock_replica_acks)
+        .on_cluster(settings.redis_cluster);
     let locks = LockEngine::new(
         store,
         redis.background().clone(),
-        redis_client,
+        wake,
         settings.lock_max_waiters,
         metrics.clone(),
         backend,
@@ -265,6 +264,21 @@ fn app_state(
         metrics: web::Data::new(metrics.clone()),
         peers: web::Data::new(peers),
     }
+}
+
+/// Where the lock engine's one wake connection listens: the server's wake
+/// lists, or a wake channel on any of the cluster's seed nodes.
+fn wake_source(target: &RedisTarget) -> Result<WakeSource, ConfigError> {
+    let clients = target
+        .nodes()
+        .iter()
+        .map(|node| redis::Client::open(node.clone()).map_err(|_| invalid_redis_url()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if target.is_cluster() {
+        return Ok(WakeSource::channel(clients));
+    }
+    let [server] = <[redis::Client; 1]>::try_from(clients).map_err(|_| invalid_redis_url())?;
+    Ok(WakeSource::list(server))
 }
 
 /// Pending connections the kernel queues before `accept` (capped by

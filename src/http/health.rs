@@ -53,10 +53,7 @@ impl Readiness {
     async fn redis_answers(&self) -> bool {
         let ping = async {
             let mut conn = self.redis.connection().await.ok()?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .ok()
+            conn.serves().await.then_some(())
         };
         matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Some(_)))
     }

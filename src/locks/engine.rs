@@ -17,7 +17,7 @@ use super::domain::{
 use super::error::LockError;
 use super::store::{AcquireCall, AcquireOutcome, Claimed, LockStore, random_id};
 use super::waiters::{WaitOutcome, Waiter};
-use super::wake::run_wake_loop;
+use super::wake::{WakeSource, run_wake_loop};
 use crate::metrics::Metrics;
 use crate::pools::redis::RedisPool;
 use crate::telemetry::otel;
@@ -82,20 +82,20 @@ impl Drop for Place<'_> {
 
 impl LockEngine {
     /// An engine over `store` (scripts, keys, replica acknowledgements),
-    /// `pool` (for its tasks, used on `runtime`) and `client` (its wake
-    /// connection). Starts the wake loop.
+    /// `pool` (for its tasks, used on `runtime`) and `wake` (where its wake
+    /// connection listens). Starts the wake loop.
     /// Give each HTTP worker its own copy with [`Self::for_worker`].
     pub(crate) fn new(
         store: LockStore,
         pool: RedisPool,
-        client: redis::Client,
+        wake: WakeSource,
         max_waiters: usize,
         metrics: Metrics,
         runtime: Handle,
         draining: watch::Receiver<bool>,
     ) -> Self {
         let core = Core::new(store, pool.clone(), metrics, runtime.clone(), max_waiters);
-        runtime.spawn(run_wake_loop(Arc::clone(&core), client, draining.clone()));
+        runtime.spawn(run_wake_loop(Arc::clone(&core), wake, draining.clone()));
         let on_drain = (Arc::clone(&core), draining.clone());
         runtime.spawn(async move {
             let (core, mut draining) = on_drain;
@@ -466,7 +466,7 @@ mod tests {
         let engine = LockEngine::new(
             LockStore::new("p:"),
             pool,
-            client,
+            WakeSource::list(client),
             10,
             Metrics::new(),
             Handle::current(),

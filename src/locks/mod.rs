@@ -20,6 +20,7 @@ pub(crate) use domain::{
 };
 pub(crate) use engine::LockEngine;
 pub(crate) use error::LockError;
+pub(crate) use wake::WakeSource;
 pub(crate) use wire::{LockCommand, LockRequest};
 // The benchmark's `direct-scripts` strategy runs the scripts without HTTP.
 pub use domain::LockName;

@@ -20,6 +20,7 @@ use redis::{RedisResult, Script, ScriptInvocation, Value};
 
 use super::domain::{Grant, Holder, LockName, LockState, LockToken, NotHeldReason};
 use crate::config::ReplicaAcks;
+use crate::pools::redis::WaitForReplicas;
 
 /// The detail of the error a call fails with when too few replicas confirmed it.
 const NOT_REPLICATED: &str = "too few Redis replicas acknowledged the change";
@@ -51,8 +52,16 @@ pub struct LockKeys {
 pub(crate) struct Replica {
     /// 16 random hex digits, new at every start.
     pub id: String,
-    /// The list the scripts push offers and alarms to.
+    /// The list the scripts push offers and alarms to, or on a cluster
+    /// `!` and the channel they publish them to (see scripts/common.lua).
     pub wake: String,
+}
+
+impl Replica {
+    /// The wake channel on a cluster (the wake address without its `!`).
+    pub(crate) fn wake_channel(&self) -> &str {
+        self.wake.strip_prefix('!').unwrap_or(&self.wake)
+    }
 }
 
 /// What the acquire script needs besides the keys.
@@ -144,6 +153,8 @@ pub(crate) struct Synced {
 pub struct LockStore {
     prefix: String,
     acks: ReplicaAcks,
+    /// On a Redis Cluster: wake messages are published, not pushed.
+    cluster: bool,
     acquire: Script,
     claim: Script,
     cancel: Script,
@@ -195,6 +206,7 @@ impl LockStore {
         Self {
             prefix: prefix.to_owned(),
             acks: ReplicaAcks::OFF,
+            cluster: false,
             acquire: lock_script!("acquire.lua"),
             claim: lock_script!("claim.lua"),
             cancel: lock_script!("cancel.lua"),
@@ -213,18 +225,27 @@ impl LockStore {
         Self { acks, ..self }
     }
 
+    /// The same store, for a Redis Cluster.
+    pub fn on_cluster(self, cluster: bool) -> Self {
+        Self { cluster, ..self }
+    }
+
     /// With replica acknowledgements on: waits (WAIT) until enough replicas
     /// have every write this connection made, and fails the call if they do
     /// not within the timeout. A multiplexed connection's other callers may
     /// have written meanwhile; WAIT then covers their writes too, never fewer.
-    async fn replicated<C: ConnectionLike>(&self, conn: &mut C) -> RedisResult<()> {
+    async fn replicated<C: WaitForReplicas>(
+        &self,
+        conn: &mut C,
+        name: &LockName,
+    ) -> RedisResult<()> {
         if self.acks.replicas == 0 {
             return Ok(());
         }
-        let acked: u32 = redis::cmd("WAIT")
-            .arg(self.acks.replicas)
-            .arg(self.acks.timeout.as_millis() as u64)
-            .query_async(conn)
+        let key = &self.keys(name).keys[0];
+        let timeout_ms = self.acks.timeout.as_millis() as u64;
+        let acked = conn
+            .wait_for_replicas(key, self.acks.replicas, timeout_ms)
             .await?;
         if acked >= self.acks.replicas {
             return Ok(());
@@ -244,10 +265,11 @@ impl LockStore {
         }
     }
 
-    /// The wake list of replica `id`. (One list per replica: Redis without
-    /// cluster mode lets a script push to any key.)
+    /// The wake address of replica `id`: its list (Redis without cluster
+    /// mode lets a script push to any key), or `!` and its channel on a cluster.
     pub(crate) fn wake_key(&self, id: &str) -> String {
-        format!("{}wake:{id}", self.prefix)
+        let channel = if self.cluster { "!" } else { "" };
+        format!("{channel}{}wake:{id}", self.prefix)
     }
 
     fn call<'a>(
@@ -266,7 +288,7 @@ impl LockStore {
 
     /// Creates the lock if needed, checks permits, grants at once when a slot
     /// is free and nobody waits, else queues the ticket (when waiting).
-    pub(crate) async fn acquire<C: ConnectionLike>(
+    pub(crate) async fn acquire<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -290,7 +312,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn).await?;
+                self.replicated(conn, name).await?;
                 AcquireOutcome::Granted(Grant {
                     token: LockToken::minted(at(items, 1, &reply)?),
                     fence: at(items, 2, &reply)?,
@@ -312,7 +334,7 @@ impl LockStore {
     }
 
     /// The simplest use, for the benchmark's direct strategy: a slot now or `None`.
-    pub async fn try_acquire<C: ConnectionLike>(
+    pub async fn try_acquire<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -339,7 +361,7 @@ impl LockStore {
     }
 
     /// The ticket's replica takes the slot offered to it; the lease starts now.
-    pub(crate) async fn claim<C: ConnectionLike>(
+    pub(crate) async fn claim<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -362,7 +384,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn).await?;
+                self.replicated(conn, name).await?;
                 Claimed::Granted(Grant {
                     token: offer.0.clone(),
                     fence: offer.1,
@@ -374,7 +396,7 @@ impl LockStore {
     }
 
     /// A wait ran out: takes a slot offered meanwhile, or leaves the queue.
-    pub(crate) async fn cancel<C: ConnectionLike>(
+    pub(crate) async fn cancel<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -392,7 +414,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn).await?;
+                self.replicated(conn, name).await?;
                 Claimed::Granted(Grant {
                     token: LockToken::minted(at(items, 1, &reply)?),
                     fence: at(items, 2, &reply)?,
@@ -442,7 +464,7 @@ impl LockStore {
     }
 
     /// Ends the grant `token` if it holds the lock now.
-    pub async fn release<C: ConnectionLike>(
+    pub async fn release<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -458,7 +480,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "released" => {
-                self.replicated(conn).await?;
+                self.replicated(conn, name).await?;
                 Ok(())
             }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
@@ -466,7 +488,7 @@ impl LockStore {
     }
 
     /// Moves a live grant's deadline to now + `lease_ms`; the new deadline.
-    pub(crate) async fn extend<C: ConnectionLike>(
+    pub(crate) async fn extend<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
@@ -485,7 +507,7 @@ impl LockStore {
         Ok(match tag.as_str() {
             "extended" => {
                 let deadline = at(items, 1, &reply)?;
-                self.replicated(conn).await?;
+                self.replicated(conn, name).await?;
                 Ok(deadline)
             }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),

@@ -4,6 +4,13 @@
 //! then"). However many requests wait, on however many locks, this is the
 //! replica's only blocking connection.
 //!
+//! On a Redis Cluster a script may touch only its own slot's keys, so it
+//! cannot push to a list elsewhere: scripts PUBLISH to the replica's wake
+//! channel instead (the cluster bus carries a message to every node), and
+//! the one connection SUBSCRIBEs to it on any node, PINGing to notice a dead
+//! socket. A message sent while nobody listened is not kept, as a list keeps
+//! it; the re-check after every reconnect (below) finds those offers.
+//!
 //! When the connection drops, the loop reconnects and re-checks every lock
 //! that has waiters here: their places are in Redis, not in the socket.
 //! Only when Redis stays unreachable for [`OUTAGE_GRACE`] are the waiters
@@ -13,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
+use futures_util::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::watch;
 
 use super::core::Core;
@@ -68,23 +76,82 @@ impl Message {
     }
 }
 
-/// Serves the replica's wake list until shutdown.
+/// Where a replica's wake messages arrive: its wake list on a server
+/// (BLPOPed), or on a cluster its wake channel, subscribed on one of the
+/// seed nodes (the next one after a failure).
+pub(crate) struct WakeSource {
+    nodes: Vec<redis::Client>,
+    channel: bool,
+}
+
+impl WakeSource {
+    /// The wake list on `server`.
+    pub(crate) fn list(server: redis::Client) -> Self {
+        Self {
+            nodes: vec![server],
+            channel: false,
+        }
+    }
+
+    /// The wake channel, on any of a cluster's `seeds`.
+    pub(crate) fn channel(seeds: Vec<redis::Client>) -> Self {
+        Self {
+            nodes: seeds,
+            channel: true,
+        }
+    }
+}
+
+/// A live wake connection.
+enum Listener {
+    List(MultiplexedConnection),
+    Channel(PubSubSink, PubSubStream),
+}
+
+impl WakeSource {
+    /// Connects (the `attempt`-th time), subscribed when it is a channel.
+    async fn connect(&self, attempt: usize, core: &Core) -> redis::RedisResult<Listener> {
+        let client = &self.nodes[attempt % self.nodes.len().max(1)];
+        match self.channel {
+            false => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    // BLPOP blocks by design; `listen` bounds each call itself.
+                    .set_response_timeout(None);
+                let conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Ok(Listener::List(conn))
+            }
+            true => {
+                let subscribed = async {
+                    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                    sink.subscribe(core.replica.wake_channel()).await?;
+                    Ok(Listener::Channel(sink, stream))
+                };
+                tokio::time::timeout(Duration::from_secs(1), subscribed)
+                    .await
+                    .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribe timed out").into()))
+            }
+        }
+    }
+}
+
+/// Serves the replica's wake list (or channel) until shutdown.
 pub(crate) async fn run_wake_loop(
     core: Arc<Core>,
-    client: redis::Client,
+    source: WakeSource,
     mut draining: watch::Receiver<bool>,
 ) {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        // BLPOP blocks by design; `listen` bounds each call itself.
-        .set_response_timeout(None);
     let mut down_since: Option<Instant> = None;
     let mut pause = Duration::from_millis(50);
+    let mut attempt = 0;
     loop {
         let connected = tokio::select! {
-            connected = client.get_multiplexed_async_connection_with_config(&config) => connected,
+            connected = source.connect(attempt, &core) => connected,
             _ = draining.wait_for(|d| *d) => return,
         };
+        attempt += 1;
         match connected {
             Ok(conn) => {
                 pause = Duration::from_millis(50);
@@ -98,8 +165,14 @@ pub(crate) async fn run_wake_loop(
                         core.runtime.spawn(Arc::clone(&core).sync(name));
                     }
                 }
+                let listen = match conn {
+                    Listener::List(conn) => futures_util::future::Either::Left(listen(&core, conn)),
+                    Listener::Channel(sink, stream) => {
+                        futures_util::future::Either::Right(listen_channel(&core, sink, stream))
+                    }
+                };
                 tokio::select! {
-                    error = listen(&core, conn) => {
+                    error = listen => {
                         tracing::warn!(%error, "lock wake connection failed; reconnecting");
                     }
                     _ = draining.wait_for(|d| *d) => return,
@@ -143,6 +216,35 @@ async fn listen(core: &Arc<Core>, mut conn: MultiplexedConnection) -> redis::Red
             Ok(Ok(rest)) => rest.iter().flatten().for_each(|m| dispatch(core, m)),
             Ok(Err(error)) => return error,
             Err(_) => return (redis::ErrorKind::Io, "LPOP did not return in time").into(),
+        }
+    }
+}
+
+/// Dispatches what arrives on the wake channel and PINGs every [`BLOCK`]
+/// (a subscribed connection is otherwise silent), until the connection fails.
+async fn listen_channel(
+    core: &Arc<Core>,
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+) -> redis::RedisError {
+    let mut ping = tokio::time::interval(BLOCK);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(message) => match message.get_payload::<String>() {
+                    Ok(text) => dispatch(core, &text),
+                    Err(error) => tracing::warn!(%error, "unreadable lock wake message"),
+                },
+                None => return (redis::ErrorKind::Io, "wake subscription closed").into(),
+            },
+            _ = ping.tick() => {
+                match tokio::time::timeout(SLACK, sink.ping::<String>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => return error,
+                    Err(_) => return (redis::ErrorKind::Io, "PING did not return in time").into(),
+                }
+            }
         }
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod mysql;
 pub mod redis;
+pub mod redis_target;
 pub mod tls;

@@ -1,6 +1,10 @@
 //! The Redis connections for non-blocking calls: deadpool pools of
 //! multiplexed connections, made and checked by deadpool-redis' manager,
-//! one pool per HTTP worker plus one for background tasks.
+//! one pool per HTTP worker plus one for background tasks. Against a Redis
+//! Cluster each pooled connection is a cluster connection instead (one
+//! multiplexed socket per node, commands routed by key slot, MOVED and ASK
+//! followed, the slot map refreshed when it changes), so `REDIS_POOL_MAX`
+//! bounds the connections per node.
 //!
 //! Three measured reasons it is not one deadpool-redis pool as it comes
 //! (uncontended lock pairs at 64 callers on the 2-core dev box went from
@@ -26,11 +30,14 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, QueueMode, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
-    RedisResult, Value,
+    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 
+use super::redis_target::RedisTarget;
 use super::tls::invalid_redis_url;
 use crate::config::ConfigError;
 
@@ -54,15 +61,31 @@ pub struct RedisPool {
 }
 
 impl RedisPool {
-    /// A lazy pool of at most `max_size` connections to `target` (a URL, or
-    /// the details `tls::redis_connection_info` made of the settings).
+    /// A lazy pool of at most `max_size` connections to one server.
     /// Use it from one runtime only (see the module documentation).
-    pub fn new(target: impl IntoConnectionInfo, max_size: usize) -> Result<Self, ConfigError> {
+    pub fn new(server: impl IntoConnectionInfo, max_size: usize) -> Result<Self, ConfigError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(IO_TIMEOUT))
             .set_response_timeout(Some(REPLY_TIMEOUT));
-        let maker = deadpool_redis::Manager::new_with_config(target, config)
+        let maker = deadpool_redis::Manager::new_with_config(server, config)
             .map_err(|_| invalid_redis_url())?;
+        Self::with_maker(Maker::Server(maker), max_size)
+    }
+
+    /// A lazy pool of at most `max_size` connections to `target` (per node
+    /// of a cluster).
+    pub fn for_target(target: &RedisTarget, max_size: usize) -> Result<Self, ConfigError> {
+        match (target.cluster_client(), target.nodes()) {
+            (Some(client), _) => Self::with_maker(
+                Maker::Cluster(client.map_err(|_| invalid_redis_url())?),
+                max_size,
+            ),
+            (None, [server]) => Self::new(server.clone(), max_size),
+            (None, _) => Err(invalid_redis_url()),
+        }
+    }
+
+    fn with_maker(maker: Maker, max_size: usize) -> Result<Self, ConfigError> {
         let manager = RedisManager { maker };
         let timeouts = Some(IO_TIMEOUT);
         let pool = managed::Pool::builder(manager)
@@ -114,15 +137,15 @@ impl RedisPools {
     /// Pools for `workers` HTTP workers and the background, at most
     /// `max_total` connections (at least one per pool) to `target`.
     pub fn new(
-        target: &ConnectionInfo,
+        target: &RedisTarget,
         max_total: usize,
         workers: usize,
     ) -> Result<Self, ConfigError> {
         let per_pool = (max_total / (workers + 1)).max(1);
         Ok(Self {
-            background: RedisPool::new(target.clone(), per_pool)?,
+            background: RedisPool::for_target(target, per_pool)?,
             workers: (0..workers)
-                .map(|_| RedisPool::new(target.clone(), per_pool))
+                .map(|_| RedisPool::for_target(target, per_pool))
                 .collect::<Result<_, _>>()?,
             next: AtomicUsize::new(0),
         })
@@ -165,8 +188,85 @@ impl RedisPools {
 /// report how their calls went, so the pool knows when to replace it.
 #[derive(Clone)]
 pub struct RedisConnection {
-    conn: MultiplexedConnection,
+    link: Link,
     health: Arc<Health>,
+}
+
+/// The connection itself: to one server, or to a cluster.
+#[derive(Clone)]
+enum Link {
+    Server(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConnection {
+    /// Whether Redis can serve: the server answers PING; a cluster answers
+    /// `CLUSTER INFO` with `cluster_state:ok` (every slot has a primary).
+    pub async fn serves(&mut self) -> bool {
+        match &self.link {
+            Link::Server(_) => redis::cmd("PING").query_async::<String>(self).await.is_ok(),
+            Link::Cluster(_) => redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(self)
+                .await
+                .is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_state:ok")),
+        }
+    }
+}
+
+/// Waits (WAIT) until `replicas` replicas have the writes this connection
+/// made to the node that owns `key`, at most `timeout_ms`; how many did.
+pub trait WaitForReplicas: ConnectionLike + Send + Sized {
+    fn wait_for_replicas<'a>(
+        &'a mut self,
+        _key: &'a str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisFuture<'a, u32> {
+        Box::pin(async move {
+            redis::cmd("WAIT")
+                .arg(replicas)
+                .arg(timeout_ms)
+                .query_async(self)
+                .await
+        })
+    }
+}
+
+impl WaitForReplicas for MultiplexedConnection {}
+
+impl WaitForReplicas for RedisConnection {
+    fn wait_for_replicas<'a>(
+        &'a mut self,
+        key: &'a str,
+        replicas: u32,
+        timeout_ms: u64,
+    ) -> RedisFuture<'a, u32> {
+        let Link::Cluster(cluster) = &mut self.link else {
+            return Box::pin(async move {
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(timeout_ms)
+                    .query_async(self)
+                    .await
+            });
+        };
+        // The cluster client would send WAIT to every primary; only the
+        // key's primary took the write.
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(timeout_ms);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            key,
+            SlotAddr::Master,
+        )));
+        let health = Arc::clone(&self.health);
+        let mut cluster = cluster.clone();
+        Box::pin(async move {
+            let result = cluster.route_command(wait, route).await;
+            health.note(&result);
+            Ok(redis::from_redis_value(result?)?)
+        })
+    }
 }
 
 /// How a connection's calls have gone lately.
@@ -221,7 +321,10 @@ fn is_connection_failure(e: &RedisError) -> bool {
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.conn.req_packed_command(cmd).await;
+            let result = match &mut self.link {
+                Link::Server(conn) => conn.req_packed_command(cmd).await,
+                Link::Cluster(conn) => conn.req_packed_command(cmd).await,
+            };
             self.health.note(&result);
             result
         })
@@ -234,21 +337,32 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
-            let result = self.conn.req_packed_commands(cmd, offset, count).await;
+            let result = match &mut self.link {
+                Link::Server(conn) => conn.req_packed_commands(cmd, offset, count).await,
+                Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count).await,
+            };
             self.health.note(&result);
             result
         })
     }
 
     fn get_db(&self) -> i64 {
-        self.conn.get_db()
+        match &self.link {
+            Link::Server(conn) => conn.get_db(),
+            Link::Cluster(_) => 0,
+        }
     }
 }
 
-/// Makes connections and checks stale ones, both through deadpool-redis'
-/// manager; passes fresh ones, replaces failed ones.
+/// Makes connections and checks stale ones (through deadpool-redis'
+/// manager for a server); passes fresh ones, replaces failed ones.
 struct RedisManager {
-    maker: deadpool_redis::Manager,
+    maker: Maker,
+}
+
+enum Maker {
+    Server(deadpool_redis::Manager),
+    Cluster(ClusterClient),
 }
 
 impl managed::Manager for RedisManager {
@@ -256,8 +370,12 @@ impl managed::Manager for RedisManager {
     type Error = RedisError;
 
     async fn create(&self) -> RedisResult<RedisConnection> {
+        let link = match &self.maker {
+            Maker::Server(maker) => Link::Server(managed::Manager::create(maker).await?),
+            Maker::Cluster(client) => Link::Cluster(client.get_async_connection().await?),
+        };
         Ok(RedisConnection {
-            conn: managed::Manager::create(&self.maker).await?,
+            link,
             health: Arc::new(Health::answered_now()),
         })
     }
@@ -273,7 +391,19 @@ impl managed::Manager for RedisManager {
         if conn.health.answered_within(FRESH_FOR) {
             return Ok(());
         }
-        let result = managed::Manager::recycle(&self.maker, &mut conn.conn, metrics).await;
+        let result = match (&self.maker, &mut conn.link) {
+            (Maker::Server(maker), Link::Server(link)) => {
+                managed::Manager::recycle(maker, link, metrics).await
+            }
+            (_, Link::Cluster(link)) => redis::cmd("PING")
+                .query_async::<String>(link)
+                .await
+                .map(drop)
+                .map_err(RecycleError::Backend),
+            (Maker::Cluster(_), Link::Server(_)) => Err(RecycleError::message(
+                "a server connection in a cluster pool",
+            )),
+        };
         if result.is_ok() {
             conn.health.mark_answered();
         }

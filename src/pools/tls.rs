@@ -1,7 +1,6 @@
 //! TLS to MySQL and Redis, with rustls (no OpenSSL in the image): the
-//! process-wide crypto provider, Redis connection details that carry
-//! `REDIS_TLS_CA_FILE`'s roots, and one connection at start to each backend
-//! that uses TLS.
+//! process-wide crypto provider and one connection at start to each backend
+//! that uses TLS (`redis_target` applies `REDIS_TLS_CA_FILE`'s roots).
 //!
 //! Why connect at start when the pools are lazy: a backend that is down
 //! comes back by itself, so the service starts (not ready) and waits; a
@@ -11,14 +10,14 @@
 //! merely unreachable at start is logged and waited for as before.
 
 use std::error::Error;
-use std::path::Path;
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, TlsCertificates};
+use redis::ConnectionAddr;
 use sqlx::Connection;
 use sqlx::mysql::{MySqlConnection, MySqlSslMode};
 
-use crate::config::{ConfigError, DatabaseSettings, Secret};
+use super::redis_target::RedisTarget;
+use crate::config::{ConfigError, DatabaseSettings};
 
 /// How long the start-up check waits for a backend before leaving it to the pools.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -34,43 +33,13 @@ pub fn invalid_redis_url() -> ConfigError {
     ConfigError::new("REDIS_URL", "is not a valid redis:// or rediss:// URL")
 }
 
-/// Where and how to connect to Redis: `REDIS_URL`, with the roots of
-/// `REDIS_TLS_CA_FILE` (instead of the system's) when it is set.
-pub fn redis_connection_info(
-    url: &Secret,
-    ca_file: Option<&Path>,
-) -> Result<ConnectionInfo, ConfigError> {
-    let info = url
-        .expose()
-        .into_connection_info()
-        .map_err(|_| invalid_redis_url())?;
-    let Some(ca_file) = ca_file else {
-        return Ok(info);
+/// For a `rediss://` target, connects once (to the first node) and stops
+/// the start on a certificate error (naming `REDIS_TLS_CA_FILE` if set,
+/// else `REDIS_URL`).
+pub async fn verify_redis(target: &RedisTarget, ca_file_set: bool) -> Result<(), ConfigError> {
+    let Some(info) = target.nodes().first() else {
+        return Ok(());
     };
-    let pem = std::fs::read(ca_file).map_err(|e| {
-        ConfigError::new(
-            "REDIS_TLS_CA_FILE",
-            format!("cannot read {}: {}", ca_file.display(), e.kind()),
-        )
-    })?;
-    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::new(
-            "REDIS_TLS_CA_FILE",
-            format!("{} holds no PEM certificate", ca_file.display()),
-        ));
-    }
-    let certificates = TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    };
-    redis::Client::build_with_tls(info, certificates)
-        .map(|client| client.get_connection_info().clone())
-        .map_err(|e| ConfigError::new("REDIS_TLS_CA_FILE", format!("unusable: {e}")))
-}
-
-/// For a `rediss://` target, connects once and stops the start on a
-/// certificate error (naming `REDIS_TLS_CA_FILE` if set, else `REDIS_URL`).
-pub async fn verify_redis(info: &ConnectionInfo, ca_file_set: bool) -> Result<(), ConfigError> {
     if !matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
         return Ok(());
     }

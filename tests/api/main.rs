@@ -10,6 +10,7 @@ mod locks;
 mod observability;
 mod production;
 mod production_backends;
+mod redis_cluster;
 mod redis_pool;
 mod traces;
 mod transcription_batches;

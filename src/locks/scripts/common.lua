@@ -17,7 +17,9 @@
 -- ARGV[1] is always the lock's name (it goes into alarm messages).
 --
 -- Wake keys (one list per replica, named in a ticket or the watcher list) are
--- the only other keys touched: they share the lock's hash slot in cluster mode.
+-- the only other keys touched. On a Redis Cluster a script may not touch a key
+-- outside its slot: there a wake address is "!" and a channel, and messages
+-- are PUBLISHed (see `notify`).
 --
 -- The hot paths (an acquire or release nobody waits behind) are kept to a few
 -- commands: counts are read once per script and kept in the state table, the
@@ -39,6 +41,18 @@ local WINDOW = 16777216
 local MAX_PROMOTIONS = 256
 -- How long a request that gave up is remembered (far beyond any late delivery).
 local GONE_TTL_MS = 60000
+
+-- Sends a wake message: onto the replica's list (kept until it is read), or
+-- on a cluster ("!channel") published, which the cluster bus carries to the
+-- node the replica listens on.
+local function notify(wake, message)
+  if string.byte(wake, 1) == 33 then
+    redis.call('PUBLISH', string.sub(wake, 2), message)
+  else
+    redis.call('LPUSH', wake, message)
+    redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+  end
+end
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -211,8 +225,7 @@ local function promote(s, now)
         local token, fence = grant(s, t[6], now + OFFER_MS)
         redis.call('HSET', meta, 't:' .. head, 'o|' .. int(fence) .. '|' .. token,
           'o:' .. int(fence), head .. '|' .. t[2])
-        redis.call('LPUSH', t[3], 'o|' .. name .. '|' .. head .. '|' .. token .. '|' .. int(fence))
-        redis.call('PEXPIRE', t[3], WAKE_TTL_MS)
+        notify(t[3], 'o|' .. name .. '|' .. head .. '|' .. token .. '|' .. int(fence))
       end
     end
   end
@@ -242,8 +255,7 @@ local function finish(s, now)
       for replica, wake in pairs(read_list(s.w)) do
         -- The calling replica reads the deadline from the reply (s.caller).
         if replica ~= s.caller then
-          redis.call('LPUSH', wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
-          redis.call('PEXPIRE', wake, WAKE_TTL_MS)
+          notify(wake, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now))
         end
       end
     end

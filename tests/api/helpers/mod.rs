@@ -4,6 +4,7 @@
 //! - `app`: the in-process service (`spawn_app`), its HTTP helpers and rows.
 //! - `servers`: processes a test owns (its own mariadbd, redis-server, or
 //!   `middleway serve`), killed when dropped.
+//! - `cluster`: a Redis Cluster of six nodes a test owns.
 //! - `contract`: assertions on problem+json answers.
 //! - `redis`: looking at Redis from a test.
 //! - `storm`: many clients on several replicas, checked by a recorder.
@@ -13,6 +14,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod app;
+mod cluster;
 mod contract;
 mod redis;
 mod servers;
@@ -24,6 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use app::*;
+pub use cluster::*;
 pub use contract::*;
 pub use redis::*;
 pub use servers::*;

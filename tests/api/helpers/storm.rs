@@ -65,6 +65,23 @@ impl Recorder {
         }
     }
 
+    /// Critical sections entered on `name` so far.
+    pub fn entries_of(&self, name: &str) -> usize {
+        self.fences.get(name).map_or(0, Vec::len)
+    }
+
+    /// How many incarnations of each lock were granted from (more than one
+    /// means Redis lost the lock's data at some point).
+    pub fn incarnations(&self) -> HashMap<String, usize> {
+        self.fences
+            .iter()
+            .map(|(name, grants)| {
+                let distinct: HashSet<&String> = grants.iter().map(|(i, _)| i).collect();
+                (name.clone(), distinct.len())
+            })
+            .collect()
+    }
+
     /// Every fence of a later incarnation is above every fence of an earlier one.
     pub fn check_incarnations(&mut self) {
         for (name, grants) in &self.fences {

@@ -1,0 +1,134 @@
+//! Where Redis is, as the settings say: one server (`REDIS_MODE=standalone`)
+//! or a cluster's seed nodes (`REDIS_MODE=cluster`, `REDIS_URL` a comma-separated
+//! list), with `REDIS_TLS_CA_FILE`'s roots applied to every node.
+
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates, TlsMode};
+
+use super::tls::invalid_redis_url;
+use crate::config::{ConfigError, Settings};
+
+/// Connecting and each reply are bounded by these, as for a single server.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One Redis server, or a Redis Cluster.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// A server (a primary, or an endpoint that follows failovers).
+    Server(ConnectionInfo),
+    /// A cluster, known by its seed nodes; the client learns the rest.
+    Cluster {
+        seeds: Vec<ConnectionInfo>,
+        /// `REDIS_TLS_CA_FILE`'s PEM, for the nodes the client discovers.
+        ca_pem: Option<Vec<u8>>,
+    },
+}
+
+impl RedisTarget {
+    /// The target the settings describe.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
+        let ca_pem = match &settings.redis_tls_ca_file {
+            Some(path) => Some(read_ca(path)?),
+            None => None,
+        };
+        let urls: Vec<&str> = settings
+            .redis_url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .collect();
+        let nodes = urls
+            .iter()
+            .map(|url| node(url, ca_pem.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(if settings.redis_cluster {
+            Self::Cluster {
+                seeds: nodes,
+                ca_pem,
+            }
+        } else {
+            let [node] = <[ConnectionInfo; 1]>::try_from(nodes).map_err(|_| {
+                ConfigError::new(
+                    "REDIS_URL",
+                    "lists several nodes; that needs REDIS_MODE=cluster",
+                )
+            })?;
+            Self::Server(node)
+        })
+    }
+
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    /// The server, or the cluster's seed nodes.
+    pub fn nodes(&self) -> &[ConnectionInfo] {
+        match self {
+            Self::Server(node) => std::slice::from_ref(node),
+            Self::Cluster { seeds, .. } => seeds,
+        }
+    }
+
+    /// A cluster client (for a cluster target; `None` for a server).
+    pub fn cluster_client(&self) -> Option<RedisResult<ClusterClient>> {
+        let Self::Cluster { seeds, ca_pem } = self else {
+            return None;
+        };
+        let mut builder = ClusterClientBuilder::new(seeds.clone())
+            .connection_timeout(IO_TIMEOUT)
+            .response_timeout(REPLY_TIMEOUT)
+            // A failover takes the cluster a few seconds; the engine's own
+            // bound (2 s per call) answers the caller, retries stay short.
+            .retries(3)
+            .min_retry_wait(50)
+            .max_retry_wait(500);
+        if seeds
+            .first()
+            .is_some_and(|s| matches!(s.addr(), redis::ConnectionAddr::TcpTls { .. }))
+        {
+            builder = builder.tls(TlsMode::Secure);
+            if let Some(pem) = ca_pem {
+                builder = builder.certs(TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                });
+            }
+        }
+        Some(builder.build())
+    }
+}
+
+fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        ConfigError::new(
+            "REDIS_TLS_CA_FILE",
+            format!("cannot read {}: {}", path.display(), e.kind()),
+        )
+    })?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigError::new(
+            "REDIS_TLS_CA_FILE",
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
+}
+
+/// One node's connection details, with the CA's roots when given.
+fn node(url: &str, ca_pem: Option<&[u8]>) -> Result<ConnectionInfo, ConfigError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|_| invalid_redis_url())?;
+    let Some(pem) = ca_pem else {
+        return Ok(info);
+    };
+    let certificates = TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    };
+    redis::Client::build_with_tls(info, certificates)
+        .map(|client| client.get_connection_info().clone())
+        .map_err(|e| ConfigError::new("REDIS_TLS_CA_FILE", format!("unusable: {e}")))
+}

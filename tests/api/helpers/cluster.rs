@@ -1,0 +1,324 @@
+//! A Redis Cluster a test owns: six `redis-server --cluster-enabled yes`
+//! (three primaries, three replicas) made into a cluster by `redis-cli
+//! --cluster create`, with a short node timeout so failovers take seconds.
+
+use std::collections::HashMap;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{OwnedProcess, eventually, free_port, redis_connection, scratch_dir};
+
+/// One node: its port and process (its folder keeps `nodes.conf`, so a
+/// restarted node rejoins the cluster).
+struct Node {
+    port: u16,
+    process: OwnedProcess,
+    /// `cluster-node-timeout`: how long a silent node takes to count as failed.
+    timeout_ms: u64,
+}
+
+/// A running cluster.
+pub struct OwnCluster {
+    nodes: Vec<Node>,
+}
+
+/// What `CLUSTER NODES` says of one node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub id: String,
+    pub port: u16,
+    pub primary: bool,
+    /// Slots served, as (first, last) ranges (primaries only).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl OwnCluster {
+    /// Starts six nodes and creates the cluster; returns once every node
+    /// says `cluster_state:ok`. Nodes count as failed after 5 s of silence:
+    /// long enough that a machine busy with other tests causes no failover.
+    pub async fn start() -> Self {
+        Self::start_with_node_timeout(5000).await
+    }
+
+    /// Like [`Self::start`], with failover after `timeout_ms` of silence.
+    pub async fn start_with_node_timeout(timeout_ms: u64) -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let mut node = Node {
+                port: free_port(),
+                process: OwnedProcess::in_dir(scratch_dir("redis-cluster")),
+                timeout_ms,
+            };
+            node.start();
+            nodes.push(node);
+        }
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            let url = node_url(node.port);
+            let up = eventually(Duration::from_secs(10), async || {
+                redis_connection(&url).await.is_some()
+            })
+            .await;
+            assert!(up, "cluster node {} did not come up", node.port);
+        }
+        let status = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(
+                cluster
+                    .nodes
+                    .iter()
+                    .map(|n| format!("127.0.0.1:{}", n.port)),
+            )
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli runs");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        cluster.wait_ok(&cluster.ports()).await;
+        cluster
+    }
+
+    /// Every node's port.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// `REDIS_URL` for `REDIS_MODE=cluster`: every node as a seed.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| node_url(n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until each of `ports` reports `cluster_state:ok` and sees three
+    /// primaries and three replicas (gossip has settled every node's role).
+    pub async fn wait_ok(&self, ports: &[u16]) {
+        for &port in ports {
+            let ok = eventually(Duration::from_secs(30), async || {
+                let Some(mut conn) = redis_connection(&node_url(port)).await else {
+                    return false;
+                };
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                let role = |r: &str| {
+                    nodes
+                        .lines()
+                        .filter(|l| {
+                            l.split_whitespace()
+                                .nth(2)
+                                .is_some_and(|f| f.split(',').any(|f| f == r))
+                        })
+                        .count()
+                };
+                info.contains("cluster_state:ok") && role("master") == 3 && role("slave") == 3
+            })
+            .await;
+            assert!(ok, "node {port} did not reach cluster_state:ok");
+        }
+    }
+
+    /// The nodes as `port` sees them.
+    pub async fn nodes(&self, port: u16) -> Vec<NodeInfo> {
+        let mut conn = redis_connection(&node_url(port)).await.expect("node");
+        let text: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER NODES");
+        text.lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let flags = fields.get(2)?;
+                // "fail" is a verdict; "fail?" only one node's suspicion.
+                if flags.split(',').any(|f| f == "fail") {
+                    return None;
+                }
+                let slots = fields[8..]
+                    .iter()
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| match s.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => s.parse().ok().map(|one| (one, one)),
+                    })
+                    .collect();
+                Some(NodeInfo {
+                    id: fields[0].to_owned(),
+                    port,
+                    primary: flags.split(',').any(|f| f == "master"),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The hash slot of `key` (asked of the cluster, not recomputed).
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        let mut conn = redis_connection(&node_url(self.nodes[0].port))
+            .await
+            .expect("node");
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .expect("KEYSLOT")
+    }
+
+    /// The primary serving `slot` now (as the node on `ask` sees it).
+    pub async fn primary_of(&self, slot: u16, ask: u16) -> NodeInfo {
+        self.serving(slot, ask)
+            .await
+            .expect("a primary serves the slot")
+    }
+
+    /// The live primary serving `slot`, if any (none during a failover).
+    pub async fn serving(&self, slot: u16, ask: u16) -> Option<NodeInfo> {
+        self.nodes(ask)
+            .await
+            .into_iter()
+            .find(|n| n.primary && n.slots.iter().any(|&(a, b)| a <= slot && slot <= b))
+    }
+
+    /// kill -9 of the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        self.node(port).process.kill();
+    }
+
+    /// Starts the node on `port` again with its `nodes.conf` (it rejoins,
+    /// as a replica if it was failed over).
+    pub fn restart(&mut self, port: u16) {
+        self.node(port).start();
+    }
+
+    /// Moves `slot` and its keys from its primary to the primary on `to`,
+    /// as `redis-cli --cluster reshard` does: IMPORTING / MIGRATING, MIGRATE
+    /// key by key (clients meanwhile get ASK), then the slot's new owner is
+    /// announced to every primary.
+    pub async fn move_slot(&self, slot: u16, to: u16) {
+        let from = self.primary_of(slot, to).await;
+        let target = self
+            .nodes(to)
+            .await
+            .into_iter()
+            .find(|n| n.port == to)
+            .expect("target node");
+        assert!(
+            target.primary && from.port != to,
+            "moving slot {slot} from {from:?} to {target:?}"
+        );
+        let mut source = redis_connection(&node_url(from.port)).await.unwrap();
+        let mut destination = redis_connection(&node_url(to)).await.unwrap();
+        let setslot = |state: &str, id: &str| {
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            cmd
+        };
+        let _: () = setslot("IMPORTING", &from.id)
+            .query_async(&mut destination)
+            .await
+            .unwrap();
+        let _: () = setslot("MIGRATING", &target.id)
+            .query_async(&mut source)
+            .await
+            .unwrap();
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+            if keys.is_empty() {
+                break;
+            }
+            let _: () = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .query_async(&mut source)
+                .await
+                .unwrap();
+        }
+        let primaries: Vec<u16> = self
+            .nodes(to)
+            .await
+            .into_iter()
+            .filter(|n| n.primary && !n.slots.is_empty())
+            .map(|n| n.port)
+            .collect();
+        for port in primaries {
+            let mut conn = redis_connection(&node_url(port)).await.unwrap();
+            let _: () = setslot("NODE", &target.id)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// How many keys under `prefix` each primary holds, by port.
+    pub async fn keys_per_primary(&self, prefix: &str) -> HashMap<u16, usize> {
+        let mut counts = HashMap::new();
+        for node in self.nodes(self.nodes[0].port).await {
+            if !node.primary || node.slots.is_empty() {
+                continue;
+            }
+            let mut conn = redis_connection(&node_url(node.port)).await.unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            counts.insert(node.port, keys.len());
+        }
+        counts
+    }
+
+    fn node(&mut self, port: u16) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node of this cluster")
+    }
+}
+
+impl Node {
+    fn start(&mut self) {
+        let dir = self.process.dir().to_owned();
+        self.process.start(
+            Command::new("redis-server")
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes"])
+                .args(["--cluster-config-file", "nodes.conf"])
+                .arg("--cluster-node-timeout")
+                .arg(self.timeout_ms.to_string())
+                .arg("--port")
+                .arg(self.port.to_string())
+                .arg("--dir")
+                .arg(dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+    }
+}
+
+fn node_url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}")
+}
