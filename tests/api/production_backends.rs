@@ -221,6 +221,12 @@ async fn a_redis_certificate_that_does_not_verify_stops_the_start_with_exit_2() 
     let (code, stderr) = failed_start(&env);
     assert_eq!(code, Some(2), "{stderr}");
     assert_one_line_naming(&stderr, "REDIS_TLS_CA_FILE");
+    // The line README quotes.
+    assert_eq!(
+        stderr.trim(),
+        "middleway: configuration error: REDIS_TLS_CA_FILE: the Redis server's TLS certificate \
+         does not verify: invalid peer certificate: UnknownIssuer"
+    );
 
     // Without a CA file the system roots are used, and they do not know the test CA.
     env.remove("REDIS_TLS_CA_FILE");

@@ -12,8 +12,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    OwnCluster, ServiceProcess, Storm, TestApp, assert_conserved, base_env, create_database,
-    eventually, mysql_admin_url, raise_fd_limit, random_suffix, spawn_app_on,
+    OwnCluster, ServiceProcess, Storm, TestApp, TestCertificates, assert_conserved, base_env,
+    create_database, eventually, mysql_admin_url, raise_fd_limit, random_suffix, spawn_app_on,
 };
 
 fn cluster_env(cluster: &OwnCluster, prefix: &str, database_url: &str) -> HashMap<String, String> {
@@ -23,18 +23,21 @@ fn cluster_env(cluster: &OwnCluster, prefix: &str, database_url: &str) -> HashMa
 }
 
 async fn service_on(cluster: &OwnCluster) -> TestApp {
+    service_with(cluster, &[]).await
+}
+
+async fn service_with(cluster: &OwnCluster, extra: &[(&str, &str)]) -> TestApp {
     let (db_name, url) = create_database(&mysql_admin_url()).await;
     let prefix = format!("mwtest:{}:", random_suffix());
     let mut env = cluster_env(cluster, &prefix, &url);
     env.insert("REDIS_POOL_MAX".into(), "4".into());
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     spawn_app_on(env, db_name, prefix).await
 }
 
 /// Clients of `kind` (`normal`, `pubsub`) connected to the node on `port`.
-async fn clients_on(port: u16, kind: &str) -> usize {
-    let mut conn = crate::helpers::redis_connection(&format!("redis://127.0.0.1:{port}"))
-        .await
-        .unwrap();
+async fn clients_on(cluster: &OwnCluster, port: u16, kind: &str) -> usize {
+    let mut conn = cluster.connection(port).await.unwrap();
     let list: String = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("TYPE")
@@ -96,9 +99,9 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
     // own; one wake subscription for the whole replica.
     let mut subscriptions = 0;
     for port in cluster.ports() {
-        let normal = clients_on(port, "normal").await;
+        let normal = clients_on(&cluster, port, "normal").await;
         assert!(normal <= 4, "{normal} connections on node {port}");
-        subscriptions += clients_on(port, "pubsub").await;
+        subscriptions += clients_on(&cluster, port, "pubsub").await;
     }
     assert_eq!(subscriptions, 1, "one wake subscription");
     let per_primary = cluster.keys_per_primary(&app.key_prefix).await;
@@ -113,21 +116,11 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
     let nodes = cluster.nodes(cluster.ports()[0]).await;
     let primary = nodes.iter().find(|n| n.primary).unwrap().clone();
     cluster.kill(primary.port);
-    let replica_of_primary = cluster
-        .ports()
-        .into_iter()
-        .filter(|&p| p != primary.port)
-        .find(|&p| {
-            // The node whose CLUSTER NODES line says it replicates `primary`.
-            std::process::Command::new("redis-cli")
-                .args(["-p", &p.to_string(), "ROLE"])
-                .output()
-                .is_ok_and(|o| {
-                    let role = String::from_utf8_lossy(&o.stdout);
-                    role.starts_with("slave") && role.contains(&primary.port.to_string())
-                })
-        })
-        .expect("the primary's replica");
+    let replica_of_primary = nodes
+        .iter()
+        .find(|n| n.replica_of.as_deref() == Some(primary.id.as_str()))
+        .expect("the primary's replica")
+        .port;
     cluster.kill(replica_of_primary);
     let unready = eventually(Duration::from_secs(15), async || {
         app.get_without_key("/readyz").await.status() == StatusCode::SERVICE_UNAVAILABLE
@@ -258,4 +251,49 @@ async fn a_slot_with_holders_and_waiters_moves_to_another_primary() {
     }
     assert_eq!(app.release(name, &token).await.status(), StatusCode::OK);
     assert_conserved(&app.address, name, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_work_on_a_cluster_that_speaks_tls_only() {
+    let certs = TestCertificates::new();
+    let cluster = OwnCluster::start_tls(&certs).await;
+    let ca = certs.ca.display().to_string();
+    let app = service_with(&cluster, &[("REDIS_TLS_CA_FILE", &ca)]).await;
+    assert_eq!(
+        app.get_without_key("/readyz").await.status(),
+        StatusCode::OK
+    );
+    for n in 0..12 {
+        let name = format!("tls-{n}");
+        let first = app.grant(&name, 0, 30_000).await;
+        let waiter = app.lock_in_background(
+            json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000}),
+        );
+        let queued = eventually(Duration::from_secs(5), async || {
+            app.inspect(&name).await["waiting"] == 1
+        })
+        .await;
+        assert!(queued, "{name}: the second acquire waits");
+        assert_eq!(
+            app.release(&name, &first["token"]).await.status(),
+            StatusCode::OK
+        );
+        let second = waiter.await.unwrap();
+        assert_eq!(
+            second.status,
+            Some(StatusCode::OK),
+            "{name}: {}",
+            second.body
+        );
+        assert_eq!(
+            app.release(&name, &second.body["token"]).await.status(),
+            StatusCode::OK
+        );
+    }
+    let per_primary = cluster.keys_per_primary(&app.key_prefix).await;
+    assert_eq!(per_primary.len(), 3);
+    assert!(
+        per_primary.values().all(|&keys| keys > 0),
+        "every primary holds some locks: {per_primary:?}"
+    );
 }

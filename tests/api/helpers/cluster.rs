@@ -1,25 +1,39 @@
 //! A Redis Cluster a test owns: six `redis-server --cluster-enabled yes`
 //! (three primaries, three replicas) made into a cluster by `redis-cli
-//! --cluster create`, with a short node timeout so failovers take seconds.
+//! --cluster create`, with a short node timeout so failovers take seconds;
+//! optionally speaking TLS only.
 
 use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{OwnedProcess, eventually, free_port, redis_connection, scratch_dir};
+use super::{OwnedProcess, TestCertificates, eventually, free_port, redis_connection, scratch_dir};
 
 /// One node: its port and process (its folder keeps `nodes.conf`, so a
 /// restarted node rejoins the cluster).
 struct Node {
     port: u16,
+    /// The cluster bus port (by default port + 10,000, which may be past 65,535).
+    bus_port: u16,
     process: OwnedProcess,
     /// `cluster-node-timeout`: how long a silent node takes to count as failed.
     timeout_ms: u64,
+    /// TLS only (clients, replication and the cluster bus), with these files.
+    tls: Option<TlsFiles>,
+}
+
+#[derive(Clone)]
+struct TlsFiles {
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 /// A running cluster.
 pub struct OwnCluster {
     nodes: Vec<Node>,
+    /// The CA that verifies the nodes, when they speak TLS only.
+    tls_ca: Option<String>,
 }
 
 /// What `CLUSTER NODES` says of one node.
@@ -28,6 +42,8 @@ pub struct NodeInfo {
     pub id: String,
     pub port: u16,
     pub primary: bool,
+    /// The id of the primary this node replicates (replicas only).
+    pub replica_of: Option<String>,
     /// Slots served, as (first, last) ranges (primaries only).
     pub slots: Vec<(u16, u16)>,
 }
@@ -37,31 +53,55 @@ impl OwnCluster {
     /// says `cluster_state:ok`. Nodes count as failed after 5 s of silence:
     /// long enough that a machine busy with other tests causes no failover.
     pub async fn start() -> Self {
-        Self::start_with_node_timeout(5000).await
+        Self::launch(5000, None).await
     }
 
     /// Like [`Self::start`], with failover after `timeout_ms` of silence.
     pub async fn start_with_node_timeout(timeout_ms: u64) -> Self {
+        Self::launch(timeout_ms, None).await
+    }
+
+    /// Like [`Self::start`], every node speaking TLS only (clients,
+    /// replication, cluster bus) with the test's certificates.
+    pub async fn start_tls(certs: &TestCertificates) -> Self {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let files = TlsFiles {
+            ca: path(&certs.ca),
+            cert: path(&certs.server_cert),
+            key: path(&certs.server_key),
+        };
+        Self::launch(5000, Some(files)).await
+    }
+
+    async fn launch(timeout_ms: u64, tls: Option<TlsFiles>) -> Self {
         let mut nodes = Vec::new();
         for _ in 0..6 {
             let mut node = Node {
                 port: free_port(),
+                bus_port: free_port(),
                 process: OwnedProcess::in_dir(scratch_dir("redis-cluster")),
                 timeout_ms,
+                tls: tls.clone(),
             };
             node.start();
             nodes.push(node);
         }
-        let cluster = Self { nodes };
+        let cluster = Self {
+            nodes,
+            tls_ca: tls.as_ref().map(|t| t.ca.clone()),
+        };
         for node in &cluster.nodes {
-            let url = node_url(node.port);
             let up = eventually(Duration::from_secs(10), async || {
-                redis_connection(&url).await.is_some()
+                cluster.connection(node.port).await.is_some()
             })
             .await;
             assert!(up, "cluster node {} did not come up", node.port);
         }
-        let status = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if let Some(ca) = &cluster.tls_ca {
+            create.args(["--tls", "--cacert", ca]);
+        }
+        let status = create
             .arg("--cluster")
             .arg("create")
             .args(
@@ -87,11 +127,32 @@ impl OwnCluster {
 
     /// `REDIS_URL` for `REDIS_MODE=cluster`: every node as a seed.
     pub fn url(&self) -> String {
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.nodes
             .iter()
-            .map(|n| node_url(n.port))
+            .map(|n| format!("{scheme}://127.0.0.1:{}", n.port))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// A connection to the node on `port` alone (TLS with the test CA if the
+    /// cluster speaks TLS).
+    pub async fn connection(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
+        let Some(ca) = &self.tls_ca else {
+            return redis_connection(&node_url(port)).await;
+        };
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(ca).expect("test CA")),
+        };
+        let client =
+            redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certificates)
+                .ok()?;
+        client.get_multiplexed_async_connection().await.ok()
     }
 
     /// Waits until each of `ports` reports `cluster_state:ok` and sees three
@@ -99,7 +160,7 @@ impl OwnCluster {
     pub async fn wait_ok(&self, ports: &[u16]) {
         for &port in ports {
             let ok = eventually(Duration::from_secs(30), async || {
-                let Some(mut conn) = redis_connection(&node_url(port)).await else {
+                let Some(mut conn) = self.connection(port).await else {
                     return false;
                 };
                 let info: String = redis::cmd("CLUSTER")
@@ -131,7 +192,7 @@ impl OwnCluster {
 
     /// The nodes as `port` sees them.
     pub async fn nodes(&self, port: u16) -> Vec<NodeInfo> {
-        let mut conn = redis_connection(&node_url(port)).await.expect("node");
+        let mut conn = self.connection(port).await.expect("node");
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
@@ -158,6 +219,10 @@ impl OwnCluster {
                     id: fields[0].to_owned(),
                     port,
                     primary: flags.split(',').any(|f| f == "master"),
+                    replica_of: fields
+                        .get(3)
+                        .filter(|id| **id != "-")
+                        .map(|id| id.to_string()),
                     slots,
                 })
             })
@@ -166,9 +231,7 @@ impl OwnCluster {
 
     /// The hash slot of `key` (asked of the cluster, not recomputed).
     pub async fn slot_of(&self, key: &str) -> u16 {
-        let mut conn = redis_connection(&node_url(self.nodes[0].port))
-            .await
-            .expect("node");
+        let mut conn = self.connection(self.nodes[0].port).await.expect("node");
         redis::cmd("CLUSTER")
             .arg("KEYSLOT")
             .arg(key)
@@ -219,8 +282,8 @@ impl OwnCluster {
             target.primary && from.port != to,
             "moving slot {slot} from {from:?} to {target:?}"
         );
-        let mut source = redis_connection(&node_url(from.port)).await.unwrap();
-        let mut destination = redis_connection(&node_url(to)).await.unwrap();
+        let mut source = self.connection(from.port).await.unwrap();
+        let mut destination = self.connection(to).await.unwrap();
         let setslot = |state: &str, id: &str| {
             let mut cmd = redis::cmd("CLUSTER");
             cmd.arg("SETSLOT").arg(slot).arg(state).arg(id);
@@ -265,7 +328,7 @@ impl OwnCluster {
             .map(|n| n.port)
             .collect();
         for port in primaries {
-            let mut conn = redis_connection(&node_url(port)).await.unwrap();
+            let mut conn = self.connection(port).await.unwrap();
             let _: () = setslot("NODE", &target.id)
                 .query_async(&mut conn)
                 .await
@@ -280,7 +343,7 @@ impl OwnCluster {
             if !node.primary || node.slots.is_empty() {
                 continue;
             }
-            let mut conn = redis_connection(&node_url(node.port)).await.unwrap();
+            let mut conn = self.connection(node.port).await.unwrap();
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{prefix}*"))
                 .query_async(&mut conn)
@@ -302,6 +365,27 @@ impl OwnCluster {
 impl Node {
     fn start(&mut self) {
         let dir = self.process.dir().to_owned();
+        let (plain, tls) = match &self.tls {
+            Some(_) => (0, self.port),
+            None => (self.port, 0),
+        };
+        let mut tls_args = Vec::new();
+        if let Some(files) = &self.tls {
+            tls_args.extend([
+                "--tls-cluster",
+                "yes",
+                "--tls-replication",
+                "yes",
+                "--tls-auth-clients",
+                "no",
+                "--tls-ca-cert-file",
+                &files.ca,
+                "--tls-cert-file",
+                &files.cert,
+                "--tls-key-file",
+                &files.key,
+            ]);
+        }
         self.process.start(
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -310,7 +394,12 @@ impl Node {
                 .arg("--cluster-node-timeout")
                 .arg(self.timeout_ms.to_string())
                 .arg("--port")
-                .arg(self.port.to_string())
+                .arg(plain.to_string())
+                .arg("--tls-port")
+                .arg(tls.to_string())
+                .args(&tls_args)
+                .arg("--cluster-port")
+                .arg(self.bus_port.to_string())
                 .arg("--dir")
                 .arg(dir)
                 .stdout(Stdio::null())
