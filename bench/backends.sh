@@ -2,6 +2,7 @@
 # Production backends (issue 11), one command:
 #   bench/backends.sh          prints the numbers bench/README.md "Production backends" quotes
 #   REQUESTS=5000 bench/backends.sh   a shorter run
+#   ONLY=locks bench/backends.sh      (or ONLY=reads) one half
 #
 # Locks: acquire+release pairs/s (64 callers over 1,000 names, best of 2) and
 # hand-off latency (100 waiters on one name) against
@@ -65,6 +66,8 @@ locks() { # LABEL REDIS_URL VAR=VALUE...: pairs/s and hand-off against this Redi
   stop
 }
 
+only=${ONLY:-all}
+if [ "$only" != reads ]; then
 log "starting Redis: one server, a primary with a replica, a 6-node cluster"
 redis_node 17100
 redis_node 17110
@@ -84,6 +87,8 @@ locks single redis://127.0.0.1:17100/0
 locks cluster "$seeds" REDIS_MODE=cluster
 locks replica-acks-0 redis://127.0.0.1:17110/0
 locks replica-acks-1 redis://127.0.0.1:17110/0 LOCK_REPLICA_ACKS=1
+fi
+[ "$only" = locks ] && exit 0
 
 log "starting a MariaDB that offers TLS, with a CA made here"
 certs=$work/certs
