@@ -75,10 +75,11 @@ impl OwnCluster {
 
     async fn launch(timeout_ms: u64, tls: Option<TlsFiles>) -> Self {
         let mut nodes = Vec::new();
+        let mut ports = distinct_free_ports(12).into_iter();
         for _ in 0..6 {
             let mut node = Node {
-                port: free_port(),
-                bus_port: free_port(),
+                port: ports.next().expect("port"),
+                bus_port: ports.next().expect("port"),
                 process: OwnedProcess::in_dir(scratch_dir("redis-cluster")),
                 timeout_ms,
                 tls: tls.clone(),
@@ -186,7 +187,20 @@ impl OwnCluster {
                 info.contains("cluster_state:ok") && role("master") == 3 && role("slave") == 3
             })
             .await;
-            assert!(ok, "node {port} did not reach cluster_state:ok");
+            if !ok {
+                let mut conn = self.connection(port).await.expect("node answers");
+                let ask = |what: &str| {
+                    let mut cmd = redis::cmd("CLUSTER");
+                    cmd.arg(what);
+                    cmd
+                };
+                let info: String = ask("INFO").query_async(&mut conn).await.unwrap_or_default();
+                let nodes: String = ask("NODES")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                panic!("node {port} did not reach cluster_state:ok:\n{info}\n{nodes}");
+            }
         }
     }
 
@@ -406,6 +420,18 @@ impl Node {
                 .stderr(Stdio::null()),
         );
     }
+}
+
+/// `n` loopback ports free now and distinct from each other (all bound at
+/// once, then released).
+fn distinct_free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("address").port())
+        .collect()
 }
 
 fn node_url(port: u16) -> String {
