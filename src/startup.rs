@@ -20,8 +20,8 @@ use crate::locks::{LockEngine, LockStore, WakeSource};
 use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
-use crate::pools::redis_target::RedisTarget;
-use crate::pools::tls::{install_crypto_provider, invalid_redis_url, verify_mysql, verify_redis};
+use crate::pools::redis_target::{RedisTarget, invalid_redis_url};
+use crate::pools::tls::{install_crypto_provider, verify_mysql, verify_redis};
 use crate::transcriptions::ReadCoalescer;
 
 /// Why the service could not start.

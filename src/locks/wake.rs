@@ -100,41 +100,35 @@ impl WakeSource {
             channel: true,
         }
     }
+
+    /// Connects (the `attempt`-th time), subscribed when it is a channel.
+    async fn connect(&self, attempt: usize, core: &Core) -> redis::RedisResult<Listener> {
+        let client = &self.nodes[attempt % self.nodes.len().max(1)];
+        if self.channel {
+            let subscribed = async {
+                let (mut sink, stream) = client.get_async_pubsub().await?.split();
+                sink.subscribe(core.replica.wake_channel()).await?;
+                Ok(Listener::Channel(sink, stream))
+            };
+            return tokio::time::timeout(Duration::from_secs(1), subscribed)
+                .await
+                .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribe timed out").into()));
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            // BLPOP blocks by design; `listen` bounds each call itself.
+            .set_response_timeout(None);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Listener::List(conn))
+    }
 }
 
 /// A live wake connection.
 enum Listener {
     List(MultiplexedConnection),
     Channel(PubSubSink, PubSubStream),
-}
-
-impl WakeSource {
-    /// Connects (the `attempt`-th time), subscribed when it is a channel.
-    async fn connect(&self, attempt: usize, core: &Core) -> redis::RedisResult<Listener> {
-        let client = &self.nodes[attempt % self.nodes.len().max(1)];
-        match self.channel {
-            false => {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    // BLPOP blocks by design; `listen` bounds each call itself.
-                    .set_response_timeout(None);
-                let conn = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                Ok(Listener::List(conn))
-            }
-            true => {
-                let subscribed = async {
-                    let (mut sink, stream) = client.get_async_pubsub().await?.split();
-                    sink.subscribe(core.replica.wake_channel()).await?;
-                    Ok(Listener::Channel(sink, stream))
-                };
-                tokio::time::timeout(Duration::from_secs(1), subscribed)
-                    .await
-                    .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribe timed out").into()))
-            }
-        }
-    }
 }
 
 /// Serves the replica's wake list (or channel) until shutdown.

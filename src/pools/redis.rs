@@ -37,8 +37,7 @@ use redis::{
     Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 
-use super::redis_target::RedisTarget;
-use super::tls::invalid_redis_url;
+use super::redis_target::{RedisTarget, invalid_redis_url};
 use crate::config::ConfigError;
 
 /// A connection that answered this recently is handed out without a PING:
@@ -223,14 +222,14 @@ pub trait WaitForReplicas: ConnectionLike + Send + Sized {
         replicas: u32,
         timeout_ms: u64,
     ) -> RedisFuture<'a, u32> {
-        Box::pin(async move {
-            redis::cmd("WAIT")
-                .arg(replicas)
-                .arg(timeout_ms)
-                .query_async(self)
-                .await
-        })
+        Box::pin(async move { wait_command(replicas, timeout_ms).query_async(self).await })
     }
+}
+
+fn wait_command(replicas: u32, timeout_ms: u64) -> Cmd {
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(replicas).arg(timeout_ms);
+    wait
 }
 
 impl WaitForReplicas for MultiplexedConnection {}
@@ -242,19 +241,12 @@ impl WaitForReplicas for RedisConnection {
         replicas: u32,
         timeout_ms: u64,
     ) -> RedisFuture<'a, u32> {
+        let wait = wait_command(replicas, timeout_ms);
         let Link::Cluster(cluster) = &mut self.link else {
-            return Box::pin(async move {
-                redis::cmd("WAIT")
-                    .arg(replicas)
-                    .arg(timeout_ms)
-                    .query_async(self)
-                    .await
-            });
+            return Box::pin(async move { wait.query_async(self).await });
         };
         // The cluster client would send WAIT to every primary; only the
         // key's primary took the write.
-        let mut wait = redis::cmd("WAIT");
-        wait.arg(replicas).arg(timeout_ms);
         let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
             key,
             SlotAddr::Master,

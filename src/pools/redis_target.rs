@@ -5,12 +5,16 @@
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates, TlsMode};
 
-use super::tls::invalid_redis_url;
 use crate::config::{ConfigError, Settings};
 
 /// Connecting and each reply are bounded by these, as for a single server.
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The error for a `REDIS_URL` the Redis client cannot use.
+pub fn invalid_redis_url() -> ConfigError {
+    ConfigError::new("REDIS_URL", "is not a valid redis:// or rediss:// URL")
+}
 
 /// One Redis server, or a Redis Cluster.
 #[derive(Clone)]

@@ -16,21 +16,17 @@ use redis::ConnectionAddr;
 use sqlx::Connection;
 use sqlx::mysql::{MySqlConnection, MySqlSslMode};
 
-use super::redis_target::RedisTarget;
+use super::redis_target::{RedisTarget, invalid_redis_url};
 use crate::config::{ConfigError, DatabaseSettings};
 
 /// How long the start-up check waits for a backend before leaving it to the pools.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Makes ring rustls' crypto provider for the whole process (sqlx and redis
-/// both build their TLS configuration from the process default). Idempotent.
+/// Installs ring as rustls' crypto provider for the whole process (sqlx and
+/// redis both build their TLS configuration from the process default).
+/// Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// The error for a `REDIS_URL` the Redis client cannot use.
-pub fn invalid_redis_url() -> ConfigError {
-    ConfigError::new("REDIS_URL", "is not a valid redis:// or rediss:// URL")
 }
 
 /// For a `rediss://` target, connects once (to the first node) and stops

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{
     OwnCluster, ServiceProcess, Storm, TestApp, TestCertificates, assert_conserved, base_env,
@@ -53,6 +53,33 @@ fn meta_key(app: &TestApp, name: &str) -> String {
     format!("{}lock:{{{name}}}:meta", app.key_prefix)
 }
 
+/// `name` granted, a second acquire queued behind it, the first released:
+/// the waiter is granted with a higher fence. Returns the waiter's grant.
+async fn hand_off(app: &TestApp, name: &str) -> Value {
+    let first = app.grant(name, 0, 30_000).await;
+    let waiter = app.lock_in_background(
+        json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000}),
+    );
+    let queued = eventually(Duration::from_secs(5), async || {
+        app.inspect(name).await["waiting"] == 1
+    })
+    .await;
+    assert!(queued, "{name}: the second acquire waits");
+    assert_eq!(
+        app.release(name, &first["token"]).await.status(),
+        StatusCode::OK
+    );
+    let second = waiter.await.unwrap();
+    assert_eq!(
+        second.status,
+        Some(StatusCode::OK),
+        "{name}: {}",
+        second.body
+    );
+    assert!(second.body["fence"].as_u64() > first["fence"].as_u64());
+    second.body
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn locks_on_every_primary_grant_hand_off_and_release() {
     let mut cluster = OwnCluster::start().await;
@@ -64,33 +91,15 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
 
     for n in 0..24 {
         let name = format!("spread-{n}");
-        let first = app.grant(&name, 0, 30_000).await;
-        let waiter = app.lock_in_background(
-            json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000}),
-        );
-        let queued = eventually(Duration::from_secs(5), async || {
-            app.inspect(&name).await["waiting"] == 1
-        })
-        .await;
-        assert!(queued, "{name}: the second acquire waits");
-        assert_eq!(
-            app.release(&name, &first["token"]).await.status(),
-            StatusCode::OK
-        );
-        let second = waiter.await.unwrap();
-        assert_eq!(
-            second.status,
-            Some(StatusCode::OK),
-            "{name}: {}",
-            second.body
-        );
-        assert!(second.body["fence"].as_u64() > first["fence"].as_u64());
+        let second = hand_off(&app, &name).await;
         let extended = app
-            .lock(json!({"op": "extend", "name": name, "token": second.body["token"], "lease_ms": 30_000}))
+            .lock(
+                json!({"op": "extend", "name": name, "token": second["token"], "lease_ms": 30_000}),
+            )
             .await;
         assert_eq!(extended.status(), StatusCode::OK);
         assert_eq!(
-            app.release(&name, &second.body["token"]).await.status(),
+            app.release(&name, &second["token"]).await.status(),
             StatusCode::OK
         );
     }
@@ -265,28 +274,9 @@ async fn locks_work_on_a_cluster_that_speaks_tls_only() {
     );
     for n in 0..12 {
         let name = format!("tls-{n}");
-        let first = app.grant(&name, 0, 30_000).await;
-        let waiter = app.lock_in_background(
-            json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000}),
-        );
-        let queued = eventually(Duration::from_secs(5), async || {
-            app.inspect(&name).await["waiting"] == 1
-        })
-        .await;
-        assert!(queued, "{name}: the second acquire waits");
+        let second = hand_off(&app, &name).await;
         assert_eq!(
-            app.release(&name, &first["token"]).await.status(),
-            StatusCode::OK
-        );
-        let second = waiter.await.unwrap();
-        assert_eq!(
-            second.status,
-            Some(StatusCode::OK),
-            "{name}: {}",
-            second.body
-        );
-        assert_eq!(
-            app.release(&name, &second.body["token"]).await.status(),
+            app.release(&name, &second["token"]).await.status(),
             StatusCode::OK
         );
     }
