@@ -383,3 +383,28 @@ async fn with_replica_acks_no_answered_grant_is_missing_from_the_replica_when_th
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_backends_that_are_down_at_start_are_waited_for() {
+    // Nothing listens on these ports: not a certificate problem, so the
+    // service starts unready and waits, as it does without TLS.
+    let certs = TestCertificates::new();
+    let (db_name, _url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mysql_down = format!(
+        "mysql://middleway:middleway@127.0.0.1:{}/x?ssl-mode=verify_identity&ssl-ca={}",
+        crate::helpers::free_port(),
+        certs.ca.display()
+    );
+    let redis_down = format!("rediss://127.0.0.1:{}/0", crate::helpers::free_port());
+    let mut env = base_env(&mysql_down, &redis_down, &prefix);
+    env.insert("REDIS_TLS_CA_FILE".into(), certs.ca.display().to_string());
+    let app = spawn_app_on(env, db_name, prefix).await;
+    let readiness = app.get_without_key("/readyz").await;
+    assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = readiness.json().await.unwrap();
+    assert_eq!(
+        body["detail"], "mysql: unreachable; redis: unreachable",
+        "{body}"
+    );
+}
