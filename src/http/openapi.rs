@@ -28,7 +28,7 @@ use crate::transcriptions::Transcription;
         openapi_json
     ),
     components(schemas(Transcription, TranscriptionBatch, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
-    modifiers(&BearerAuth, &ClosedLockBodies, &BatchIds)
+    modifiers(&BearerAuth, &ClosedLockBodies, &BatchIds, &UnsignedIds)
 )]
 pub(crate) struct ApiDoc;
 
@@ -82,9 +82,54 @@ impl Modify for BatchIds {
                 if let ArrayItems::RefOrSchema(item) = &mut array.items
                     && let RefOr::T(Schema::Object(id)) = item.as_mut()
                 {
-                    id.minimum = Some(1.into());
+                    unsigned_id(id);
                 }
             }
+        }
+    }
+}
+
+/// An id is 1..=18446744073709551615 (BIGINT UNSIGNED), as the parser
+/// accepts. utoipa writes `u64` as `format: int64`, which says at most
+/// 2^63 - 1: a fuzzer then expects 2^63 to be refused.
+fn unsigned_id(id: &mut utoipa::openapi::schema::Object) {
+    id.format = None;
+    id.minimum = Some(1.into());
+    id.maximum = usize::try_from(u64::MAX).ok().map(utoipa::Number::UInt);
+}
+
+/// The single read's path `id` and every row's `transcription_id`: the same
+/// range as a batch's ids.
+struct UnsignedIds;
+
+impl Modify for UnsignedIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::Schema;
+        let path_id = openapi
+            .paths
+            .paths
+            .get_mut("/transcriptions/{id}")
+            .and_then(|item| item.get.as_mut())
+            .into_iter()
+            .flat_map(|get| get.parameters.iter_mut().flatten())
+            .filter_map(|p| match p {
+                RefOr::T(parameter) if parameter.name == "id" => parameter.schema.as_mut(),
+                _ => None,
+            });
+        for schema in path_id {
+            if let RefOr::T(Schema::Object(id)) = schema {
+                unsigned_id(id);
+            }
+        }
+        let row = openapi
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("Transcription"));
+        if let Some(RefOr::T(Schema::Object(row))) = row
+            && let Some(RefOr::T(Schema::Object(id))) = row.properties.get_mut("transcription_id")
+        {
+            unsigned_id(id);
         }
     }
 }
@@ -123,6 +168,20 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         assert!(doc["paths"]["/transcriptions/{id}"]["get"].is_object());
         assert!(doc["paths"]["/locks"]["post"].is_object());
+    }
+
+    #[test]
+    fn ids_are_described_as_the_parser_reads_them() {
+        let doc = document();
+        let path_id = &doc["paths"]["/transcriptions/{id}"]["get"]["parameters"][0]["schema"];
+        let batch_id = &doc["paths"]["/transcriptions"]["get"]["parameters"][0]["schema"]["items"];
+        let row_id =
+            &doc["components"]["schemas"]["Transcription"]["properties"]["transcription_id"];
+        for id in [path_id, batch_id, row_id] {
+            assert_eq!(id["minimum"], 1, "{id}");
+            assert_eq!(id["maximum"], u64::MAX, "{id}");
+            assert!(id.get("format").is_none(), "{id}");
+        }
     }
 
     #[test]

@@ -177,14 +177,35 @@ async fn a_storm_keeps_exclusion_through_a_service_kill_and_a_redis_primary_fail
         .into_iter()
         .find(|&p| p != doomed.port)
         .unwrap();
-    let failed_over = eventually(Duration::from_secs(20), async || {
+    let took_over = async || {
         cluster
             .serving(slot, survivor)
             .await
             .is_some_and(|n| n.port != doomed.port)
-    })
-    .await;
-    assert!(failed_over, "a replica took over m0's slot");
+    };
+    if !eventually(Duration::from_secs(12), took_over).await {
+        // Redis' own election did not finish on this busy machine (it needs
+        // a majority of primaries to agree within the node timeout): promote
+        // the replica by hand, which is what an operator would do. What is
+        // under test is the service through the change of primary.
+        let nodes = cluster.nodes(survivor).await;
+        eprintln!("no automatic failover within 12 s; forcing it. Nodes: {nodes:#?}");
+        let replica = nodes
+            .iter()
+            .find(|n| n.replica_of.as_deref() == Some(doomed.id.as_str()))
+            .expect("the dead primary's replica");
+        let mut conn = cluster.connection(replica.port).await.expect("replica");
+        let _: () = redis::cmd("CLUSTER")
+            .arg("FAILOVER")
+            .arg("TAKEOVER")
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER FAILOVER TAKEOVER");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), took_over).await,
+        "a replica took over m0's slot"
+    );
     let m0_before = storm.recorder.lock().unwrap().entries_of("m0");
     // The old primary comes back as a replica, so grants there can be acknowledged again.
     cluster.restart(doomed.port);
