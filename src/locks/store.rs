@@ -237,12 +237,12 @@ impl LockStore {
     async fn replicated<C: WaitForReplicas>(
         &self,
         conn: &mut C,
-        name: &LockName,
+        keys: &LockKeys,
     ) -> RedisResult<()> {
         if self.acks.replicas == 0 {
             return Ok(());
         }
-        let key = &self.keys(name).keys[0];
+        let key = &keys.keys[0];
         let timeout_ms = self.acks.timeout.as_millis() as u64;
         let acked = conn
             .wait_for_replicas(key, self.acks.replicas, timeout_ms)
@@ -312,7 +312,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn, name).await?;
+                self.replicated(conn, &keys).await?;
                 AcquireOutcome::Granted(Grant {
                     token: LockToken::minted(at(items, 1, &reply)?),
                     fence: at(items, 2, &reply)?,
@@ -370,8 +370,9 @@ impl LockStore {
         lease_ms: u64,
         replica: &Replica,
     ) -> RedisResult<Claimed> {
+        let keys = self.keys(name);
         let reply: Value = self
-            .call(&self.claim, &self.keys(name), name)
+            .call(&self.claim, &keys, name)
             .arg(ticket)
             .arg(offer.0.as_str())
             .arg(offer.1)
@@ -384,7 +385,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn, name).await?;
+                self.replicated(conn, &keys).await?;
                 Claimed::Granted(Grant {
                     token: offer.0.clone(),
                     fence: offer.1,
@@ -403,8 +404,9 @@ impl LockStore {
         ticket: &str,
         lease_ms: u64,
     ) -> RedisResult<Claimed> {
+        let keys = self.keys(name);
         let reply: Value = self
-            .call(&self.cancel, &self.keys(name), name)
+            .call(&self.cancel, &keys, name)
             .arg(ticket)
             .arg(lease_ms)
             .invoke_async(conn)
@@ -414,7 +416,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "granted" => {
-                self.replicated(conn, name).await?;
+                self.replicated(conn, &keys).await?;
                 Claimed::Granted(Grant {
                     token: LockToken::minted(at(items, 1, &reply)?),
                     fence: at(items, 2, &reply)?,
@@ -470,8 +472,9 @@ impl LockStore {
         name: &LockName,
         token: &LockToken,
     ) -> RedisResult<Result<(), NotHeldReason>> {
+        let keys = self.keys(name);
         let reply: Value = self
-            .call(&self.release, &self.keys(name), name)
+            .call(&self.release, &keys, name)
             .arg(token.as_str())
             .invoke_async(conn)
             .traced("release", name)
@@ -480,7 +483,7 @@ impl LockStore {
         let tag: String = at(items, 0, &reply)?;
         Ok(match tag.as_str() {
             "released" => {
-                self.replicated(conn, name).await?;
+                self.replicated(conn, &keys).await?;
                 Ok(())
             }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),
@@ -495,8 +498,9 @@ impl LockStore {
         token: &LockToken,
         lease_ms: u64,
     ) -> RedisResult<Result<u64, NotHeldReason>> {
+        let keys = self.keys(name);
         let reply: Value = self
-            .call(&self.extend, &self.keys(name), name)
+            .call(&self.extend, &keys, name)
             .arg(token.as_str())
             .arg(lease_ms)
             .invoke_async(conn)
@@ -507,7 +511,7 @@ impl LockStore {
         Ok(match tag.as_str() {
             "extended" => {
                 let deadline = at(items, 1, &reply)?;
-                self.replicated(conn, name).await?;
+                self.replicated(conn, &keys).await?;
                 Ok(deadline)
             }
             _ => Err(NotHeldReason::from_script(&at::<String>(items, 1, &reply)?)),

@@ -30,11 +30,12 @@ use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, Metrics, QueueMode, RecycleError, RecycleResult};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::cluster::ClusterClient;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{
-    Cmd, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+    Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture,
+    RedisResult, TlsCertificates, TlsMode, Value,
 };
 
 use super::redis_target::{RedisTarget, invalid_redis_url};
@@ -74,13 +75,13 @@ impl RedisPool {
     /// A lazy pool of at most `max_size` connections to `target` (per node
     /// of a cluster).
     pub fn for_target(target: &RedisTarget, max_size: usize) -> Result<Self, ConfigError> {
-        match (target.cluster_client(), target.nodes()) {
-            (Some(client), _) => Self::with_maker(
-                Maker::Cluster(client.map_err(|_| invalid_redis_url())?),
-                max_size,
-            ),
-            (None, [server]) => Self::new(server.clone(), max_size),
-            (None, _) => Err(invalid_redis_url()),
+        match target {
+            RedisTarget::Server(server) => Self::new(server.clone(), max_size),
+            RedisTarget::Cluster { seeds, ca_pem } => {
+                let client =
+                    cluster_client(seeds, ca_pem.as_deref()).map_err(|_| invalid_redis_url())?;
+                Self::with_maker(Maker::Cluster(client), max_size)
+            }
         }
     }
 
@@ -121,6 +122,33 @@ impl RedisPool {
         let status = self.pool.status();
         (status.size, status.available)
     }
+}
+
+/// A client for the cluster these seeds belong to, with the same bounds as
+/// a server's connections; TLS (with the CA's roots, when given) when the
+/// seeds are `rediss://`, for the nodes it discovers too.
+fn cluster_client(seeds: &[ConnectionInfo], ca_pem: Option<&[u8]>) -> RedisResult<ClusterClient> {
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(IO_TIMEOUT)
+        .response_timeout(REPLY_TIMEOUT)
+        // A failover takes the cluster a few seconds; the engine's own
+        // bound (2 s per call) answers the caller, retries stay short.
+        .retries(3)
+        .min_retry_wait(50)
+        .max_retry_wait(500);
+    if seeds
+        .first()
+        .is_some_and(|s| matches!(s.addr(), redis::ConnectionAddr::TcpTls { .. }))
+    {
+        builder = builder.tls(TlsMode::Secure);
+        if let Some(pem) = ca_pem {
+            builder = builder.certs(TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            });
+        }
+    }
+    builder.build()
 }
 
 /// The pools of one service: one per HTTP worker and one for background
@@ -241,21 +269,20 @@ impl WaitForReplicas for RedisConnection {
         replicas: u32,
         timeout_ms: u64,
     ) -> RedisFuture<'a, u32> {
-        let wait = wait_command(replicas, timeout_ms);
-        let Link::Cluster(cluster) = &mut self.link else {
-            return Box::pin(async move { wait.query_async(self).await });
-        };
-        // The cluster client would send WAIT to every primary; only the
-        // key's primary took the write.
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-            key,
-            SlotAddr::Master,
-        )));
-        let health = Arc::clone(&self.health);
-        let mut cluster = cluster.clone();
         Box::pin(async move {
-            let result = cluster.route_command(wait, route).await;
-            health.note(&result);
+            let wait = wait_command(replicas, timeout_ms);
+            let result = match &mut self.link {
+                Link::Server(conn) => conn.req_packed_command(&wait).await,
+                // The cluster client would send WAIT to every primary; only
+                // the key's primary took the write.
+                Link::Cluster(conn) => {
+                    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                        Route::with_key(key, SlotAddr::Master),
+                    ));
+                    conn.route_command(wait, route).await
+                }
+            };
+            self.health.note(&result);
             Ok(redis::from_redis_value(result?)?)
         })
     }

@@ -2,14 +2,9 @@
 //! or a cluster's seed nodes (`REDIS_MODE=cluster`, `REDIS_URL` a comma-separated
 //! list), with `REDIS_TLS_CA_FILE`'s roots applied to every node.
 
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::{ConnectionInfo, IntoConnectionInfo, RedisResult, TlsCertificates, TlsMode};
+use redis::{ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::config::{ConfigError, Settings};
-
-/// Connecting and each reply are bounded by these, as for a single server.
-const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The error for a `REDIS_URL` the Redis client cannot use.
 pub fn invalid_redis_url() -> ConfigError {
@@ -73,34 +68,6 @@ impl RedisTarget {
             Self::Server(node) => std::slice::from_ref(node),
             Self::Cluster { seeds, .. } => seeds,
         }
-    }
-
-    /// A cluster client (for a cluster target; `None` for a server).
-    pub fn cluster_client(&self) -> Option<RedisResult<ClusterClient>> {
-        let Self::Cluster { seeds, ca_pem } = self else {
-            return None;
-        };
-        let mut builder = ClusterClientBuilder::new(seeds.clone())
-            .connection_timeout(IO_TIMEOUT)
-            .response_timeout(REPLY_TIMEOUT)
-            // A failover takes the cluster a few seconds; the engine's own
-            // bound (2 s per call) answers the caller, retries stay short.
-            .retries(3)
-            .min_retry_wait(50)
-            .max_retry_wait(500);
-        if seeds
-            .first()
-            .is_some_and(|s| matches!(s.addr(), redis::ConnectionAddr::TcpTls { .. }))
-        {
-            builder = builder.tls(TlsMode::Secure);
-            if let Some(pem) = ca_pem {
-                builder = builder.certs(TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                });
-            }
-        }
-        Some(builder.build())
     }
 }
 

@@ -53,6 +53,16 @@ fn meta_key(app: &TestApp, name: &str) -> String {
     format!("{}lock:{{{name}}}:meta", app.key_prefix)
 }
 
+/// The service's keys are spread over all three primaries.
+async fn assert_locks_on_every_primary(cluster: &OwnCluster, app: &TestApp) {
+    let per_primary = cluster.keys_per_primary(&app.key_prefix).await;
+    assert_eq!(per_primary.len(), 3);
+    assert!(
+        per_primary.values().all(|&keys| keys > 0),
+        "every primary holds some locks: {per_primary:?}"
+    );
+}
+
 /// `name` granted, a second acquire queued behind it, the first released:
 /// the waiter is granted with a higher fence. Returns the waiter's grant.
 async fn hand_off(app: &TestApp, name: &str) -> Value {
@@ -113,12 +123,7 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
         subscriptions += clients_on(&cluster, port, "pubsub").await;
     }
     assert_eq!(subscriptions, 1, "one wake subscription");
-    let per_primary = cluster.keys_per_primary(&app.key_prefix).await;
-    assert_eq!(per_primary.len(), 3);
-    assert!(
-        per_primary.values().all(|&keys| keys > 0),
-        "every primary holds some locks: {per_primary:?}"
-    );
+    assert_locks_on_every_primary(&cluster, &app).await;
 
     // A primary and its replica gone: the cluster cannot serve every slot,
     // and readiness says so.
@@ -301,10 +306,5 @@ async fn locks_work_on_a_cluster_that_speaks_tls_only() {
             StatusCode::OK
         );
     }
-    let per_primary = cluster.keys_per_primary(&app.key_prefix).await;
-    assert_eq!(per_primary.len(), 3);
-    assert!(
-        per_primary.values().all(|&keys| keys > 0),
-        "every primary holds some locks: {per_primary:?}"
-    );
+    assert_locks_on_every_primary(&cluster, &app).await;
 }
