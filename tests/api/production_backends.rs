@@ -408,3 +408,22 @@ async fn tls_backends_that_are_down_at_start_are_waited_for() {
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_checks_the_host_name_by_default() {
+    // Signed by the CA the service trusts, but for 127.0.0.1 only; the URL says localhost.
+    let certs = TestCertificates::for_names(&["127.0.0.1"]);
+    let redis = OwnRedis::start_tls(&certs).await;
+    let (_db_name, url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let by_name = redis.url().replace("127.0.0.1", "localhost");
+    let mut env = base_env(&url, &by_name, &prefix);
+    env.insert("REDIS_TLS_CA_FILE".into(), certs.ca.display().to_string());
+    let (code, stderr) = failed_start(&env);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_one_line_naming(&stderr, "REDIS_TLS_CA_FILE");
+    assert!(
+        stderr.contains("certificate not valid for name \"localhost\""),
+        "{stderr}"
+    );
+}
