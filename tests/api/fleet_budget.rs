@@ -10,8 +10,8 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    OwnRedis, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually, free_port,
-    metrics_text, mysql_admin_url, random_suffix, redis_url,
+    OwnRedis, Proxy, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
+    free_port, metrics_text, mysql_admin_url, random_suffix, redis_url,
 };
 
 const ROWS: u64 = 2000;
@@ -376,4 +376,115 @@ async fn a_spent_budget_is_503_with_retry_after_and_leaves_readiness_alone() {
     assert_eq!(permits(&[&replicas[1]]).await, 0);
     let text = metrics_text(&replicas[1].admin).await;
     assert!(text.contains("middleway_mysql_fleet_leases_total{outcome=\"exhausted\"}"));
+}
+
+/// `middleway_mysql_fleet_permits` of one replica reaches `at_least` within `within`.
+async fn holds_within(replica: &Replica, at_least: u64, within: Duration) -> bool {
+    eventually(within, async || permits(&[replica]).await >= at_least).await
+}
+
+/// `count` reads of different rows at once, each on a connection of its own
+/// (so they land on every HTTP worker), while MySQL is held by `blocker`.
+fn concurrent_reads(base: &str, count: u64) -> tokio::task::JoinSet<()> {
+    let mut reads = tokio::task::JoinSet::new();
+    for id in 1..=count {
+        let url = format!("{base}/transcriptions/{id}");
+        reads.spawn(async move {
+            let _ = client().get(url).bearer_auth(TEST_KEY).send().await;
+        });
+    }
+    reads
+}
+
+/// Holds a write lock on the table until dropped: reads wait on their connections.
+async fn table_locked(url: &str) -> sqlx::MySqlConnection {
+    use sqlx::Connection;
+    let mut blocker = sqlx::MySqlConnection::connect(url).await.unwrap();
+    sqlx::query("LOCK TABLES transcriptions WRITE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+    blocker
+}
+
+/// Issue 23, defect 2. The budget's wake messages name `~mysql-fleet`,
+/// which v2's wake loop could not parse: a slot freed on one replica reached
+/// a replica queued for it only when that replica's own wait ran out (5 s
+/// here). Now it follows the load within a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_freed_on_one_replica_reaches_a_replica_queued_for_it_within_a_second() {
+    let (_db_name, url) = seeded_database().await;
+    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
+    env.insert("DB_FLEET_MAX".into(), "3".into());
+    // Two workers per replica, one connection each.
+    env.insert("DB_POOL_MAX".into(), "2".into());
+    env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "5000".into());
+    let replicas = start_replicas(2, &env).await;
+    let (a, b) = (&replicas[0], &replicas[1]);
+
+    // A takes the free slot (a second connection); then it idles with both.
+    let blocker = table_locked(&url).await;
+    let mut reads = concurrent_reads(&a.service.base, 4);
+    assert!(
+        holds_within(a, 2, Duration::from_secs(5)).await,
+        "A holds two slots"
+    );
+    drop(blocker);
+    while reads.join_next().await.is_some() {}
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(permits(&[a]).await, 2, "idle, A keeps its open connections");
+
+    // B needs a second connection: it queues, A hands one back.
+    let blocker = table_locked(&url).await;
+    let queued = Instant::now();
+    let mut reads = concurrent_reads(&b.service.base, 4);
+    let followed = holds_within(b, 2, Duration::from_millis(1500)).await;
+    let took = queued.elapsed();
+    drop(blocker);
+    while reads.join_next().await.is_some() {}
+    assert!(
+        followed,
+        "B got A's spare slot in {took:?}, not within 1.5 s"
+    );
+    assert_eq!(permits(&[a]).await, 1);
+}
+
+/// Issue 23, defect 5 (fleet). A readiness check opens a MySQL connection,
+/// which leases a budget slot; Redis answers late, and the check gives up
+/// (0.8 s) in the middle of the lease, after the grant was made. v2 left
+/// the slot granted to nobody for its whole 10 s lease (reads 503
+/// meanwhile). Now it is handed back as soon as Redis answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_readiness_check_that_gives_up_mid_lease_leaves_no_slot_behind() {
+    let redis = OwnRedis::start().await;
+    let proxy = Proxy::start(redis.port).await;
+    let url = proxy.redis_url();
+    let app = crate::helpers::spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), url.clone());
+        env.insert("DB_FLEET_MAX".into(), "1".into());
+        env.insert("DB_POOL_MAX".into(), "1".into());
+        env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "1000".into());
+    })
+    .await;
+    let id = app
+        .insert_transcription(&crate::helpers::NewRow::default())
+        .await;
+    // The worker's Redis connection is warm: the slow answer meets the script.
+    let warm = crate::helpers::acquire_body("warm-up", 0, 100);
+    let response = crate::helpers::post_lock(&app.client, &app.address, &warm).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    proxy.delay_replies(Duration::from_secs(1));
+    let ready = app.get_without_key("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    proxy.delay_replies(Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let read = eventually(Duration::from_secs(2), async || {
+        app.get(&format!("/transcriptions/{id}")).await.status() == StatusCode::OK
+    })
+    .await;
+    assert!(
+        read,
+        "the slot the abandoned check leased went back to the budget"
+    );
 }

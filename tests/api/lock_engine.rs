@@ -11,79 +11,12 @@ use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::helpers::{
-    OwnRedis, ServiceProcess, Storm, TEST_KEY, TestApp, assert_conserved, base_env, client,
-    client_list, create_database, eventually, info_field, inspect, metrics_text, mysql_admin_url,
-    post_lock, raise_fd_limit, random_suffix, redis_command, redis_url, spawn_app, spawn_app_with,
-    waiter,
+    OwnRedis, Storm, acquire_body, app_on, assert_conserved, client, client_list, eventually,
+    granted, info_field, inspect, metrics_text, post_lock, raise_fd_limit, raw_post, redis_command,
+    redis_url, release, service_replicas, spawn_app, spawn_app_with, wait_until_waiting, waiter,
 };
-
-/// `n` replicas of the service (separate processes) on the Redis at `url`.
-async fn replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
-    let (_db, database_url) = create_database(&mysql_admin_url()).await;
-    let prefix = format!("mwtest:{}:", random_suffix());
-    let mut env = base_env(&database_url, url, &prefix);
-    env.insert("DB_POOL_MAX".into(), "2".into());
-    let mut started = Vec::new();
-    for _ in 0..n {
-        started.push(ServiceProcess::start_logged(env.clone()).await);
-    }
-    started
-}
-
-/// An app on a Redis of the test's own.
-async fn app_on(redis: &OwnRedis) -> TestApp {
-    let url = redis.url();
-    spawn_app_with(|env| {
-        env.insert("REDIS_URL".into(), url);
-    })
-    .await
-}
-
-fn acquire_body(name: &str, wait_ms: u64, lease_ms: u64) -> Value {
-    json!({"op": "acquire", "name": name, "wait_ms": wait_ms, "lease_ms": lease_ms})
-}
-
-async fn granted(http: &reqwest::Client, base: &str, body: Value) -> Value {
-    let response = post_lock(http, base, &body).await;
-    assert_eq!(response.status(), StatusCode::OK, "{body}");
-    response.json().await.unwrap()
-}
-
-async fn release(http: &reqwest::Client, base: &str, name: &str, grant: &Value) -> StatusCode {
-    post_lock(
-        http,
-        base,
-        &json!({"op": "release", "name": name, "token": grant["token"]}),
-    )
-    .await
-    .status()
-}
-
-async fn wait_until_waiting(http: &reqwest::Client, base: &str, name: &str, n: u64) {
-    let queued = eventually(Duration::from_secs(10), async || {
-        inspect(http, base, name).await["waiting"] == n
-    })
-    .await;
-    assert!(queued, "{n} waiting on {name}");
-}
-
-/// `POST /locks` of `body` written by hand on a connection the test controls.
-async fn raw_post(base: &str, body: &Value) -> TcpStream {
-    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
-        .await
-        .unwrap();
-    let body = body.to_string();
-    let request = format!(
-        "POST /locks HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TEST_KEY}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream
-}
 
 /// Defect 1, first trigger: a replica stopped while a slot was offered to its
 /// waiter; Redis restarts empty; a new client takes the mutex; the replica
@@ -93,7 +26,7 @@ async fn raw_post(base: &str, body: &Value) -> TcpStream {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_from_before_redis_lost_its_data_is_refused() {
     let mut redis = OwnRedis::start().await;
-    let fleet = replicas(&redis.url(), 2).await;
+    let fleet = service_replicas(&redis.url(), 2).await;
     let (stopped, live) = (&fleet[0], &fleet[1]);
     let http = client();
     let first = granted(&http, &live.base, acquire_body("m", 0, 30_000)).await;
@@ -329,7 +262,7 @@ async fn waiters_keep_their_places_when_the_blocking_connection_is_killed() {
 /// was served first (5 of 5 trials). Now the order is arrival order.
 #[tokio::test(flavor = "multi_thread")]
 async fn waiters_are_served_in_arrival_order_across_replicas() {
-    let fleet = replicas(&redis_url(), 2).await;
+    let fleet = service_replicas(&redis_url(), 2).await;
     let http = client();
     let holder = granted(&http, &fleet[0].base, acquire_body("fifo", 0, 30_000)).await;
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -503,7 +436,7 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
  {
     raise_fd_limit();
     let mut redis = OwnRedis::start().await;
-    let fleet = replicas(&redis.url(), 3).await;
+    let fleet = service_replicas(&redis.url(), 3).await;
     let bases: Vec<String> = fleet.iter().map(|r| r.base.clone()).collect();
     let names: Vec<(String, usize)> = vec![("m0".into(), 1), ("m1".into(), 1), ("s0".into(), 3)];
     let storm = Storm::start(bases.clone(), names.clone(), 150, Duration::from_secs(8));
@@ -528,7 +461,7 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
 /// waits one claim deadline, not one per dead ticket.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_with_waiters_queued_costs_the_others_one_claim_deadline() {
-    let mut fleet = replicas(&redis_url(), 2).await;
+    let mut fleet = service_replicas(&redis_url(), 2).await;
     let http = client();
     let holder = granted(&http, &fleet[1].base, acquire_body("orphans", 0, 30_000)).await;
     let mut doomed = Vec::new();

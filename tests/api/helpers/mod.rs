@@ -6,6 +6,8 @@
 //!   `middleway serve`), killed when dropped.
 //! - `cluster`: a Redis Cluster of six nodes a test owns.
 //! - `contract`: assertions on problem+json answers.
+//! - `locks`: lock requests and arrangements the lock areas share.
+//! - `proxy`: a TCP proxy whose server the test moves (a failover).
 //! - `redis`: looking at Redis from a test.
 //! - `storm`: many clients on several replicas, checked by a recorder.
 //! - `tls`: certificates for a test's own TLS servers.
@@ -16,6 +18,8 @@
 mod app;
 mod cluster;
 mod contract;
+mod locks;
+mod proxy;
 mod redis;
 mod servers;
 mod storm;
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 pub use app::*;
 pub use cluster::*;
 pub use contract::*;
+pub use locks::*;
+pub use proxy::*;
 pub use redis::*;
 pub use servers::*;
 pub use storm::*;

@@ -36,3 +36,21 @@ pub async fn client_list(url: &str) -> Vec<String> {
         .unwrap();
     list.lines().map(str::to_owned).collect()
 }
+
+/// Stalls the server at `url` for `seconds` (`DEBUG SLEEP`: nothing is
+/// served meanwhile, as with a slow disk or a long command); returns when it
+/// answers again.
+pub async fn stall_redis(url: &str, seconds: f64) {
+    let client = redis::Client::open(url).expect("redis url");
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .expect("redis");
+    let _: String = redis::cmd("DEBUG")
+        .arg("SLEEP")
+        .arg(seconds)
+        .query_async(&mut conn)
+        .await
+        .expect("DEBUG SLEEP (the server runs with --enable-debug-command yes)");
+}

@@ -237,11 +237,12 @@ impl OwnRedis {
 
     /// A replica of `primary` (it has the primary's data once it answers).
     pub async fn start_replica_of(primary: &OwnRedis) -> Self {
-        let args = vec![
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            primary.port.to_string(),
-        ];
+        Self::start_replica_of_port(primary.port).await
+    }
+
+    /// A replica of the primary reached at `127.0.0.1:<port>` (a proxy, say).
+    pub async fn start_replica_of_port(port: u16) -> Self {
+        let args = vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()];
         let replica = Self::start_with(args, None).await;
         let url = replica.url();
         let synced = eventually(Duration::from_secs(10), async || {
@@ -285,6 +286,16 @@ impl OwnRedis {
         redis
     }
 
+    /// The port of the shared Redis `scripts/services.sh` started.
+    pub fn shared_port() -> u16 {
+        super::redis_url()
+            .rsplit(':')
+            .next()
+            .and_then(|tail| tail.split('/').next())
+            .and_then(|port| port.parse().ok())
+            .expect("a redis://host:port/db URL")
+    }
+
     /// `redis://127.0.0.1:<port>/0`, or `rediss://` when serving TLS.
     pub fn url(&self) -> String {
         let scheme = if self.tls_ca.is_some() {
@@ -318,6 +329,8 @@ impl OwnRedis {
         self.process.start(
             Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                // DEBUG SLEEP stalls the server, as a slow disk or a long command does.
+                .args(["--enable-debug-command", "yes"])
                 .arg("--port")
                 .arg(plain_port.to_string())
                 .arg("--tls-port")

@@ -1,0 +1,115 @@
+//! Lock requests and arrangements shared by the lock test areas.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::{
+    OwnRedis, ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually, inspect,
+    mysql_admin_url, post_lock, random_suffix, redis_command, spawn_app_with,
+};
+
+/// `n` replicas of the service (separate processes) on the Redis at `url`,
+/// sharing one database and one key prefix.
+pub async fn service_replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
+    let (_db, database_url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&database_url, url, &prefix);
+    env.insert("DB_POOL_MAX".into(), "2".into());
+    let mut started = Vec::new();
+    for _ in 0..n {
+        started.push(ServiceProcess::start_logged(env.clone()).await);
+    }
+    started
+}
+
+/// An in-process app on a Redis of the test's own.
+pub async fn app_on(redis: &OwnRedis) -> TestApp {
+    let url = redis.url();
+    spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), url);
+    })
+    .await
+}
+
+/// An acquire body of a mutex.
+pub fn acquire_body(name: &str, wait_ms: u64, lease_ms: u64) -> Value {
+    json!({"op": "acquire", "name": name, "wait_ms": wait_ms, "lease_ms": lease_ms})
+}
+
+/// An acquire at `base` that must succeed; the grant's body.
+pub async fn granted(http: &reqwest::Client, base: &str, body: Value) -> Value {
+    let response = post_lock(http, base, &body).await;
+    assert_eq!(response.status(), StatusCode::OK, "{body}");
+    response.json().await.unwrap()
+}
+
+/// Releases `grant` of `name` at `base`; the status.
+pub async fn release(http: &reqwest::Client, base: &str, name: &str, grant: &Value) -> StatusCode {
+    post_lock(
+        http,
+        base,
+        &json!({"op": "release", "name": name, "token": grant["token"]}),
+    )
+    .await
+    .status()
+}
+
+/// Waits until `n` requests wait on `name` (fleet-wide, as inspect counts them).
+pub async fn wait_until_waiting(http: &reqwest::Client, base: &str, name: &str, n: u64) {
+    let queued = eventually(Duration::from_secs(10), async || {
+        inspect(http, base, name).await["waiting"] == n
+    })
+    .await;
+    assert!(queued, "{n} waiting on {name}");
+}
+
+/// `POST /locks` of `body` written by hand on a connection the test controls.
+pub async fn raw_post(base: &str, body: &Value) -> TcpStream {
+    let mut stream = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let body = body.to_string();
+    let request = format!(
+        "POST /locks HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {TEST_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Deletes the Redis keys of lock `name` under `prefix` whose names end in
+/// `suffix` (all of them with ""), as eviction or a partial loss would; how many.
+pub async fn delete_lock_keys(url: &str, prefix: &str, name: &str, suffix: &str) -> usize {
+    let pattern = format!("{prefix}*{{{name}}}*{suffix}");
+    let keys: Vec<String> = redis_command(url, &["KEYS", &pattern]).await;
+    for key in &keys {
+        let _: i64 = redis_command(url, &["DEL", key]).await;
+    }
+    keys.len()
+}
+
+/// Kills the connections a replica waits for its wake messages on (a
+/// blocking or subscribed connection); how many.
+pub async fn kill_wake_connections(url: &str) -> usize {
+    let mut killed = 0;
+    for line in super::client_list(url).await {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_default()
+        };
+        let waits = field("cmd=") == "blpop" || field("flags=").contains('P');
+        if waits {
+            let _: i64 = redis_command(url, &["CLIENT", "KILL", "ID", field("id=")]).await;
+            killed += 1;
+        }
+    }
+    killed
+}
