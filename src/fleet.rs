@@ -29,8 +29,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::locks::{
-    AcquireRequest, ExtendRequest, InspectRequest, LockEngine, LockError, LockName, LockToken,
-    ReleaseRequest,
+    AcquireRequest, ExtendRequest, LockEngine, LockError, LockName, LockToken, ReleaseRequest,
 };
 use crate::metrics::Metrics;
 use crate::pools::mysql::{AcquireError, BudgetSlot, ConnectionBudget};
@@ -156,7 +155,7 @@ impl FleetBudget {
             engine.acquire(&request, std::future::pending()).await
         };
         let outcome = match outcome {
-            Ok((grant, _queued)) => {
+            Ok(grant) => {
                 self.redis_down.store(false, Ordering::Relaxed);
                 let mut held = self.held();
                 held.slots.push(HeldSlot {
@@ -301,14 +300,10 @@ impl FleetBudget {
 
     /// Whether other replicas are queued for slots.
     async fn watch_queue(&self) {
-        let request = InspectRequest {
-            name: self.name.clone(),
-            token: None,
-        };
-        match self.engine.inspect(&request).await {
-            Ok(state) => {
+        match self.engine.waiting(&self.name).await {
+            Ok(waiting) => {
                 let own = self.own_waiting.load(Ordering::Relaxed);
-                let others = usize::try_from(state.waiting).unwrap_or(usize::MAX) > own;
+                let others = usize::try_from(waiting).unwrap_or(usize::MAX) > own;
                 self.wanted_elsewhere.store(others, Ordering::Relaxed);
             }
             Err(_unavailable) => self.wanted_elsewhere.store(false, Ordering::Relaxed),

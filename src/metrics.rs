@@ -45,7 +45,7 @@ pub(crate) struct Metrics {
     pub mysql_fleet_leases: IntCounterVec,
     /// Redis pool connections open / idle (set at scrape time).
     pub redis_pool_connections: IntGaugeVec,
-    /// Redis connections parked in BLPOP for waiters.
+    /// The replica's wake connection (subscribed for lock messages): 1 while it is up.
     pub redis_blocking_connections: IntGauge,
     /// Lock operations by op and outcome (granted, timeout, released, not_held, ...).
     pub lock_operations: IntCounterVec,
@@ -53,6 +53,8 @@ pub(crate) struct Metrics {
     pub lock_expiries: IntCounter,
     /// Lock requests waiting now.
     pub lock_waiters: IntGauge,
+    /// Lock clean-ups dropped because too many were pending (a long Redis outage under load).
+    pub lock_cleanups_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -163,6 +165,11 @@ impl Metrics {
                 .expect("static"),
             lock_waiters: IntGauge::new("lock_waiters", "Lock requests waiting now")
                 .expect("static"),
+            lock_cleanups_dropped: IntCounter::new(
+                "lock_cleanups_dropped_total",
+                "Lock clean-ups dropped because too many were pending",
+            )
+            .expect("static"),
             registry,
         };
         let build_info =
@@ -192,6 +199,7 @@ impl Metrics {
             Box::new(metrics.lock_operations.clone()),
             Box::new(metrics.lock_expiries.clone()),
             Box::new(metrics.lock_waiters.clone()),
+            Box::new(metrics.lock_cleanups_dropped.clone()),
             Box::new(build_info),
         ];
         for collector in collectors {

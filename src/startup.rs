@@ -16,7 +16,7 @@ use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::{AppState, admin_server, public_server};
-use crate::locks::{LockEngine, LockStore, WakeSource};
+use crate::locks::{EngineSettings, LockEngine, LockStore, WakeSource};
 use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
@@ -65,6 +65,9 @@ pub struct Application {
     redis: Arc<RedisPools>,
     /// The fleet budget's slots go back once the pools are closed.
     fleet: Option<Arc<FleetBudget>>,
+    /// The lock engine: the drain lets the work requests left behind finish
+    /// before Redis closes.
+    locks: LockEngine,
     /// Requests being served, which the drain waits for.
     metrics: Metrics,
     /// How long the drain may take.
@@ -110,6 +113,7 @@ impl Application {
             drain_watch,
         );
         let fleet = state.fleet.clone();
+        let locks = state.locks.clone();
         let admin_state = web::Data::new(AdminState {
             metrics: metrics.clone(),
             mysql: Arc::clone(&mysql),
@@ -125,6 +129,7 @@ impl Application {
 
         Ok(Self {
             fleet,
+            locks,
             public_addr,
             admin_addr,
             public,
@@ -171,6 +176,7 @@ impl Application {
             admin: self.admin.handle(),
             mysql: Arc::clone(&self.mysql),
             fleet: self.fleet.clone(),
+            locks: self.locks.clone(),
             metrics: self.metrics.clone(),
             timeout: self.drain_timeout,
         };
@@ -191,6 +197,7 @@ struct Drain {
     admin: ServerHandle,
     mysql: Arc<MysqlPools>,
     fleet: Option<Arc<FleetBudget>>,
+    locks: LockEngine,
     metrics: Metrics,
     timeout: Duration,
 }
@@ -205,6 +212,11 @@ impl Drain {
         while self.metrics.requests_in_flight.get() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Waiters were answered 503 at once: their tickets leave the queues
+        // before Redis closes, so nobody waits behind them.
+        self.locks
+            .settled(deadline.saturating_duration_since(Instant::now()))
+            .await;
         self.mysql
             .closed(deadline.saturating_duration_since(Instant::now()))
             .await;
@@ -234,18 +246,17 @@ fn app_state(
     // The lock engine's tasks run on this (the main) runtime, which outlives
     // the HTTP workers.
     let backend = tokio::runtime::Handle::current();
-    let store = LockStore::new(&settings.redis_key_prefix)
-        .with_replica_acks(settings.lock_replica_acks)
-        .on_cluster(settings.redis_cluster);
-    let locks = LockEngine::new(
+    let store =
+        LockStore::new(&settings.redis_key_prefix).with_replica_acks(settings.lock_replica_acks);
+    let locks = LockEngine::start(EngineSettings {
         store,
-        redis.background().clone(),
+        background_pool: redis.background().clone(),
         wake,
-        settings.lock_max_waiters,
-        metrics.clone(),
-        backend,
-        draining.clone(),
-    );
+        max_waiters: settings.lock_max_waiters,
+        metrics: metrics.clone(),
+        runtime: backend,
+        draining: draining.clone(),
+    });
     let fleet = settings.database.fleet_max.map(|permits| {
         let engine = locks.for_worker(redis.background().clone());
         FleetBudget::start(permits, engine, metrics.clone(), draining.clone())
@@ -266,19 +277,15 @@ fn app_state(
     }
 }
 
-/// Where the lock engine's one wake connection listens: the server's wake
-/// lists, or a wake channel on any of the cluster's seed nodes.
+/// Where the lock engine's one wake connection subscribes: the server, or
+/// any of the cluster's seed nodes.
 fn wake_source(target: &RedisTarget) -> Result<WakeSource, ConfigError> {
     let clients = target
         .nodes()
         .iter()
         .map(|node| redis::Client::open(node.clone()).map_err(|_| invalid_redis_url()))
         .collect::<Result<Vec<_>, _>>()?;
-    if target.is_cluster() {
-        return Ok(WakeSource::channel(clients));
-    }
-    let [server] = <[redis::Client; 1]>::try_from(clients).map_err(|_| invalid_redis_url())?;
-    Ok(WakeSource::list(server))
+    Ok(WakeSource::new(clients))
 }
 
 /// Pending connections the kernel queues before `accept` (capped by

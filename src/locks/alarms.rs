@@ -1,5 +1,6 @@
 //! When to look at a lock again: the earliest lease or offer deadline of
-//! each lock that has waiters here. One task sleeps until the next one.
+//! each lock that has waiters here. One task sleeps until the next one and
+//! tells the background worker ([`Event::Due`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -7,18 +8,19 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::domain::LockName;
+use super::events::{Event, Events};
 
-/// Sets alarms; the task that keeps them runs until every clock is dropped.
-#[derive(Clone)]
+/// Sets alarms; its task runs until the clock is dropped.
 pub(crate) struct AlarmClock {
     tx: mpsc::UnboundedSender<(LockName, Instant)>,
 }
 
 impl AlarmClock {
-    /// A clock whose task calls `ring(name)` at each alarm, on the current runtime.
-    pub(crate) fn start(ring: impl Fn(LockName) + Send + 'static) -> Self {
+    /// A clock whose task, on the current runtime, sends `Due(name)` to
+    /// `events` at each alarm.
+    pub(crate) fn start(events: Events) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(keep_alarms(rx, ring));
+        tokio::spawn(keep_alarms(rx, events));
         Self { tx }
     }
 
@@ -31,10 +33,7 @@ impl AlarmClock {
     }
 }
 
-async fn keep_alarms(
-    mut rx: mpsc::UnboundedReceiver<(LockName, Instant)>,
-    ring: impl Fn(LockName),
-) {
+async fn keep_alarms(mut rx: mpsc::UnboundedReceiver<(LockName, Instant)>, events: Events) {
     let mut due: BTreeSet<(Instant, LockName)> = BTreeSet::new();
     let mut by_name: HashMap<LockName, Instant> = HashMap::new();
     loop {
@@ -67,7 +66,7 @@ async fn keep_alarms(
                     }
                     if let Some((_, name)) = due.pop_first() {
                         by_name.remove(&name);
-                        ring(name);
+                        events.send(Event::Due(name));
                     }
                 }
             }

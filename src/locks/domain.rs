@@ -23,6 +23,15 @@ impl LockName {
         Self(format!("~{name}"))
     }
 
+    /// A name as the lock scripts carry it in their messages: a client's
+    /// name, or one the service uses for itself.
+    pub(crate) fn from_script(raw: &str) -> Option<Self> {
+        match raw.strip_prefix('~') {
+            Some(own) => Self::parse(own).ok().map(|_| Self(raw.to_owned())),
+            None => Self::parse(raw).ok(),
+        }
+    }
+
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -56,8 +65,9 @@ impl LockToken {
         &self.0
     }
 
-    /// Whether it has the shape of a token we mint, `<incarnation>.<fence>.<nonce>`;
-    /// anything else cannot hold a lock.
+    /// Whether it has the shape of a token we mint,
+    /// `<incarnation>.<grant number>.<fence>.<nonce>`; anything else cannot
+    /// hold a lock.
     pub fn is_well_formed(&self) -> bool {
         let mut parts = self.0.split('.');
         let hex = |p: Option<&str>| {
@@ -68,12 +78,16 @@ impl LockToken {
                 !p.is_empty() && p.len() <= 19 && p.bytes().all(|b| b.is_ascii_digit())
             })
         };
-        hex(parts.next()) && digits(parts.next()) && hex(parts.next()) && parts.next().is_none()
+        hex(parts.next())
+            && digits(parts.next())
+            && digits(parts.next())
+            && hex(parts.next())
+            && parts.next().is_none()
     }
 
-    /// The fence the token carries (its second part).
+    /// The fence the token carries (its third part).
     pub fn fence(&self) -> Option<u64> {
-        self.0.split('.').nth(1).and_then(|f| f.parse().ok())
+        self.0.split('.').nth(2).and_then(|f| f.parse().ok())
     }
 }
 
@@ -183,6 +197,8 @@ pub struct LockState {
     /// Slots, or `None` when the lock does not exist.
     pub permits: Option<u32>,
     /// Live grants.
+    pub held: u64,
+    /// The live grants, when they were asked for.
     pub holders: Vec<Holder>,
     /// Requests waiting, fleet-wide.
     pub waiting: u64,
@@ -202,18 +218,36 @@ mod tests {
 
     #[test]
     fn only_minted_token_shapes_are_well_formed() {
-        assert!(token("0123456789abcdef.1795000000000001.00ff00ff00ff00ff").is_well_formed());
+        let minted = token("0123456789abcdef.7.1795000000000001.00ff00ff00ff00ff");
+        assert!(minted.is_well_formed());
+        assert_eq!(minted.fence(), Some(1_795_000_000_000_001));
         for bad in [
             "",
             "3",
             "3.4",
-            "3.4.00ff00ff00ff00ff",
-            "0123456789abcdef.4.xyz",
-            "0123456789abcdef.a.00ff00ff00ff00ff",
-            "0123456789abcdef.4.00ff00ff00ff00ff.9",
-            "0123456789abcdef.12345678901234567890.00ff00ff00ff00ff",
+            "3.4.5.00ff00ff00ff00ff",
+            "0123456789abcdef.1795000000000001.00ff00ff00ff00ff",
+            "0123456789abcdef.7.4.xyz",
+            "0123456789abcdef.7.a.00ff00ff00ff00ff",
+            "0123456789abcdef.7.4.00ff00ff00ff00ff.9",
+            "0123456789abcdef.7.12345678901234567890.00ff00ff00ff00ff",
         ] {
             assert!(!token(bad).is_well_formed(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn script_messages_carry_client_names_and_the_service_s_own() {
+        assert_eq!(
+            LockName::from_script("device-42"),
+            LockName::parse("device-42").ok()
+        );
+        assert_eq!(
+            LockName::from_script("~mysql-fleet"),
+            Some(LockName::internal("mysql-fleet"))
+        );
+        for junk in ["", "~", "~~x", "a b", "~a{b}"] {
+            assert_eq!(LockName::from_script(junk), None, "{junk}");
         }
     }
 

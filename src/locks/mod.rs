@@ -1,14 +1,23 @@
-//! Distributed locks on Redis (docs/locks.md): the request bodies (`wire`),
-//! names, tokens and grants (`domain`), the Redis side and its Lua scripts
-//! (`store`), the requests waiting here (`waiters`), how a replica waits and
-//! wakes (`wake`, `alarms`), what the engine shares with those tasks (`core`)
-//! and the engine. HTTP knows this module; this module knows nothing of HTTP.
+//! Distributed locks on Redis (docs/locks.md). One way down:
+//! the route calls the engine (`engine`; an acquire's steps in `acquire`),
+//! which makes every Redis call through `call` (a pooled connection, a time
+//! bound, errors sorted), which runs one script of the `store` (replies read
+//! in one place). What happens away from requests, the background worker
+//! (`background`) does, told by messages (`events`) from the wake connection
+//! (`wake`), the alarm clock (`alarms`) and requests. `core` is what they
+//! share: the waiters here (`waiters`) and the fences seen (`fences`).
+//! Request bodies are in `wire`, names, tokens and grants in `domain`.
+//! HTTP knows this module; this module knows nothing of HTTP.
 
+mod acquire;
 mod alarms;
+mod background;
+mod call;
 mod core;
 mod domain;
 mod engine;
 mod error;
+mod events;
 mod fences;
 mod store;
 mod waiters;
@@ -16,9 +25,9 @@ mod wake;
 mod wire;
 
 pub(crate) use domain::{
-    AcquireRequest, ExtendRequest, Grant, InspectRequest, LockState, LockToken, ReleaseRequest,
+    AcquireRequest, ExtendRequest, Grant, LockState, LockToken, ReleaseRequest,
 };
-pub(crate) use engine::LockEngine;
+pub(crate) use engine::{EngineSettings, LockEngine};
 pub(crate) use error::LockError;
 pub(crate) use wake::WakeSource;
 pub(crate) use wire::{LockCommand, LockRequest};

@@ -1,6 +1,9 @@
 //! The requests waiting on this replica, by ticket. Whoever takes a waiter
-//! out of the registry owns its outcome: the wake loop when an offer for it
-//! arrives, the request itself when its wait runs out or its caller leaves.
+//! out of the registry owns its outcome: the background worker when an offer
+//! for it arrives (it claims the slot), the request itself when its wait runs
+//! out or its caller leaves. While a claim is under way the ticket is marked
+//! as being claimed, so a second copy of the same offer (a re-check after a
+//! reconnect sees it again) is ignored, never declined.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
@@ -10,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::domain::{Grant, LockName};
 use super::error::LockError;
+use super::store::SyncTicket;
 
 /// What a waiter is eventually told.
 pub(crate) type WaitOutcome = Result<Grant, LockError>;
@@ -26,11 +30,25 @@ pub(crate) struct Waiter {
     pub nonce: String,
     /// When its wait runs out (local clock).
     pub deadline: Instant,
+    /// Its place in line once Redis queued it (Redis clock, µs): kept when it
+    /// must be queued again.
+    pub arrival_us: Option<u64>,
     /// Where the outcome goes; closed when the request is gone.
     pub reply: oneshot::Sender<WaitOutcome>,
 }
 
-/// The local waiters: by ticket, and the tickets of each name.
+/// Who an offer for a ticket is for.
+pub(crate) enum OfferFor {
+    /// This waiter: claim it for them (the ticket is now marked as being claimed).
+    Waiter(Waiter),
+    /// A claim for the ticket is already under way: this is a second copy.
+    BeingClaimed,
+    /// Nobody here (the request left, or settled already).
+    Nobody,
+}
+
+/// The local waiters: by ticket, the tickets of each name, and the tickets
+/// whose claim is under way.
 #[derive(Default)]
 pub(crate) struct Waiters {
     inner: Mutex<Registry>,
@@ -40,6 +58,7 @@ pub(crate) struct Waiters {
 struct Registry {
     by_ticket: HashMap<String, Waiter>,
     by_name: HashMap<LockName, HashSet<String>>,
+    claiming: HashSet<String>,
 }
 
 impl Registry {
@@ -49,6 +68,17 @@ impl Registry {
             .or_default()
             .insert(ticket.clone());
         self.by_ticket.insert(ticket, waiter);
+    }
+
+    fn remove(&mut self, ticket: &str) -> Option<Waiter> {
+        let waiter = self.by_ticket.remove(ticket)?;
+        if let Some(tickets) = self.by_name.get_mut(&waiter.name) {
+            tickets.remove(ticket);
+            if tickets.is_empty() {
+                self.by_name.remove(&waiter.name);
+            }
+        }
+        Some(waiter)
     }
 }
 
@@ -65,25 +95,47 @@ impl Waiters {
         self.lock().insert(ticket, waiter);
     }
 
-    /// Takes the waiter out: its outcome is now the caller's to give.
-    pub(crate) fn take(&self, ticket: &str) -> Option<Waiter> {
-        let mut registry = self.lock();
-        let waiter = registry.by_ticket.remove(ticket)?;
-        if let Some(tickets) = registry.by_name.get_mut(&waiter.name) {
-            tickets.remove(ticket);
-            if tickets.is_empty() {
-                registry.by_name.remove(&waiter.name);
-            }
+    /// Notes the waiter's place in line once Redis queued it.
+    pub(crate) fn set_arrival(&self, ticket: &str, arrival_us: u64) {
+        if let Some(waiter) = self.lock().by_ticket.get_mut(ticket) {
+            waiter.arrival_us = Some(arrival_us);
         }
-        Some(waiter)
     }
 
-    /// Puts back a waiter whose offer was lost, unless its wait is over or its
-    /// request gone; then the waiter comes back to the caller to answer.
+    /// Takes the waiter out: its outcome is now the caller's to give.
+    pub(crate) fn take(&self, ticket: &str) -> Option<Waiter> {
+        self.lock().remove(ticket)
+    }
+
+    /// Takes the waiter out to claim an offer for it, and marks its ticket
+    /// as being claimed until [`Self::claim_ended`] or [`Self::put_back`].
+    pub(crate) fn take_for_claim(&self, ticket: &str) -> OfferFor {
+        let mut registry = self.lock();
+        if registry.claiming.contains(ticket) {
+            return OfferFor::BeingClaimed;
+        }
+        match registry.remove(ticket) {
+            Some(waiter) => {
+                registry.claiming.insert(ticket.to_owned());
+                OfferFor::Waiter(waiter)
+            }
+            None => OfferFor::Nobody,
+        }
+    }
+
+    /// The claim of `ticket` is over (its waiter was answered).
+    pub(crate) fn claim_ended(&self, ticket: &str) {
+        self.lock().claiming.remove(ticket);
+    }
+
+    /// Puts back a waiter whose offer came to nothing, unless its wait is
+    /// over or its request gone; then the waiter comes back to the caller to
+    /// answer. Either way the claim is over.
     pub(crate) fn put_back(&self, ticket: String, waiter: Waiter) -> Result<(), Waiter> {
         // Checked and inserted under one lock: a request whose deadline fired
         // while its entry was out waits for an answer instead, so it must get one.
         let mut registry = self.lock();
+        registry.claiming.remove(&ticket);
         if waiter.reply.is_closed() || Instant::now() >= waiter.deadline {
             return Err(waiter);
         }
@@ -101,21 +153,29 @@ impl Waiters {
         self.lock().by_name.keys().cloned().collect()
     }
 
-    /// The waiters of `name`, for `sync`: ticket, permits, lease, time left, nonce.
-    pub(crate) fn of(&self, name: &LockName) -> Vec<(String, u32, u64, u64, String)> {
+    /// The waiters of `name` as `sync` re-checks them, with the permits they
+    /// asked for (the same for all, or they could not share the lock).
+    pub(crate) fn sync_tickets(&self, name: &LockName) -> Option<(u32, Vec<SyncTicket>)> {
         let registry = self.lock();
         let now = Instant::now();
-        registry
+        let mut permits = None;
+        let tickets = registry
             .by_name
-            .get(name)
-            .into_iter()
-            .flatten()
+            .get(name)?
+            .iter()
             .filter_map(|ticket| {
                 let w = registry.by_ticket.get(ticket)?;
-                let left = w.deadline.saturating_duration_since(now).as_millis() as u64;
-                Some((ticket.clone(), w.permits, w.lease_ms, left, w.nonce.clone()))
+                permits = Some(w.permits);
+                Some(SyncTicket {
+                    ticket: ticket.clone(),
+                    lease_ms: w.lease_ms,
+                    wait_left_ms: w.deadline.saturating_duration_since(now).as_millis() as u64,
+                    nonce: w.nonce.clone(),
+                    arrival_us: w.arrival_us,
+                })
             })
-            .collect()
+            .collect();
+        Some((permits?, tickets))
     }
 
     /// Takes every waiter out (shutdown, Redis outage).
@@ -123,5 +183,47 @@ impl Waiters {
         let mut registry = self.lock();
         registry.by_name.clear();
         registry.by_ticket.drain().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn waiter() -> (Waiter, oneshot::Receiver<WaitOutcome>) {
+        let (reply, outcome) = oneshot::channel();
+        let waiter = Waiter {
+            name: LockName::parse("n").unwrap(),
+            permits: 1,
+            lease_ms: 1000,
+            nonce: "00".into(),
+            deadline: Instant::now() + Duration::from_secs(60),
+            arrival_us: None,
+            reply,
+        };
+        (waiter, outcome)
+    }
+
+    /// Issue 23, defect 7: a second copy of an offer never reaches the
+    /// waiter, and is not "for nobody" (which would decline it) while the
+    /// first copy's claim is under way.
+    #[test]
+    fn a_second_copy_of_an_offer_is_ignored_while_the_first_is_claimed() {
+        let waiters = Waiters::default();
+        let (w, _outcome) = waiter();
+        waiters.insert("t".into(), w);
+        let OfferFor::Waiter(claimed) = waiters.take_for_claim("t") else {
+            panic!("the first copy finds the waiter");
+        };
+        assert!(matches!(
+            waiters.take_for_claim("t"),
+            OfferFor::BeingClaimed
+        ));
+        assert!(waiters.put_back("t".into(), claimed).is_ok());
+        assert!(matches!(waiters.take_for_claim("t"), OfferFor::Waiter(_)));
+        waiters.claim_ended("t");
+        assert!(matches!(waiters.take_for_claim("t"), OfferFor::Nobody));
     }
 }

@@ -1,261 +1,213 @@
-//! How a replica waits and wakes: one connection, kept for the life of the
-//! process, BLPOPs the replica's wake list, where lock scripts push offers
-//! ("a slot is yours, claim it") and alarms ("this lock's next deadline is
-//! then"). However many requests wait, on however many locks, this is the
-//! replica's only blocking connection.
+//! How a replica hears about its locks: one connection, kept for the life of
+//! the process, subscribed to the replica's wake channel (offers, alarms,
+//! skipped tickets: what lock scripts publish for this replica) and to the
+//! channel every replica hears (locks created again). However many requests
+//! wait, on however many locks, this is the replica's only blocking connection.
 //!
-//! On a Redis Cluster a script may touch only its own slot's keys, so it
-//! cannot push to a list elsewhere: scripts PUBLISH to the replica's wake
-//! channel instead (the cluster bus carries a message to every node), and
-//! the one connection SUBSCRIBEs to it on any node, PINGing to notice a dead
-//! socket. A message sent while nobody listened is not kept, as a list keeps
-//! it; the re-check after every reconnect (below) finds those offers.
+//! Scripts publish rather than push to lists because a script may publish
+//! wherever its own keys live, also on a Redis Cluster (the cluster bus
+//! carries a message to every node), and the connection may subscribe on any
+//! node. A subscribed connection is silent, so it PINGs to notice a dead
+//! socket. A message published while nobody listened is not kept: after
+//! every reconnect the worker re-checks every lock with waiters here, which
+//! finds those offers; an offer nobody claims moves on after its claim
+//! deadline anyway.
 //!
-//! When the connection drops, the loop reconnects and re-checks every lock
-//! that has waiters here: their places are in Redis, not in the socket.
 //! Only when Redis stays unreachable for [`OUTAGE_GRACE`] are the waiters
 //! answered 503.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::watch;
 
-use super::core::Core;
 use super::domain::{LockName, LockToken};
 use super::error::LockError;
+use super::events::{Event, Events};
+use crate::metrics::Metrics;
 
-/// How long one BLPOP blocks: an idle replica costs one command per period.
-const BLOCK: Duration = Duration::from_secs(5);
-/// Beyond the block, how long a BLPOP may take before the connection counts as dead.
+/// How often the silent connection is PINGed: an idle replica costs one
+/// command per period.
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// How long connecting, subscribing or a PING may take before the connection counts as dead.
 const SLACK: Duration = Duration::from_secs(2);
-/// Messages taken per round trip after a BLPOP returns one.
-const DRAIN: usize = 128;
 /// Redis unreachable this long: waiters are answered 503 rather than left hanging.
 pub(crate) const OUTAGE_GRACE: Duration = Duration::from_secs(2);
 
-/// A message on a wake list.
+/// A message on a wake channel.
 #[derive(Debug, PartialEq, Eq)]
 enum Message {
-    /// `o|<name>|<ticket>|<token>|<fence>`: a slot of `name` is offered to `ticket`.
+    /// `o|<name>|<ticket>|<token>`: a slot of `name` is offered to `ticket`.
     Offer {
         name: LockName,
         ticket: String,
         token: LockToken,
-        fence: u64,
     },
     /// `a|<name>|<deadline>|<now>`: `name` has a deadline in `deadline - now` ms.
     Alarm { name: LockName, after: Duration },
+    /// `s|<name>|<ticket>`: the ticket was skipped (this replica counted as
+    /// gone); `c|<name>`: the lock was created (again). Either way this
+    /// replica's tickets of `name` are checked again.
+    Recheck(LockName),
 }
 
 impl Message {
     fn parse(text: &str) -> Option<Self> {
         let mut parts = text.split('|');
         let kind = parts.next()?;
-        let name = LockName::parse(parts.next()?).ok()?;
-        match kind {
-            "o" => Some(Self::Offer {
+        let name = LockName::from_script(parts.next()?)?;
+        let message = match kind {
+            "o" => Self::Offer {
                 name,
                 ticket: parts.next()?.to_owned(),
                 token: LockToken::minted(parts.next()?.to_owned()),
-                fence: parts.next()?.parse().ok()?,
-            }),
+            },
             "a" => {
                 let deadline: u64 = parts.next()?.parse().ok()?;
                 let now: u64 = parts.next()?.parse().ok()?;
-                Some(Self::Alarm {
+                Self::Alarm {
                     name,
                     after: Duration::from_millis(deadline.saturating_sub(now)),
-                })
+                }
             }
-            _ => None,
+            "s" => {
+                parts.next()?;
+                Self::Recheck(name)
+            }
+            "c" => Self::Recheck(name),
+            _ => return None,
+        };
+        parts.next().is_none().then_some(message)
+    }
+
+    fn into_event(self) -> Event {
+        match self {
+            Self::Offer {
+                name,
+                ticket,
+                token,
+            } => Event::Offer {
+                name,
+                ticket,
+                token,
+            },
+            Self::Alarm { name, after } => Event::Alarm { name, after },
+            Self::Recheck(name) => Event::Resync(name),
         }
     }
 }
 
-/// Where a replica's wake messages arrive: its wake list on a server
-/// (BLPOPed), or on a cluster its wake channel, subscribed on one of the
-/// seed nodes (the next one after a failure).
+/// Where a replica's wake connection subscribes: any of the nodes (the
+/// next one after a failure).
 pub(crate) struct WakeSource {
     nodes: Vec<redis::Client>,
-    channel: bool,
 }
 
 impl WakeSource {
-    /// The wake list on `server`.
-    pub(crate) fn list(server: redis::Client) -> Self {
-        Self {
-            nodes: vec![server],
-            channel: false,
-        }
+    /// Subscribes on one of `nodes` (one server, or a cluster's seeds).
+    pub(crate) fn new(nodes: Vec<redis::Client>) -> Self {
+        Self { nodes }
+    }
+}
+
+/// The wake loop of one replica: what it listens to and whom it tells.
+pub(crate) struct WakeLoop {
+    pub source: WakeSource,
+    /// This replica's wake channel.
+    pub wake_channel: String,
+    /// The channel every replica hears.
+    pub events_channel: String,
+    /// The background worker.
+    pub events: Events,
+    pub metrics: Metrics,
+    pub draining: watch::Receiver<bool>,
+}
+
+impl WakeLoop {
+    /// Subscribes (the `attempt`-th time), on the next node in turn.
+    async fn subscribe(&self, attempt: usize) -> redis::RedisResult<(PubSubSink, PubSubStream)> {
+        let client = &self.source.nodes[attempt % self.source.nodes.len().max(1)];
+        let subscribed = async {
+            let (mut sink, stream) = client.get_async_pubsub().await?.split();
+            sink.subscribe(&[&self.wake_channel, &self.events_channel])
+                .await?;
+            Ok((sink, stream))
+        };
+        tokio::time::timeout(SLACK, subscribed)
+            .await
+            .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribe timed out").into()))
     }
 
-    /// The wake channel, on any of a cluster's `seeds`.
-    pub(crate) fn channel(seeds: Vec<redis::Client>) -> Self {
-        Self {
-            nodes: seeds,
-            channel: true,
-        }
-    }
-
-    /// Connects (the `attempt`-th time), subscribed when it is a channel.
-    async fn connect(&self, attempt: usize, core: &Core) -> redis::RedisResult<Listener> {
-        let client = &self.nodes[attempt % self.nodes.len().max(1)];
-        if self.channel {
-            let subscribed = async {
-                let (mut sink, stream) = client.get_async_pubsub().await?.split();
-                sink.subscribe(core.replica.wake_channel()).await?;
-                Ok(Listener::Channel(sink, stream))
+    /// Listens until shutdown, reconnecting as often as it takes.
+    pub(crate) async fn run(self) {
+        let mut draining = self.draining.clone();
+        let mut down_since: Option<Instant> = None;
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            let subscribed = tokio::select! {
+                subscribed = self.subscribe(attempt) => subscribed,
+                _ = draining.wait_for(|d| *d) => return,
             };
-            return tokio::time::timeout(Duration::from_secs(1), subscribed)
-                .await
-                .unwrap_or_else(|_| Err((redis::ErrorKind::Io, "subscribe timed out").into()));
-        }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            // BLPOP blocks by design; `listen` bounds each call itself.
-            .set_response_timeout(None);
-        let conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        Ok(Listener::List(conn))
-    }
-}
-
-/// A live wake connection.
-enum Listener {
-    List(MultiplexedConnection),
-    Channel(PubSubSink, PubSubStream),
-}
-
-/// Serves the replica's wake list (or channel) until shutdown.
-pub(crate) async fn run_wake_loop(
-    core: Arc<Core>,
-    source: WakeSource,
-    mut draining: watch::Receiver<bool>,
-) {
-    let mut down_since: Option<Instant> = None;
-    let mut pause = Duration::from_millis(50);
-    let mut attempt = 0;
-    loop {
-        let connected = tokio::select! {
-            connected = source.connect(attempt, &core) => connected,
-            _ = draining.wait_for(|d| *d) => return,
-        };
-        attempt += 1;
-        match connected {
-            Ok(conn) => {
-                pause = Duration::from_millis(50);
-                core.outage.store(false, Ordering::Release);
-                core.metrics.redis_blocking_connections.set(1);
-                // Offers pushed while no BLPOP was there are still in the
-                // list; an offer popped into a connection that then died is
-                // not: re-checking every lock with waiters finds those.
-                if down_since.take().is_some() {
-                    for name in core.waiters.names() {
-                        core.runtime.spawn(Arc::clone(&core).sync(name));
+            attempt += 1;
+            match subscribed {
+                Ok((sink, stream)) => {
+                    pause = Duration::from_millis(50);
+                    self.metrics.redis_blocking_connections.set(1);
+                    // Offers published while nobody listened are lost: the
+                    // worker re-checks every lock waited on here.
+                    if down_since.take().is_some() {
+                        self.events.send(Event::Reconnected);
                     }
+                    tokio::select! {
+                        error = self.listen(sink, stream) => {
+                            tracing::warn!(%error, "lock wake connection failed; reconnecting");
+                        }
+                        _ = draining.wait_for(|d| *d) => return,
+                    }
+                    self.metrics.redis_blocking_connections.set(0);
+                    down_since = Some(Instant::now());
                 }
-                let listen = match conn {
-                    Listener::List(conn) => futures_util::future::Either::Left(listen(&core, conn)),
-                    Listener::Channel(sink, stream) => {
-                        futures_util::future::Either::Right(listen_channel(&core, sink, stream))
-                    }
-                };
-                tokio::select! {
-                    error = listen => {
-                        tracing::warn!(%error, "lock wake connection failed; reconnecting");
-                    }
-                    _ = draining.wait_for(|d| *d) => return,
-                }
-                core.metrics.redis_blocking_connections.set(0);
-                down_since = Some(Instant::now());
-            }
-            Err(error) => {
-                let since = *down_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= OUTAGE_GRACE {
-                    if !core.outage.swap(true, Ordering::AcqRel) {
+                Err(error) => {
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= OUTAGE_GRACE {
                         tracing::warn!(%error, "Redis unreachable: answering lock waiters 503");
+                        self.events
+                            .send(Event::FailAll(LockError::RedisUnavailable));
                     }
-                    core.fail_all(LockError::RedisUnavailable);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(500));
             }
         }
     }
-}
 
-/// BLPOPs the wake list and dispatches what arrives, until the connection fails.
-async fn listen(core: &Arc<Core>, mut conn: MultiplexedConnection) -> redis::RedisError {
-    let key = core.replica.wake.as_str();
-    loop {
-        let mut blpop = redis::cmd("BLPOP");
-        blpop.arg(key).arg(BLOCK.as_secs());
-        let blpop = blpop.query_async::<Option<(String, String)>>(&mut conn);
-        let first = match tokio::time::timeout(BLOCK + SLACK, blpop).await {
-            Ok(Ok(Some((_, message)))) => message,
-            Ok(Ok(None)) => continue,
-            Ok(Err(error)) => return error,
-            Err(_) => return (redis::ErrorKind::Io, "BLPOP did not return in time").into(),
-        };
-        dispatch(core, &first);
-        let mut lpop = redis::cmd("LPOP");
-        lpop.arg(key).arg(DRAIN);
-        let rest = lpop.query_async::<Option<Vec<String>>>(&mut conn);
-        match tokio::time::timeout(SLACK, rest).await {
-            Ok(Ok(rest)) => rest.iter().flatten().for_each(|m| dispatch(core, m)),
-            Ok(Err(error)) => return error,
-            Err(_) => return (redis::ErrorKind::Io, "LPOP did not return in time").into(),
-        }
-    }
-}
-
-/// Dispatches what arrives on the wake channel and PINGs every [`BLOCK`]
-/// (a subscribed connection is otherwise silent), until the connection fails.
-async fn listen_channel(
-    core: &Arc<Core>,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
-) -> redis::RedisError {
-    let mut ping = tokio::time::interval(BLOCK);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            message = stream.next() => match message {
-                Some(message) => match message.get_payload::<String>() {
-                    Ok(text) => dispatch(core, &text),
-                    Err(error) => tracing::warn!(%error, "unreadable lock wake message"),
+    /// Passes on what arrives and PINGs every [`PING_EVERY`], until the connection fails.
+    async fn listen(&self, mut sink: PubSubSink, mut stream: PubSubStream) -> redis::RedisError {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => match message.get_payload::<String>() {
+                        Ok(text) => match Message::parse(&text) {
+                            Some(message) => self.events.send(message.into_event()),
+                            None => tracing::warn!(message = text, "unreadable lock wake message"),
+                        },
+                        Err(error) => tracing::warn!(%error, "unreadable lock wake message"),
+                    },
+                    None => return (redis::ErrorKind::Io, "wake subscription closed").into(),
                 },
-                None => return (redis::ErrorKind::Io, "wake subscription closed").into(),
-            },
-            _ = ping.tick() => {
-                match tokio::time::timeout(SLACK, sink.ping::<String>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => return error,
-                    Err(_) => return (redis::ErrorKind::Io, "PING did not return in time").into(),
+                _ = ping.tick() => {
+                    match tokio::time::timeout(SLACK, sink.ping::<String>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => return error,
+                        Err(_) => return (redis::ErrorKind::Io, "PING did not return in time").into(),
+                    }
                 }
             }
         }
-    }
-}
-
-fn dispatch(core: &Arc<Core>, text: &str) {
-    match Message::parse(text) {
-        Some(Message::Offer {
-            name,
-            ticket,
-            token,
-            fence,
-        }) => {
-            core.runtime
-                .spawn(Arc::clone(core).take_offer(name, ticket, token, fence));
-        }
-        Some(Message::Alarm { name, after }) => core.arm(&name, Some(after)),
-        None => tracing::warn!(message = text, "unreadable lock wake message"),
     }
 }
 
@@ -265,13 +217,13 @@ mod tests {
 
     #[test]
     fn wake_messages_parse_and_junk_does_not() {
+        let token = "0123456789abcdef.9.17.fedcba9876543210";
         assert_eq!(
-            Message::parse("o|device-42|00ff|0123456789abcdef.17.fedcba9876543210|17"),
+            Message::parse(&format!("o|device-42|00ff|{token}")),
             Some(Message::Offer {
                 name: LockName::parse("device-42").unwrap(),
                 ticket: "00ff".into(),
-                token: LockToken::minted("0123456789abcdef.17.fedcba9876543210".into()),
-                fence: 17,
+                token: LockToken::minted(token.into()),
             })
         );
         assert_eq!(
@@ -281,8 +233,41 @@ mod tests {
                 after: Duration::from_millis(500),
             })
         );
-        for junk in ["", "x|n|1", "o|n|t", "a|n|x|1", "o|bad name|t|k|1"] {
+        assert_eq!(
+            Message::parse("s|n|00ff"),
+            Some(Message::Recheck(LockName::parse("n").unwrap()))
+        );
+        assert_eq!(
+            Message::parse("c|n"),
+            Some(Message::Recheck(LockName::parse("n").unwrap()))
+        );
+        for junk in [
+            "",
+            "x|n|1",
+            "o|n|t",
+            "a|n|x|1",
+            "o|bad name|t|k",
+            "c|n|extra",
+            "s|n",
+        ] {
             assert_eq!(Message::parse(junk), None, "{junk}");
         }
+    }
+
+    /// Issue 23, defect 2: the fleet budget's lock is `~mysql-fleet`, and its
+    /// offers and alarms were dropped as unreadable.
+    #[test]
+    fn messages_about_the_service_s_own_locks_are_read() {
+        assert_eq!(
+            Message::parse("a|~mysql-fleet|1500|1000"),
+            Some(Message::Alarm {
+                name: LockName::internal("mysql-fleet"),
+                after: Duration::from_millis(500),
+            })
+        );
+        assert!(matches!(
+            Message::parse("o|~mysql-fleet|00ff|0123456789abcdef.9.17.fedcba9876543210"),
+            Some(Message::Offer { .. })
+        ));
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::helpers::{
-    acquire_body, assert_problem, delete_lock_keys, redis_url, spawn_app, wait_until_waiting,
-    waiter,
+    LOCK_KEY_PARTS, acquire_body, assert_problem, delete_lock_keys, redis_url, spawn_app,
+    wait_until_waiting, waiter,
 };
 
 /// Issue 23, defect 3. A waiter queued at 0 s (8 s wait); the lock's keys
@@ -24,7 +24,7 @@ async fn a_waiter_queued_before_its_lock_vanished_is_served_soon_after_not_at_it
     wait_until_waiting(&app.client, &app.address, "vanish", 1).await;
 
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let deleted = delete_lock_keys(&redis_url(), &app.key_prefix, "vanish", "").await;
+    let deleted = delete_lock_keys(&redis_url(), &app.key_prefix, "vanish", &LOCK_KEY_PARTS).await;
     assert!(deleted >= 3, "the lock's keys are gone ({deleted})");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let newcomer = app.grant("vanish", 0, 30_000).await;
@@ -55,7 +55,7 @@ async fn a_waiter_queued_before_its_lock_vanished_is_served_soon_after_not_at_it
 async fn a_release_after_the_held_key_was_lost_does_not_report_released() {
     let app = spawn_app().await;
     let grant = app.grant("lost-held", 0, 30_000).await;
-    let deleted = delete_lock_keys(&redis_url(), &app.key_prefix, "lost-held", ":held").await;
+    let deleted = delete_lock_keys(&redis_url(), &app.key_prefix, "lost-held", &["held"]).await;
     assert_eq!(deleted, 1);
 
     let response = app.release("lost-held", &grant["token"]).await;

@@ -13,9 +13,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    OwnRedis, Storm, acquire_body, app_on, assert_conserved, client, client_list, eventually,
-    granted, info_field, inspect, metrics_text, post_lock, raise_fd_limit, raw_post, redis_command,
-    redis_url, release, service_replicas, spawn_app, spawn_app_with, wait_until_waiting, waiter,
+    OwnRedis, Storm, acquire_body, app_on, assert_conserved, client, eventually, granted,
+    info_field, inspect, kill_wake_connections, lock_key, metrics_text, post_lock, raise_fd_limit,
+    raw_post, redis_command, redis_url, release, service_replicas, spawn_app, spawn_app_with,
+    wait_until_waiting, waiter,
 };
 
 /// Defect 1, first trigger: a replica stopped while a slot was offered to its
@@ -33,7 +34,7 @@ async fn a_claim_from_before_redis_lost_its_data_is_refused() {
     let late = waiter(stopped.base.clone(), acquire_body("m", 30_000, 30_000));
     wait_until_waiting(&http, &live.base, "m", 1).await;
 
-    stopped.process.signal(Signal::SIGSTOP);
+    stopped.process.pause();
     assert_eq!(
         release(&http, &live.base, "m", &first).await,
         StatusCode::OK
@@ -100,7 +101,7 @@ async fn an_evicted_meta_key_starts_a_new_incarnation_that_refuses_old_tokens() 
         for _ in 0..permits {
             old.push(granted(&app.client, &app.address, body.clone()).await);
         }
-        let meta = format!("{}lock:{{{name}}}:meta", app.key_prefix);
+        let meta = lock_key(&app.key_prefix, &name, "meta");
         let deleted: i64 = redis_command(&redis_url(), &["DEL", &meta]).await;
         assert_eq!(deleted, 1);
 
@@ -222,18 +223,7 @@ async fn waiters_keep_their_places_when_the_blocking_connection_is_killed() {
         wait_until_waiting(&app.client, &app.address, &format!("kill-{n}"), 10).await;
     }
     for _ in 0..3 {
-        let blocking = client_list(&redis.url())
-            .await
-            .into_iter()
-            .find(|line| line.contains("cmd=blpop"))
-            .expect("the replica's blocking connection");
-        let id = blocking
-            .split_whitespace()
-            .find_map(|field| field.strip_prefix("id="))
-            .unwrap()
-            .to_owned();
-        let killed: i64 = redis_command(&redis.url(), &["CLIENT", "KILL", "ID", &id]).await;
-        assert_eq!(killed, 1);
+        assert_eq!(kill_wake_connections(&redis.url()).await, 1);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for (n, holder) in holders.iter().enumerate() {
@@ -321,7 +311,7 @@ async fn idle_waiters_cost_redis_nothing() {
     let before = info_field(&redis.url(), "total_commands_processed").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = info_field(&redis.url(), "total_commands_processed").await;
-    // At most one BLPOP renewal, plus this test's own INFO connection.
+    // At most one PING of the wake connection, plus this test's own INFO connection.
     assert!(
         after - before <= 10,
         "{} Redis commands in 3 s of 200 idle waiters",
@@ -441,7 +431,7 @@ async fn a_storm_with_redis_restarted_empty_under_a_stopped_replica_keeps_each_i
     let names: Vec<(String, usize)> = vec![("m0".into(), 1), ("m1".into(), 1), ("s0".into(), 3)];
     let storm = Storm::start(bases.clone(), names.clone(), 150, Duration::from_secs(8));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    fleet[0].process.signal(Signal::SIGSTOP);
+    fleet[0].process.pause();
     tokio::time::sleep(Duration::from_millis(300)).await;
     redis.kill();
     redis.restart().await;
@@ -499,7 +489,7 @@ async fn a_replica_killed_with_waiters_queued_costs_the_others_one_claim_deadlin
 async fn a_recreated_lock_keeps_fences_above_what_this_replica_saw() {
     let app = spawn_app().await;
     app.grant("floor", 0, 100).await;
-    let meta = format!("{}lock:{{floor}}:meta", app.key_prefix);
+    let meta = lock_key(&app.key_prefix, "floor", "meta");
     // As if the lock had granted ten billion times since its creation.
     let far: u64 = redis_command::<Vec<Option<u64>>>(&redis_url(), &["HMGET", &meta, "fence"])
         .await[0]

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::{
     OwnRedis, Proxy, ServiceProcess, acquire_body, app_on, base_env, client, create_database,
-    eventually, granted, inspect, kill_wake_connections, mysql_admin_url, random_suffix,
+    eventually, granted, inspect, kill_wake_connections, lock_key, mysql_admin_url, random_suffix,
     redis_command, redis_url, release, service_replicas, spawn_app_on, wait_until_waiting, waiter,
 };
 
@@ -33,7 +33,7 @@ async fn waiters_of_a_replica_that_was_only_paused_are_served_when_it_resumes() 
     wait_until_waiting(&http, &live.base, "p", 3).await;
     let started = Instant::now();
 
-    paused.process.signal(Signal::SIGSTOP);
+    paused.process.pause();
     assert_eq!(
         release(&http, &live.base, "p", &holder).await,
         StatusCode::OK
@@ -47,10 +47,12 @@ async fn waiters_of_a_replica_that_was_only_paused_are_served_when_it_resumes() 
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     paused.process.signal(Signal::SIGCONT);
     let first = first.await.unwrap();
-    assert_eq!(
-        first.status,
-        Some(StatusCode::LOCKED),
-        "its wait ran out while paused"
+    // Its wait ran out while its replica was stopped: 423 (or 503 had the
+    // stop frozen a claim of its in the middle).
+    assert!(
+        matches!(first.status.map(|s| s.as_u16()), Some(423 | 503)),
+        "the first waiter: {:?}",
+        first.body
     );
     assert_eq!(
         release(&http, &live.base, "p", &third.body).await,
@@ -223,14 +225,16 @@ async fn a_lock_keeps_its_bookkeeping_bounded_across_a_thousand_replica_restarts
     })
     .await;
     assert!(settled, "only the stayer's waiter is left");
-    let keys: Vec<String> = redis_command(&redis.url(), &["KEYS", "*{busy}*"]).await;
+    // `gone` is left out: it remembers each request that gave up for a
+    // minute, whichever replica it came through.
+    let keys = ["meta", "held", "queue"].map(|part| lock_key(&stayer.key_prefix, "busy", part));
     let mut bytes = 0;
     for key in &keys {
         let used: Option<u64> = redis_command(&redis.url(), &["MEMORY", "USAGE", key]).await;
         bytes += used.unwrap_or(0);
     }
     assert!(
-        bytes < 4096,
+        bytes < 2048,
         "{bytes} bytes in {keys:?} after 1,000 replicas came and went"
     );
 }

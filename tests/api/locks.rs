@@ -417,18 +417,18 @@ async fn waiters_are_served_in_arrival_order() {
     let holder = app.grant("queue", 0, 30_000).await;
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut waiters = Vec::new();
-    for position in 0..20 {
-        let (app, order_tx) = (app.clone(), order_tx.clone());
+    for position in 0..20u64 {
+        let (mine, order_tx) = (app.clone(), order_tx.clone());
         waiters.push(tokio::spawn(async move {
-            let granted = app.grant("queue", 30_000, 30_000).await;
+            let granted = mine.grant("queue", 30_000, 30_000).await;
             order_tx.send(position).unwrap();
             assert_eq!(
-                app.release("queue", &granted["token"]).await.status(),
+                mine.release("queue", &granted["token"]).await.status(),
                 StatusCode::OK
             );
         }));
         // Each request is queued before the next one is sent.
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        crate::helpers::wait_until_waiting(&app.client, &app.address, "queue", position + 1).await;
     }
     assert_eq!(
         app.release("queue", &holder["token"]).await.status(),

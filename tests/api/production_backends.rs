@@ -253,7 +253,7 @@ async fn held_on(
     token: &str,
 ) -> bool {
     let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg(format!("{}lock:{{{name}}}:held", app.key_prefix))
+        .arg(crate::helpers::lock_key(&app.key_prefix, name, "held"))
         .arg(token)
         .query_async(conn)
         .await

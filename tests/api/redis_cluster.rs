@@ -50,7 +50,7 @@ async fn clients_on(cluster: &OwnCluster, port: u16, kind: &str) -> usize {
 
 /// The key the engine keeps a lock's state under (its slot is the lock's slot).
 fn meta_key(app: &TestApp, name: &str) -> String {
-    format!("{}lock:{{{name}}}:meta", app.key_prefix)
+    crate::helpers::lock_key(&app.key_prefix, name, "meta")
 }
 
 /// The service's keys are spread over all three primaries.
@@ -168,7 +168,9 @@ async fn a_storm_keeps_exclusion_through_a_service_kill_and_a_redis_primary_fail
         ("s1".into(), 3),
     ];
     // The primary holding m0 is the one that dies.
-    let slot = cluster.slot_of(&format!("{prefix}lock:{{m0}}:meta")).await;
+    let slot = cluster
+        .slot_of(&crate::helpers::lock_key(&prefix, "m0", "meta"))
+        .await;
     let doomed = cluster.primary_of(slot, cluster.ports()[0]).await;
 
     let storm = Storm::start(bases.clone(), names.clone(), 300, Duration::from_secs(16));

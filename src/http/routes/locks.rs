@@ -119,7 +119,7 @@ fn inspect_response(name: &LockName, state: LockState) -> HttpResponse {
     HttpResponse::Ok().json(InspectBody {
         name: name.as_str(),
         permits: state.permits,
-        held: state.holders.len(),
+        held: usize::try_from(state.held).unwrap_or(usize::MAX),
         waiting: state.waiting,
         fence: state.fence,
         holders: state
@@ -189,12 +189,10 @@ pub(crate) async fn post_locks(
 ) -> Result<HttpResponse, ApiError> {
     match lock_request.into_command() {
         LockCommand::Acquire(acquire) => {
-            let (grant, waited) = engine
+            let grant = engine
                 .acquire(&acquire, peers.client_gone(&request))
                 .await?;
-            if waited {
-                deliver(&request, &peers, &engine, &acquire.name, &grant)?;
-            }
+            deliver(&request, &peers, &engine, &acquire.name, &grant)?;
             Ok(grant_response(&acquire.name, &grant, acquire.lease_ms))
         }
         LockCommand::Release(release) => {
@@ -215,10 +213,12 @@ pub(crate) async fn post_locks(
     }
 }
 
-/// A grant that waited must reach its caller or go to the next waiter: a peer already
-/// gone gets nothing (the slot moves on now); a peer that has closed its
-/// sending side may have half-closed (legal: it still reads) or left, which
-/// only its reset to our answer tells, so that answer is watched.
+/// A grant must reach its caller or go to the next waiter, whether it came at
+/// once or after a wait (a caller may give up on a slow Redis as well as on a
+/// long wait): a peer already gone gets nothing (the slot moves on now); a
+/// peer that has closed its sending side may have half-closed (legal: it
+/// still reads) or left, which only its reset to our answer tells, so that
+/// answer is watched.
 fn deliver(
     request: &HttpRequest,
     peers: &PeerWatch,

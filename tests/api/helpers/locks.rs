@@ -19,6 +19,7 @@ pub async fn service_replicas(url: &str, n: usize) -> Vec<ServiceProcess> {
     let prefix = format!("mwtest:{}:", random_suffix());
     let mut env = base_env(&database_url, url, &prefix);
     env.insert("DB_POOL_MAX".into(), "2".into());
+    env.insert("RUST_LOG".into(), "warn,middleway::locks=debug".into());
     let mut started = Vec::new();
     for _ in 0..n {
         started.push(ServiceProcess::start_logged(env.clone()).await);
@@ -82,32 +83,43 @@ pub async fn raw_post(base: &str, body: &Value) -> TcpStream {
     stream
 }
 
-/// Deletes the Redis keys of lock `name` under `prefix` whose names end in
-/// `suffix` (all of them with ""), as eviction or a partial loss would; how many.
-pub async fn delete_lock_keys(url: &str, prefix: &str, name: &str, suffix: &str) -> usize {
-    let pattern = format!("{prefix}*{{{name}}}*{suffix}");
-    let keys: Vec<String> = redis_command(url, &["KEYS", &pattern]).await;
-    for key in &keys {
-        let _: i64 = redis_command(url, &["DEL", key]).await;
+/// Deletes the Redis keys `parts` (`meta`, `held`...) of lock `name` under
+/// `prefix`, as eviction or a partial loss would; how many existed.
+pub async fn delete_lock_keys(url: &str, prefix: &str, name: &str, parts: &[&str]) -> i64 {
+    let mut deleted = 0;
+    for part in parts {
+        let key = lock_key(prefix, name, part);
+        deleted += redis_command::<i64>(url, &["DEL", &key]).await;
     }
-    keys.len()
+    deleted
 }
 
-/// Kills the connections a replica waits for its wake messages on (a
-/// blocking or subscribed connection); how many.
+/// Every key a lock has (docs/locks.md).
+pub const LOCK_KEY_PARTS: [&str; 5] = ["meta", "held", "queue", "ended", "gone"];
+
+/// The name of one of lock `name`'s Redis keys (`meta`, `held`, `queue`,
+/// `ended`, `gone`: docs/locks.md) under `prefix`.
+pub fn lock_key(prefix: &str, name: &str, part: &str) -> String {
+    format!("{prefix}lock3:{{{name}}}:{part}")
+}
+
+/// Whether a `CLIENT LIST` line is a replica's wake connection (subscribed
+/// to its wake channel); its client id if so.
+pub fn wake_connection_id(client_list_line: &str) -> Option<&str> {
+    let fields: Vec<&str> = client_list_line.split_whitespace().collect();
+    let field = |name: &str| fields.iter().find_map(|f| f.strip_prefix(name));
+    field("flags=")
+        .is_some_and(|flags| flags.contains('P'))
+        .then(|| field("id="))
+        .flatten()
+}
+
+/// Kills the replicas' wake connections on the server at `url`; how many.
 pub async fn kill_wake_connections(url: &str) -> usize {
     let mut killed = 0;
     for line in super::client_list(url).await {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find_map(|f| f.strip_prefix(name))
-                .unwrap_or_default()
-        };
-        let waits = field("cmd=") == "blpop" || field("flags=").contains('P');
-        if waits {
-            let _: i64 = redis_command(url, &["CLIENT", "KILL", "ID", field("id=")]).await;
+        if let Some(id) = wake_connection_id(&line) {
+            let _: i64 = redis_command(url, &["CLIENT", "KILL", "ID", id]).await;
             killed += 1;
         }
     }

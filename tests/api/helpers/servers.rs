@@ -61,6 +61,32 @@ impl OwnedProcess {
         kill(self.pid(), signal).expect("signal delivered");
     }
 
+    /// Stops the process (SIGSTOP) and returns once every one of its
+    /// threads has stopped: nothing it does afterwards happened before.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|threads| {
+                threads.flatten().all(|thread| {
+                    let stat =
+                        std::fs::read_to_string(thread.path().join("stat")).unwrap_or_default();
+                    // The state follows the command name, which ends with ')'.
+                    stat.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the process did not stop"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The child, for its exit status or output pipes.
     pub fn child(&mut self) -> &mut Child {
         self.child.as_mut().expect("running")

@@ -1,0 +1,72 @@
+//! The one way a lock call reaches Redis: a connection from a pool, a time
+//! bound, and Redis' errors sorted into the lock's own.
+
+use std::future::Future;
+use std::time::Duration;
+
+use super::error::LockError;
+use super::store::is_not_replicated;
+use crate::pools::redis::{RedisConnection, RedisPool};
+
+/// A bound on every Redis call a request or a task makes: past it Redis
+/// counts as unreachable for that call.
+pub(crate) const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A call that came back without an answer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallFailed {
+    /// What the lock reports.
+    pub error: LockError,
+    /// Whether the command may have reached Redis, and so may have run
+    /// (false when no connection could even be had).
+    pub maybe_ran: bool,
+}
+
+impl From<CallFailed> for LockError {
+    fn from(failed: CallFailed) -> Self {
+        failed.error
+    }
+}
+
+/// Runs `op` on a connection of `pool` (which `op` moves into its future),
+/// within [`REDIS_CALL_TIMEOUT`]. The call is boxed before the returned
+/// future exists: Redis client futures are kilobytes, and inlined they would
+/// size every waiting request's future (held up to `wait_ms`) to match.
+pub(crate) fn redis_call<'a, T: 'a, F>(
+    pool: &'a RedisPool,
+    op: impl FnOnce(RedisConnection) -> F + 'a,
+) -> impl Future<Output = Result<T, CallFailed>> + 'a
+where
+    F: Future<Output = redis::RedisResult<T>> + 'a,
+{
+    let call = Box::pin(async move {
+        let conn = pool.connection().await.map_err(|e| (e, false))?;
+        op(conn).await.map_err(|e| (e, true))
+    });
+    async move {
+        match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err((error, maybe_ran))) if is_not_replicated(&error) => {
+                tracing::warn!(%error, "lock change not confirmed by Redis replicas");
+                Err(CallFailed {
+                    error: LockError::NotReplicated,
+                    maybe_ran,
+                })
+            }
+            Ok(Err((error, maybe_ran))) => {
+                tracing::warn!(%error, "Redis call failed");
+                Err(CallFailed {
+                    error: LockError::RedisUnavailable,
+                    maybe_ran,
+                })
+            }
+            Err(_) => {
+                tracing::warn!("Redis call timed out");
+                Err(CallFailed {
+                    error: LockError::RedisUnavailable,
+                    maybe_ran: true,
+                })
+            }
+        }
+    }
+}
