@@ -37,6 +37,9 @@ test: services
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+	cargo fmt --manifest-path bench/lockcheck/Cargo.toml -- --check
+	cargo clippy --release --all-targets --manifest-path bench/lockcheck/Cargo.toml --target-dir target -- -D warnings
+	cargo test --release --manifest-path bench/lockcheck/Cargo.toml --target-dir target -q
 
 stop:
 	@$(SERVICES) stop

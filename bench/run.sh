@@ -3,11 +3,102 @@
 #   bench/run.sh          full run: 1,000,000 rows, every strategy and concurrency,
 #                         writes bench/results/<date>-<host>.md and its PNG charts
 #   bench/run.sh smoke    seconds-long: one small cell per strategy (CI runs this)
+#   bench/run.sh lockcheck [--short] [--seed N] [--minutes M]
+#                         the lock history checker (bench/README.md, "Lock checker"):
+#                         faults injected, every operation recorded and checked;
+#                         --short (about 4 minutes) runs in CI, the long form lasts 24 minutes
+#   bench/run.sh locks [REV]
+#                         lock pairs/s (64 and 250 callers over 1,000 names) and hand-off
+#                         latency (100 waiters on one name); with a git revision, that
+#                         revision is built too and both are measured in alternating rounds
+#   bench/run.sh lockcheck --self-test
+#                         the checker must catch an engine broken on purpose (CI runs this)
 set -euo pipefail
 mode=${1:-full}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 log() { echo "bench: $*" >&2; }
+
+if [ "$mode" = locks ]; then
+  baseline_rev=${2:-}
+  scripts/services.sh start
+  eval "$(scripts/services.sh env)"
+  log "building (release)"
+  mkdir -p .local
+  if [ -n "$baseline_rev" ]; then
+    # Built in the same target dir (dependencies compile once), then set aside.
+    rm -rf .local/baseline && git worktree prune
+    git worktree add --detach .local/baseline "$baseline_rev" >/dev/null
+    cargo build --release -q --manifest-path .local/baseline/Cargo.toml --target-dir target --bin middleway
+    cp target/release/middleway .local/middleway-baseline
+    git worktree remove --force .local/baseline
+  fi
+  cargo build --release -q --bin middleway
+  cargo build --release -q --manifest-path bench/Cargo.toml --target-dir target
+  cp target/release/middleway .local/middleway-current
+  mysql_cli=(mariadb -N -h127.0.0.1 -P13306 -umiddleway -pmiddleway)
+  "${mysql_cli[@]}" -e "CREATE DATABASE IF NOT EXISTS middleway_bench"
+  export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"
+  .local/middleway-current migrate >/dev/null
+  key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  labels=(current); [ -n "$baseline_rev" ] && labels+=(baseline)
+  pids=()
+  for i in "${!labels[@]}"; do
+    API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:$((18300 + i)) ADMIN_BIND_ADDR=127.0.0.1:$((19300 + i)) \
+      REDIS_KEY_PREFIX="mwlocks-${labels[$i]}-$RANDOM:" RUST_LOG=warn .local/middleway-"${labels[$i]}" serve >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+  for i in "${!labels[@]}"; do
+    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((18300 + i))/readyz" >/dev/null && break; sleep 0.1; done
+  done
+  work=$(mktemp -d)
+  # Alternating rounds, so a drift of the machine touches both alike.
+  for round in 1 2 3; do
+    for i in "${!labels[@]}"; do
+      label=${labels[$i]}
+      target=(--service 127.0.0.1:$((18300 + i)) --admin 127.0.0.1:$((19300 + i)) --key "$key")
+      log "round $round: $label"
+      target/release/mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --strategies middleway \
+        --concurrency 64,250 --requests 30000 --names 1000 --runs 1 --out "$work/$label.jsonl" >/dev/null
+      target/release/mwbench handoff "${target[@]}" --waiters 100 --handoffs 2000 >> "$work/$label-handoff.txt"
+    done
+  done
+  echo "Lock path, $(date -u +%F), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
+  [ -n "$baseline_rev" ] && echo "current: $(git rev-parse --short HEAD); baseline: $(git rev-parse --short "$baseline_rev")"
+  python3 - "$work" "${labels[@]}" <<'PY'
+import json, re, sys
+work, labels = sys.argv[1], sys.argv[2:]
+print(f"{'':10} {'pairs/s @64':>12} {'pairs/s @250':>13} {'hand-off p50':>13} {'hand-off p99':>13}   (pairs: best of 3 rounds; hand-off: median of 3 rounds, ms)")
+for label in labels:
+    cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
+    best = {c: max(x["throughput"] for x in cells if x["concurrency"] == c) for c in (64, 250)}
+    rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
+    med = lambda k: sorted(float(r[k]) for r in rounds)[len(rounds) // 2]
+    print(f"{label:10} {best[64]:>12,.0f} {best[250]:>13,.0f} {med('p50_ms'):>13.2f} {med('p99_ms'):>13.2f}")
+PY
+  exit 0
+fi
+
+if [ "$mode" = lockcheck ]; then
+  shift
+  # The checker starts its own MariaDB and Redis servers; this only installs them when missing.
+  scripts/services.sh start >/dev/null
+  log "building the service and the checker (release)"
+  cargo build --release -q --bin middleway
+  cargo build --release -q --manifest-path bench/lockcheck/Cargo.toml --target-dir target
+  if [ "${1:-}" = --self-test ]; then
+    shift
+    # The sabotage switch exists in debug builds only.
+    cargo build -q --bin middleway
+    for kind in permits fences; do
+      log "self-test: an engine broken on purpose ($kind) must be caught"
+      target/release/lockcheck --sabotage "$kind" --service target/debug/middleway "$@"
+    done
+    exit 0
+  fi
+  exec target/release/lockcheck --service target/release/middleway "$@"
+fi
 
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
