@@ -322,7 +322,8 @@ async fn evict(url: &str, lasts: Duration) -> anyhow::Result<String> {
     {
         evicted += 1;
         let key: String = message.get_payload().unwrap_or_default();
-        if key.contains("lock3:{") {
+        // Every key of a lock carries its name as a hash tag.
+        if key.contains(":{") {
             lock_keys += 1;
         }
     }

@@ -18,33 +18,15 @@ pub fn real_time_order(history: &History) -> Finding {
     }
     let mut checked = 0;
     for grants in by_name.values() {
-        let mut answered = grants.clone();
-        answered.sort_by_key(|g| g.complete_us);
-        let mut asked = grants.clone();
-        asked.sort_by_key(|g| g.invoke_us);
-        // The grant with the highest fence among those answered so far.
-        let mut highest: Option<&Op> = None;
-        let mut next = 0;
-        for y in asked {
-            while next < answered.len() && answered[next].complete_us < y.invoke_us {
-                let x = answered[next];
-                if highest.is_none_or(|h| x.fence > h.fence) {
-                    highest = Some(x);
-                }
-                next += 1;
-            }
-            checked += 1;
-            if let Some(x) = highest
-                && y.fence <= x.fence
-            {
-                finding.violation(|| {
-                    format!(
-                        "a fence that does not rise:\n    {}\n  answered before\n    {}\n  was asked for",
-                        describe(x),
-                        describe(y)
-                    )
-                });
-            }
+        checked += grants.len();
+        for (x, y) in not_rising(grants) {
+            finding.violation(|| {
+                format!(
+                    "a fence that does not rise:\n    {}\n  answered before\n    {}\n  was asked for",
+                    describe(x),
+                    describe(y)
+                )
+            });
         }
         let mut fences: Vec<Option<u64>> = grants.iter().map(|g| g.fence).collect();
         fences.sort();
@@ -86,29 +68,16 @@ pub fn fenced_resource(
         by_name.entry(&w.name).or_default().push(w);
     }
     for done in by_name.values() {
-        let mut asked = done.clone();
-        asked.sort_by_key(|w| w.invoke_us);
-        let (mut highest, mut next): (Option<&Op>, usize) = (None, 0);
-        for w in asked {
-            while next < done.len() && done[next].complete_us < w.invoke_us {
-                if highest.is_none_or(|h| done[next].fence > h.fence) {
-                    highest = Some(done[next]);
-                }
-                next += 1;
-            }
-            if let Some(h) = highest
-                && w.fence <= h.fence
-            {
-                finding.violation(|| {
-                    format!(
-                        "the row took fence {:?} after {:?}:\n    {}\n    {}",
-                        w.fence,
-                        h.fence,
-                        describe(h),
-                        describe(w)
-                    )
-                });
-            }
+        for (h, w) in not_rising(done) {
+            finding.violation(|| {
+                format!(
+                    "the row took fence {:?} after {:?}:\n    {}\n    {}",
+                    w.fence,
+                    h.fence,
+                    describe(h),
+                    describe(w)
+                )
+            });
         }
     }
     // A mutex holder refused while it held.
@@ -145,4 +114,29 @@ pub fn fenced_resource(
     );
     let _ = refused_holders;
     finding
+}
+
+/// Pairs (x, y) of `ops` where x completed before y was invoked, yet y's
+/// fence is not above x's (x the highest-fenced of those done by then).
+fn not_rising<'a>(ops: &[&'a Op]) -> Vec<(&'a Op, &'a Op)> {
+    let mut done = ops.to_vec();
+    done.sort_by_key(|op| op.complete_us);
+    let mut asked = ops.to_vec();
+    asked.sort_by_key(|op| op.invoke_us);
+    let (mut highest, mut next): (Option<&Op>, usize) = (None, 0);
+    let mut falls = Vec::new();
+    for y in asked {
+        while next < done.len() && done[next].complete_us < y.invoke_us {
+            if highest.is_none_or(|h| done[next].fence > h.fence) {
+                highest = Some(done[next]);
+            }
+            next += 1;
+        }
+        if let Some(x) = highest
+            && y.fence <= x.fence
+        {
+            falls.push((x, y));
+        }
+    }
+    falls
 }
