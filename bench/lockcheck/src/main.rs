@@ -527,14 +527,14 @@ fn print_report(report: &Report, seed: u64, out: &Path) {
         println!("evictions: {}", evictions.join("; "));
     }
     println!(
-        "margins: clock {} ms; queued {} ms after sent; FIFO order {} ms; judged {} s after a fault; \
-         answered by wait_ms + {} s; hand-off within {} s",
+        "margins: clock {} ms; queued {} ms after sent; FIFO order {} ms; judged {:.1} s after a fault; \
+         answered by wait_ms + {:.1} s; hand-off within {:.1} s",
         b.clock_margin / 1000,
         b.queued_after / 1000,
         b.order_margin / 1000,
-        b.settle / 1_000_000,
-        b.answer_margin / 1_000_000,
-        b.hand_off / 1_000_000
+        b.settle as f64 / 1e6,
+        b.answer_margin as f64 / 1e6,
+        b.hand_off as f64 / 1e6
     );
     for finding in &report.findings {
         println!(

@@ -70,7 +70,7 @@ mod sabotage {
         let kind = std::env::var(VARIABLE).ok()?;
         let (sound, broken) = match kind.as_str() {
             "permits" => (
-                "if s.held < s.permits and s.waiting == 0 then",
+                "if held_count(s) < s.permits and s.waiting == 0 then",
                 "if s.waiting == 0 then",
             ),
             "fences" => (

@@ -9,15 +9,15 @@ local permits, lease_ms, wait_ms = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumbe
 local replica, ticket, nonce, floor = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local now = clock()
 if gave_up(nonce) then return {'gone'} end
-local s = state() or create(permits, nonce, floor, now)
+local s = whole_state() or create(permits, nonce, floor, now)
 if s.permits ~= permits then return {'mismatch', s.permits} end
 
 -- A free slot with nobody queued is the common case: no reaping needed.
-if s.held >= s.permits or s.waiting > 0 then
+if held_count(s) >= s.permits or s.waiting > 0 then
   expire(s, now)
   promote(s, now)
 end
-if s.held < s.permits and s.waiting == 0 then
+if held_count(s) < s.permits and s.waiting == 0 then
   local deadline = now.ms + lease_ms
   local token, fence = grant(s, nonce, deadline, now, floor)
   finish(s, now)

@@ -3,7 +3,7 @@
 -- Returns {'granted', token, fence, deadline} | {'left'}
 local ticket, lease_ms = ARGV[2], tonumber(ARGV[3])
 local now = clock()
-local s = state()
+local s = whole_state()
 if not s then return {'left'} end
 local info = redis.call('HGET', meta, 't:' .. ticket)
 if info then

@@ -7,7 +7,7 @@ local ticket, token, lease_ms = ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = clock()
 local inc, seq = token_parts(token)
 if not seq then return {'gone'} end
-local s = state('o:' .. int(seq))
+local s = whole_state('o:' .. int(seq))
 if not s or s.inc ~= inc then return {'gone'} end
 local deadline = tonumber(redis.call('ZSCORE', held, token))
 if not deadline then return {'gone'} end

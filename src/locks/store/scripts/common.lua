@@ -12,7 +12,8 @@
 -- KEYS[2] held   zset    grant tokens "<inc>.<seq>.<fence>.<nonce>" -> deadline (ms, Redis
 --                        TIME); an offer is a grant whose deadline is its claim deadline
 -- KEYS[3] queue  zset    ticket -> arrival (µs): the waiting requests in arrival order, fleet-wide
--- KEYS[4] ended  string  2 bits per grant (seq modulo WINDOW): 1 released, 2 expired, 0 not known
+-- KEYS[4] ended  string  2 bits per grant (seq modulo WINDOW): the first set when it was
+--                        released, the second when it expired, neither when not known
 -- KEYS[5] gone   zset    nonces of requests that gave up -> until when (ms): a script of
 --                        theirs that reaches Redis late (its reply was lost) grants nothing
 -- ARGV[1] is always the lock's name.
@@ -29,7 +30,6 @@
 -- created, so replicas whose waiters it lost queue them again).
 local meta, held, queue, ended, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name = ARGV[1]
-local prefix = string.sub(meta, 1, #meta - #name - #'lock3:{}:meta')
 
 -- An idle lock's keys vanish a day after its last use (plus the longest lease).
 local IDLE_TTL_MS = 90000000
@@ -45,8 +45,8 @@ local MAX_PROMOTIONS = 256
 local GONE_TTL_MS = 60000
 -- The member `held` and `queue` keep while the lock exists.
 local SENTINEL = '~'
--- How a grant ended, in `ended`.
-local RELEASED, EXPIRED = 1, 2
+-- How a grant ended: which of its two bits in `ended`.
+local RELEASED, EXPIRED = 0, 1
 
 -- Redis' clock: µs (fences, arrivals) and ms (deadlines). Both fit a double exactly.
 local function clock()
@@ -67,12 +67,17 @@ local function split(text)
   return parts
 end
 
+-- The keys' prefix, which the channels share ("<prefix>lock3:{<name>}:meta").
+local function prefix()
+  return string.sub(meta, 1, #meta - #name - #'lock3:{}:meta')
+end
+
 local function notify(replica, message)
-  redis.call('PUBLISH', prefix .. 'wake:' .. replica, message)
+  redis.call('PUBLISH', prefix() .. 'wake:' .. replica, message)
 end
 
 local function announce(message)
-  redis.call('PUBLISH', prefix .. 'lock-events', message)
+  redis.call('PUBLISH', prefix() .. 'lock-events', message)
 end
 
 -- "a=1;b=2" lists (watchers, replicas counted as gone) as tables and back.
@@ -91,17 +96,40 @@ local function write_list(list)
   return table.concat(parts, ';')
 end
 
--- The lock's state, or nil when it does not exist (or is not whole); `extra` names
+-- Grants in `held` (counted once per script, when first needed); -1 when
+-- `held` is gone (its sentinel with it).
+local function held_count(s)
+  if not s.held then s.held = redis.call('ZCARD', held) - 1 end
+  return s.held
+end
+
+-- The lock's state, or nil when `meta` or `queue` is missing; `extra` names
 -- one more meta field to read in the same call (its value lands in s.extra).
+-- `held` is counted when first needed: a script that finds a token in it
+-- knows it is there; the others read the state through `whole_state`.
 local function state(extra)
   local m = redis.call('HMGET', meta, 'inc', 'permits', 'fence', 'seq', 'arr', 'alarm', 'w', 'd', 'x',
     extra or 'inc')
   if not m[1] then return nil end
-  local holding, waiting = redis.call('ZCARD', held), redis.call('ZCARD', queue)
-  if holding == 0 or waiting == 0 then return nil end
+  local waiting = redis.call('ZCARD', queue)
+  if waiting == 0 then return nil end
   return {inc = m[1], permits = tonumber(m[2]), fence = tonumber(m[3]), seq = tonumber(m[4]),
-    arr = tonumber(m[5]), alarm = tonumber(m[6]), w = read_list(m[7]), d = read_list(m[8]),
-    x = tonumber(m[9]), extra = m[10] or nil, held = holding - 1, waiting = waiting - 1}
+    arr = tonumber(m[5]), alarm = tonumber(m[6]), w = m[7] or nil, d = m[8] or nil,
+    x = tonumber(m[9]), extra = m[10] or nil, waiting = waiting - 1}
+end
+
+-- The lock's state when all three of its keys are there, else nil.
+local function whole_state(extra)
+  local s = state(extra)
+  if s and held_count(s) < 0 then return nil end
+  return s
+end
+
+-- The watcher and gone lists as tables (read from meta when first needed).
+local function lists(s)
+  if type(s.w) ~= 'table' then
+    s.w, s.d = read_list(s.w), read_list(s.d)
+  end
 end
 
 -- A new incarnation: whatever an earlier one left (after data loss, or a key
@@ -127,17 +155,18 @@ local function token_parts(token)
   return inc, tonumber(seq), tonumber(fence), nonce
 end
 
-local function ended_at(seq)
-  return '#' .. int(seq % WINDOW)
+-- The first of a grant's two bits in `ended`.
+local function ended_bit(seq)
+  return 2 * (seq % WINDOW)
 end
 
 -- Why a token of this incarnation whose grant is not in `held` does not hold:
 -- 'released', 'expired', or 'unknown' (never granted, too long ago, or lost).
 local function reason(s, seq)
   if not seq or seq < 1 or seq > s.seq or s.seq - seq >= WINDOW then return 'unknown' end
-  local how = redis.call('BITFIELD_RO', ended, 'GET', 'u2', ended_at(seq))[1]
-  if how == RELEASED then return 'released' end
-  if how == EXPIRED then return 'expired' end
+  local bit = ended_bit(seq)
+  if redis.call('GETBIT', ended, bit + RELEASED) == 1 then return 'released' end
+  if redis.call('GETBIT', ended, bit + EXPIRED) == 1 then return 'expired' end
   return 'unknown'
 end
 
@@ -148,36 +177,45 @@ local function grant(s, nonce, deadline, now, floor)
   local seq = s.seq + 1
   local fence = math.max(s.fence + 1, now.us, (floor or 0) + 1)
   s.seq, s.fence = seq, fence
-  redis.call('HSET', meta, 'seq', int(seq), 'fence', int(fence))
+  local seq_text, fence_text = int(seq), int(fence)
+  redis.call('HSET', meta, 'seq', seq_text, 'fence', fence_text)
   -- The bits of a grant WINDOW earlier are this one's now.
-  if seq > WINDOW then redis.call('BITFIELD', ended, 'SET', 'u2', ended_at(seq), 0) end
-  local token = s.inc .. '.' .. int(seq) .. '.' .. int(fence) .. '.' .. nonce
+  if seq > WINDOW then
+    local bit = ended_bit(seq)
+    redis.call('SETBIT', ended, bit + RELEASED, 0)
+    redis.call('SETBIT', ended, bit + EXPIRED, 0)
+  end
+  local token = s.inc .. '.' .. seq_text .. '.' .. fence_text .. '.' .. nonce
+  local before = held_count(s)
   redis.call('ZADD', held, deadline, token)
-  s.held = s.held + 1
+  s.held = before + 1
   return token, fence, seq
 end
 
 -- Ends a grant that is in `held`.
 local function end_grant(s, token, seq, how)
   redis.call('ZREM', held, token)
-  s.held = s.held - 1
-  if seq then redis.call('BITFIELD', ended, 'SET', 'u2', ended_at(seq), how) end
+  if s.held then s.held = s.held - 1 end
+  if seq then redis.call('SETBIT', ended, ended_bit(seq) + how, 1) end
 end
 
 -- Watchers are the replicas with tickets queued, counted: they are told the
 -- lock's next deadline. A replica counted as gone is one of them.
 local function watcher_joined(s, replica)
+  lists(s)
   s.w[replica] = tostring((tonumber(s.w[replica]) or 0) + 1)
   s.lists_changed = true
 end
 
 local function watcher_left(s, replica)
+  lists(s)
   local left = (tonumber(s.w[replica]) or 1) - 1
   if left > 0 then s.w[replica] = tostring(left) else s.w[replica], s.d[replica] = nil, nil end
   s.lists_changed = true
 end
 
 local function mark_dead(s, replica, now)
+  lists(s)
   if s.w[replica] then
     s.d[replica] = int(now.ms)
     s.lists_changed = true
@@ -186,6 +224,8 @@ end
 
 -- A replica that calls is alive: its tickets are offered again.
 local function mark_alive(s, replica)
+  if not s.d then return end
+  lists(s)
   if s.d[replica] then
     s.d[replica] = nil
     s.lists_changed = true
@@ -243,7 +283,7 @@ end
 -- it queues the ticket again, at its place).
 local function promote(s, now)
   for _ = 1, MAX_PROMOTIONS do
-    if s.held >= s.permits or s.waiting == 0 then return end
+    if s.waiting == 0 or held_count(s) >= s.permits then return end
     local head = redis.call('ZRANGE', queue, 0, 0)[1]
     local info = redis.call('HGET', meta, 't:' .. head)
     local t = info and split(info)
@@ -252,6 +292,7 @@ local function promote(s, now)
       s.waiting = s.waiting - 1
     else
       local replica = t[2]
+      lists(s)
       local dead = s.d[replica]
       dequeue(s, head, replica)
       if tonumber(t[4]) <= now.ms then
@@ -286,9 +327,10 @@ local function finish(s, now)
   else
     e = earliest()
     -- promote() stopped at its budget with slots still free: reap again at once.
-    if s.held < s.permits then e = now.ms end
+    if held_count(s) < s.permits then e = now.ms end
     if e >= 0 and (not s.alarm or s.alarm <= now.ms or e < s.alarm) then
       redis.call('HSET', meta, 'alarm', int(e))
+      lists(s)
       for replica in pairs(s.w) do
         if replica ~= s.caller then notify(replica, 'a|' .. name .. '|' .. int(e) .. '|' .. int(now.ms)) end
       end

@@ -5,7 +5,7 @@ local ticket, token = ARGV[2], ARGV[3]
 local now = clock()
 local inc, seq = token_parts(token)
 if not seq then return 0 end
-local s = state('o:' .. int(seq))
+local s = whole_state('o:' .. int(seq))
 if not s or s.inc ~= inc or not s.extra or split(s.extra)[1] ~= ticket then return 0 end
 if not redis.call('ZSCORE', held, token) then return 0 end
 redis.call('HDEL', meta, 'o:' .. int(seq), 't:' .. ticket)

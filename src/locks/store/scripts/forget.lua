@@ -6,7 +6,7 @@
 local ticket, nonce, scan = ARGV[2], ARGV[3], ARGV[4] == '1'
 local now = clock()
 bury(nonce, now)
-local s = state()
+local s = whole_state()
 if not s then return 0 end
 local freed = 0
 local info = ticket ~= '' and redis.call('HGET', meta, 't:' .. ticket)

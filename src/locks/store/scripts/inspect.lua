@@ -5,7 +5,7 @@
 -- O(log n), plus O(held) when the holders are listed.
 local token, listed = ARGV[2], ARGV[3] == '1'
 local now = clock()
-local s = state()
+local s = whole_state()
 if not s then return {-1, 0, 0, -1, now.ms, {}, token ~= '' and 'unknown' or '', -1} end
 local live = redis.call('ZCOUNT', held, '(' .. int(now.ms), '+inf') - 1
 local grants = {}

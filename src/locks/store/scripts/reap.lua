@@ -1,7 +1,7 @@
 -- ARGV: name, replica. A watcher's alarm went off: end what expired, serve the queue.
 -- Returns {exists (1 | 0), expired_leases, earliest_deadline (-1: none), now_ms}
 local now = clock()
-local s = state()
+local s = whole_state()
 if not s then return {0, 0, -1, now.ms} end
 s.caller = ARGV[2]
 local leases = expire(s, now)

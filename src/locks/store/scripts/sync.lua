@@ -9,7 +9,7 @@
 -- | 'g' (the request gave up)}
 local permits, replica = tonumber(ARGV[2]), ARGV[3]
 local now = clock()
-local s = state() or create(permits, ARGV[5], tonumber(ARGV[4]), now)
+local s = whole_state() or create(permits, ARGV[5], tonumber(ARGV[4]), now)
 mark_alive(s, replica)
 s.caller = replica
 expire(s, now)
