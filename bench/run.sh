@@ -8,10 +8,11 @@
 #                         faults injected, every operation recorded and checked;
 #                         --short (about 4 minutes) runs in CI, the long form lasts 24 minutes
 #   bench/run.sh locks [REV]
-#                         lock pairs/s (64 and 250 callers over 1,000 names) and hand-off
-#                         latency (100 waiters on one name); with a git revision, that
-#                         revision is built too and both are measured in alternating rounds
-#                         (ROUNDS=5 by default; medians reported)
+#                         lock pairs/s (10, 64 and 250 callers over 1,000 names), the
+#                         service's and Redis' CPU per pair, hand-off latency (100 waiters
+#                         on one name), beside the same scripts sent straight to Redis
+#                         (direct-scripts); with a git revision, that revision is built too;
+#                         all measured in alternating rounds (ROUNDS=5; medians reported)
 #   bench/run.sh lockcheck --self-test
 #                         the checker must catch an engine broken on purpose (CI runs this)
 set -euo pipefail
@@ -54,34 +55,65 @@ if [ "$mode" = locks ]; then
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((18300 + i))/readyz" >/dev/null && break; sleep 0.1; done
   done
   work=$(mktemp -d)
-  # Alternating rounds, so a drift of the machine touches both alike.
+  ticks=$(getconf CLK_TCK)
+  cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
+  redis_cpu() { redis-cli -u "$REDIS_URL" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'; }
+  # cell LABEL PID CALLERS ARGS...: one mwbench locks cell; with a PID, the CPU
+  # that process and Redis spent on it, per pair, goes to LABEL-cost.txt.
+  cell() {
+    local label=$1 pid=$2 callers=$3; shift 3
+    local service0 redis0; service0=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis0=$(redis_cpu)
+    target/release/mwbench locks "$@" --redis-url "$REDIS_URL" --concurrency "$callers" --requests 30000 \
+      --names 1000 --runs 1 --out "$work/$label.jsonl" 2>/dev/null >/dev/null
+    local service1 redis1; service1=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis1=$(redis_cpu)
+    echo "callers=$callers service_us=$(echo "($service1 - $service0) * 1000000 / 30000" | bc -l) redis_us=$(echo "($redis1 - $redis0) * 1000000 / 30000" | bc -l)" >> "$work/$label-cost.txt"
+  }
+  # Alternating rounds, so a drift of the machine touches all alike; each
+  # round in the other order, so no binary always goes first. The same
+  # scripts sent straight to Redis (direct-scripts: 32 multiplexed
+  # connections, no HTTP) are the baseline issue 27 measures against.
+  entries=("${!labels[@]}" direct)
   rounds=${ROUNDS:-5}
   for round in $(seq 1 "$rounds"); do
-    # Each round in the other order, so neither binary always goes first.
-    order=("${!labels[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
+    order=("${entries[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
     for i in "${order[@]}"; do
+      if [ "$i" = direct ]; then
+        log "round $round: direct-scripts"
+        for callers in 10 64 250; do
+          cell direct-scripts "" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies direct-scripts
+        done
+        continue
+      fi
       label=${labels[$i]}
       target=(--service 127.0.0.1:$((18300 + i)) --admin 127.0.0.1:$((19300 + i)) --key "$key")
       log "round $round: $label"
-      target/release/mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --strategies middleway \
-        --concurrency 64,250 --requests 30000 --names 1000 --runs 1 --out "$work/$label.jsonl" >/dev/null
+      for callers in 10 64 250; do
+        cell "$label" "${pids[$i]}" "$callers" "${target[@]}" --strategies middleway
+      done
       target/release/mwbench handoff "${target[@]}" --waiters 100 --handoffs 3000 >> "$work/$label-handoff.txt"
     done
   done
   echo "Lock path, $(date -u +%F), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   [ -n "$baseline_rev" ] && echo "current: $(git rev-parse --short HEAD); baseline: $(git rev-parse --short "$baseline_rev")"
-  python3 - "$work" "${labels[@]}" <<'PY'
-import json, re, sys
+  python3 - "$work" "${labels[@]}" direct-scripts <<'PY'
+import json, os, re, sys
 work, labels = sys.argv[1], sys.argv[2:]
-print(f"{'':10} {'pairs/s @64':>12} {'pairs/s @250':>13} {'hand-off p50':>13} {'hand-off p99':>13}   (medians of the rounds; hand-off: 3,000 each, ms)")
+# Medians: the machine drifts over a run, and one lucky round should not decide.
+median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
+print(f"medians of the rounds; pairs = acquire + release on 1,000 names; CPU per pair at 64 callers")
+print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'hand-off p50/p99':>16}")
 for label in labels:
     cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
-    # Medians: the machine drifts over a run, and one lucky round should not decide.
-    median = lambda values: sorted(values)[len(values) // 2]
-    best = {c: median([x["throughput"] for x in cells if x["concurrency"] == c]) for c in (64, 250)}
-    rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
-    med = lambda k: median([float(r[k]) for r in rounds])
-    print(f"{label:10} {best[64]:>12,.0f} {best[250]:>13,.0f} {med('p50_ms'):>13.2f} {med('p99_ms'):>13.2f}")
+    rate = {c: median([x["throughput"] for x in cells if x["concurrency"] == c]) for c in (10, 64, 250)}
+    p50 = median([x["p50_ms"] for x in cells if x["concurrency"] == 10])
+    costs = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-cost.txt")]
+    cpu = lambda k: median([float(c[k]) for c in costs if c["callers"] == "64"])
+    service = f"{cpu('service_us'):.0f} µs" if label != "direct-scripts" else "-"
+    handoff = "-"
+    if os.path.exists(f"{work}/{label}-handoff.txt"):
+        rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
+        handoff = "%.2f/%.2f ms" % tuple(median([float(r[k]) for r in rounds]) for k in ("p50_ms", "p99_ms"))
+    print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {handoff:>16}")
 PY
   exit 0
 fi
