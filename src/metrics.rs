@@ -37,6 +37,8 @@ pub(crate) struct Metrics {
     pub mysql_read_batch_size: Histogram,
     /// 1 when the last readiness check passed, 0 when it failed.
     pub ready: IntGauge,
+    /// 1 when MySQL / Redis answered the last readiness check, else 0.
+    pub dependency_up: IntGaugeVec,
     /// `LOCK_MAX_WAITERS`, for alerts on `lock_waiters`.
     pub lock_max_waiters: IntGauge,
     /// Fleet budget permits this replica holds (`DB_FLEET_MAX`).
@@ -126,8 +128,19 @@ impl Metrics {
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 100.0]),
             )
             .expect("static"),
-            ready: IntGauge::new("ready", "1 when the last readiness check passed, else 0")
-                .expect("static"),
+            ready: IntGauge::new(
+                "ready",
+                "1 when the last readiness check found a capability to serve, else 0",
+            )
+            .expect("static"),
+            dependency_up: IntGaugeVec::new(
+                Opts::new(
+                    "dependency_up",
+                    "1 when the dependency answered the last readiness check, else 0",
+                ),
+                &["dependency"],
+            )
+            .expect("static"),
             lock_max_waiters: IntGauge::new(
                 "lock_max_waiters",
                 "Most lock requests that may wait at once (LOCK_MAX_WAITERS)",
@@ -190,6 +203,7 @@ impl Metrics {
             Box::new(metrics.coalesced_reads.clone()),
             Box::new(metrics.mysql_read_batch_size.clone()),
             Box::new(metrics.ready.clone()),
+            Box::new(metrics.dependency_up.clone()),
             Box::new(metrics.lock_max_waiters.clone()),
             Box::new(metrics.mysql_fleet_permits.clone()),
             Box::new(metrics.mysql_fleet_leases.clone()),

@@ -268,6 +268,7 @@ fn app_state(
         redis: Arc::clone(redis),
         fleet,
         draining,
+        readiness: Arc::default(),
         auth: web::Data::new(AuthPolicy(
             (!settings.auth_disabled).then(|| settings.api_keys.clone()),
         )),

@@ -1,12 +1,22 @@
-//! `/healthz` (the process serves) and `/readyz` (dependencies answer and we are not draining).
+//! `/healthz` (the process serves) and `/readyz` (per capability: reads
+//! need MySQL, locks need Redis; ready while either can be served and we
+//! are not draining).
+//!
+//! MySQL and Redis are shared by every replica: a readiness that failed on
+//! either would take every pod out of the Service at once and the other
+//! capability down with it. And a probe is cheap to send: the verdict is
+//! shared by the process and refreshed at most once per [`FRESH_FOR`], one
+//! check at a time, so a flood of probes costs the backends nothing.
 
 use std::rc::Rc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, FieldError};
 use crate::metrics::Metrics;
 use crate::pools::mysql::{AcquireError, WorkerPool};
 use crate::pools::redis::RedisPool;
@@ -14,21 +24,92 @@ use crate::pools::redis::RedisPool;
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
 
+/// A verdict younger than this answers every probe.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+/// What the backends answered at the last check.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    checked_at: Instant,
+    mysql: bool,
+    redis: bool,
+}
+
+/// The last verdict, shared by every HTTP worker, and the right to check.
+#[derive(Default)]
+pub(crate) struct ReadinessCache {
+    last: Mutex<Option<Verdict>>,
+    checking: tokio::sync::Mutex<()>,
+}
+
+impl ReadinessCache {
+    fn fresh(&self) -> Option<Verdict> {
+        self.last().filter(|v| v.checked_at.elapsed() < FRESH_FOR)
+    }
+
+    fn last(&self) -> Option<Verdict> {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn store(&self, verdict: Verdict) {
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(verdict);
+    }
+}
+
 /// What readiness looks at: this HTTP worker's pools (their connections
-/// close cleanly at shutdown, as the reads' do).
+/// close cleanly at shutdown, as the reads' do), and the process' verdict.
 #[derive(Clone)]
 pub(crate) struct Readiness {
     /// MySQL pool to ping.
     pub mysql: Rc<WorkerPool>,
     /// Redis pool to ping.
     pub redis: RedisPool,
+    /// The verdict every worker shares.
+    pub cache: Arc<ReadinessCache>,
     /// True once shutdown begins: the load balancer must stop sending traffic.
     pub draining: tokio::sync::watch::Receiver<bool>,
-    /// Where each verdict is recorded (`middleway_ready`, for flapping alerts).
+    /// Where each verdict is recorded (`middleway_ready`,
+    /// `middleway_dependency_up`).
     pub metrics: Metrics,
 }
 
 impl Readiness {
+    /// A verdict no older than [`FRESH_FOR`] when this probe may check;
+    /// while another probe checks, the last verdict stands.
+    async fn verdict(&self) -> Verdict {
+        if let Some(verdict) = self.cache.fresh() {
+            return verdict;
+        }
+        let _checking = match self.cache.checking.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => match self.cache.last() {
+                Some(verdict) => return verdict,
+                // The first probe of all: nothing to answer with yet.
+                None => self.cache.checking.lock().await,
+            },
+        };
+        if let Some(verdict) = self.cache.fresh() {
+            return verdict;
+        }
+        let (mysql, redis) = tokio::join!(self.mysql_answers(), self.redis_answers());
+        let verdict = Verdict {
+            checked_at: Instant::now(),
+            mysql,
+            redis,
+        };
+        self.cache.store(verdict);
+        let up = &self.metrics.dependency_up;
+        up.with_label_values(&["mysql"]).set(i64::from(mysql));
+        up.with_label_values(&["redis"]).set(i64::from(redis));
+        verdict
+    }
+
     async fn mysql_answers(&self) -> bool {
         let _read = self.mysql.begin_read();
         let ping = async {
@@ -66,35 +147,89 @@ pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: 200 when both dependencies answer, else a 503 problem naming what fails.
+/// What a probe may ask about.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Capability {
+    /// `GET /transcriptions…`: needs MySQL.
+    Transcriptions,
+    /// `POST /locks`: needs Redis.
+    Locks,
+}
+
+#[derive(Deserialize)]
+struct ReadyQuery {
+    capability: Option<Capability>,
+}
+
+/// `GET /readyz`: 200 while at least one capability (or the one asked
+/// for) can be served; else a 503 problem naming what fails.
 #[utoipa::path(get, path = "/readyz", tag = "health",
+    params(("capability" = Option<Capability>, Query, description = "Answer for this capability only")),
     responses(
-        (status = 200, description = "MySQL and Redis answer", body = inline(Object)),
-        (status = 503, description = "A dependency fails, or the service is draining",
+        (status = 200, description = "Ready; each capability's state", body = inline(Object),
+            example = json!({"status": "ok", "transcriptions": "ok", "locks": "unavailable: redis unreachable"})),
+        (status = 400, description = "An unknown capability",
+            body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 503, description = "Draining, or no capability (not the one asked for) can be served",
             body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json",
             headers(("Retry-After" = String, description = "Seconds"))),
     ))]
-pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> Result<HttpResponse, ApiError> {
-    let verdict = check(&readiness).await;
-    readiness.metrics.ready.set(i64::from(verdict.is_ok()));
-    verdict
-}
-
-async fn check(readiness: &Readiness) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn readyz(
+    readiness: web::Data<Readiness>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let asked = web::Query::<ReadyQuery>::from_query(request.query_string())
+        .map_err(|_| {
+            ApiError::InvalidRequest(FieldError::new(
+                "capability",
+                "expected transcriptions or locks",
+            ))
+        })?
+        .capability;
     if *readiness.draining.borrow() {
+        readiness.metrics.ready.set(0);
         return Err(ApiError::Unavailable(
             "draining: the service is shutting down",
         ));
     }
-    let (mysql, redis) = tokio::join!(readiness.mysql_answers(), readiness.redis_answers());
-    match (mysql, redis) {
-        (true, true) => {
-            Ok(HttpResponse::Ok().json(json!({"status": "ok", "mysql": "ok", "redis": "ok"})))
-        }
-        (false, true) => Err(ApiError::Unavailable("mysql: unreachable")),
-        (true, false) => Err(ApiError::Unavailable("redis: unreachable")),
-        (false, false) => Err(ApiError::Unavailable(
+    let verdict = readiness.verdict().await;
+    readiness
+        .metrics
+        .ready
+        .set(i64::from(verdict.mysql || verdict.redis));
+    answer(verdict, asked)
+}
+
+/// A capability's state in the body.
+fn state(up: bool, dependency: &str) -> String {
+    if up {
+        "ok".into()
+    } else {
+        format!("unavailable: {dependency} unreachable")
+    }
+}
+
+fn answer(verdict: Verdict, asked: Option<Capability>) -> Result<HttpResponse, ApiError> {
+    let Verdict { mysql, redis, .. } = verdict;
+    match asked {
+        None if mysql || redis => Ok(HttpResponse::Ok().json(json!({
+            "status": "ok",
+            "transcriptions": state(mysql, "mysql"),
+            "locks": state(redis, "redis"),
+        }))),
+        None => Err(ApiError::Unavailable(
             "mysql: unreachable; redis: unreachable",
         )),
+        Some(Capability::Transcriptions) if mysql => {
+            Ok(HttpResponse::Ok().json(json!({"status": "ok", "transcriptions": "ok"})))
+        }
+        Some(Capability::Transcriptions) => {
+            Err(ApiError::Unavailable("transcriptions: mysql unreachable"))
+        }
+        Some(Capability::Locks) if redis => {
+            Ok(HttpResponse::Ok().json(json!({"status": "ok", "locks": "ok"})))
+        }
+        Some(Capability::Locks) => Err(ApiError::Unavailable("locks: redis unreachable")),
     }
 }

@@ -28,7 +28,7 @@ use tracing_actix_web::TracingLogger;
 
 use self::admin::{AdminState, metrics_endpoint};
 use self::error::ApiError;
-use self::health::{Readiness, healthz, readyz};
+use self::health::{Readiness, ReadinessCache, healthz, readyz};
 use self::middleware::access_log::AccessLog;
 use self::middleware::auth::{AuthPolicy, require_api_key};
 use self::middleware::compact_headers::compact_headers;
@@ -64,6 +64,8 @@ pub(crate) struct AppState {
     pub fleet: Option<Arc<FleetBudget>>,
     /// Flips to true when shutdown begins (readiness turns 503).
     pub draining: tokio::sync::watch::Receiver<bool>,
+    /// The readiness verdict, shared by every worker.
+    pub readiness: Arc<ReadinessCache>,
     /// Which bearer keys are accepted.
     pub auth: web::Data<AuthPolicy>,
     /// The in-flight cap.
@@ -164,6 +166,7 @@ fn public_app(
     let readiness = Readiness {
         mysql,
         redis: redis.clone(),
+        cache: state.readiness,
         draining: state.draining,
         metrics: metrics.clone(),
     };

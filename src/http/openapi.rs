@@ -6,6 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::error::{FieldError, ProblemSchema};
+use crate::http::health::Capability;
 use crate::http::routes::locks::{GrantBody, HolderBody, InspectBody, ReleasedBody};
 use crate::http::routes::transcriptions::TranscriptionBatch;
 use crate::locks::LockRequest;
@@ -27,7 +28,7 @@ use crate::transcriptions::Transcription;
         crate::http::health::readyz,
         openapi_json
     ),
-    components(schemas(Transcription, TranscriptionBatch, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody)),
+    components(schemas(Transcription, TranscriptionBatch, ProblemSchema, FieldError, LockRequest, GrantBody, ReleasedBody, InspectBody, HolderBody, Capability)),
     modifiers(&BearerAuth, &ClosedLockBodies, &BatchIds, &UnsignedIds)
 )]
 pub(crate) struct ApiDoc;

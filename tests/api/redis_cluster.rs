@@ -137,10 +137,21 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
         .port;
     cluster.kill(replica_of_primary);
     let unready = eventually(Duration::from_secs(15), async || {
-        app.get_without_key("/readyz").await.status() == StatusCode::SERVICE_UNAVAILABLE
+        app.get_without_key("/readyz?capability=locks")
+            .await
+            .status()
+            == StatusCode::SERVICE_UNAVAILABLE
     })
     .await;
-    assert!(unready, "readiness turns 503 when the cluster is down");
+    assert!(
+        unready,
+        "readiness for locks turns 503 when the cluster is down"
+    );
+    assert_eq!(
+        app.get_without_key("/readyz").await.status(),
+        StatusCode::OK,
+        "reads still served: the replica stays in the Service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
