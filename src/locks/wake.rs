@@ -200,7 +200,9 @@ impl WakeLoop {
                     None => return (redis::ErrorKind::Io, "wake subscription closed").into(),
                 },
                 _ = ping.tick() => {
-                    match tokio::time::timeout(SLACK, sink.ping::<String>()).await {
+                    // Subscribed (RESP2), Redis answers PING with ["pong", ""],
+                    // not +PONG: any answer will do, only its absence counts.
+                    match tokio::time::timeout(SLACK, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(error)) => return error,
                         Err(_) => return (redis::ErrorKind::Io, "PING did not return in time").into(),

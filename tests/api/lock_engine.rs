@@ -322,6 +322,31 @@ async fn idle_waiters_cost_redis_nothing() {
     }
 }
 
+/// The wake connection PINGs every 5 s while silent. Subscribed, Redis
+/// answers `["pong", ""]`; read as a string, that failed, and the replica
+/// dropped its subscription every 5 s and re-checked every lock waited on.
+/// Over three PING periods the same connection stays subscribed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quiet_wake_connection_outlives_its_pings() {
+    let redis = OwnRedis::start().await;
+    let _app = app_on(&redis).await;
+    let wake_id = async || {
+        crate::helpers::client_list(&redis.url())
+            .await
+            .iter()
+            .find_map(|l| crate::helpers::wake_connection_id(l).map(str::to_owned))
+    };
+    let subscribed = eventually(Duration::from_secs(5), async || wake_id().await.is_some()).await;
+    assert!(subscribed, "the replica subscribed");
+    let first = wake_id().await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert_eq!(
+        wake_id().await,
+        first,
+        "the same wake connection, 3 PINGs later"
+    );
+}
+
 /// Defect 7: every wait episode opened a Redis connection (100 clients on 50
 /// mutexes: 400–600 connections a second, 10,405 sockets in TIME_WAIT in
 /// 28 s). Now waiting uses the replica's one blocking connection and its pools.
