@@ -98,6 +98,9 @@ pub struct Settings {
     pub auth_disabled: bool,
     /// Pooled Redis connections for non-blocking commands.
     pub redis_pool_max: usize,
+    /// HTTP worker threads (`WORKERS`); `None`: the cores the process may
+    /// use (see `startup`).
+    pub workers: Option<usize>,
     /// Most lock requests waiting at once before 503.
     pub lock_max_waiters: usize,
     /// Prefix of every Redis key the service writes.
@@ -182,6 +185,7 @@ impl Settings {
                 "must be at most 64 characters of [A-Za-z0-9._:-]",
             ));
         }
+        let workers = parse_workers(var("WORKERS"), database.pool_max)?;
         Ok(Self {
             database,
             redis_url,
@@ -193,6 +197,7 @@ impl Settings {
             api_keys: ApiKeys::new(keys),
             auth_disabled,
             redis_pool_max: parse_range(var("REDIS_POOL_MAX"), "REDIS_POOL_MAX", 32, 1, 1000)?,
+            workers,
             lock_max_waiters: parse_range(
                 var("LOCK_MAX_WAITERS"),
                 "LOCK_MAX_WAITERS",
@@ -372,6 +377,22 @@ fn parse_addr(
         .map_err(|_| ConfigError::new(name, "must be an address like 0.0.0.0:8080"))
 }
 
+/// `WORKERS`: each HTTP worker reads over its own share of `DB_POOL_MAX`,
+/// so there can be no more workers than MySQL connections.
+fn parse_workers(value: Option<String>, pool_max: u32) -> Result<Option<usize>, ConfigError> {
+    let Some(raw) = value else { return Ok(None) };
+    let workers: usize = parse_range(Some(raw), "WORKERS", 1, 1, 1024)?;
+    if workers > usize::try_from(pool_max).unwrap_or(usize::MAX) {
+        return Err(ConfigError::new(
+            "WORKERS",
+            format!(
+                "must not exceed DB_POOL_MAX ({pool_max}): each worker reads over its own share of the MySQL connections"
+            ),
+        ));
+    }
+    Ok(Some(workers))
+}
+
 fn parse_range<T>(
     value: Option<String>,
     name: &'static str,
@@ -441,6 +462,18 @@ mod tests {
         assert_eq!(s.redis_key_prefix, "mw:");
         assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
         assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(s.workers, None);
+    }
+
+    #[test]
+    fn workers_may_be_set_up_to_the_mysql_connections() {
+        let mut pairs = BASE.to_vec();
+        pairs.extend([("WORKERS", "3"), ("DB_POOL_MAX", "3")]);
+        assert_eq!(settings(&pairs).unwrap().workers, Some(3));
+        pairs.push(("WORKERS", "4"));
+        let err = settings(&pairs).unwrap_err();
+        assert_eq!(err.variable, "WORKERS");
+        assert!(err.to_string().contains("DB_POOL_MAX (3)"), "{err}");
     }
 
     #[test]
@@ -463,6 +496,9 @@ mod tests {
             ("LOCK_REPLICA_ACKS", "17"),
             ("LOCK_REPLICA_ACKS", "-1"),
             ("LOCK_REPLICA_ACK_TIMEOUT_MS", "0"),
+            ("WORKERS", "0"),
+            ("WORKERS", "two"),
+            ("WORKERS", "33"),
         ] {
             let mut pairs = BASE.to_vec();
             pairs.push((var, value));

@@ -39,6 +39,8 @@ pub(crate) struct Metrics {
     pub ready: IntGauge,
     /// 1 when MySQL / Redis answered the last readiness check, else 0.
     pub dependency_up: IntGaugeVec,
+    /// HTTP worker threads (`WORKERS`, or the cores the process may use).
+    pub http_workers: IntGauge,
     /// `LOCK_MAX_WAITERS`, for alerts on `lock_waiters`.
     pub lock_max_waiters: IntGauge,
     /// Fleet budget permits this replica holds (`DB_FLEET_MAX`).
@@ -133,6 +135,11 @@ impl Metrics {
                 "1 when the last readiness check found a capability to serve, else 0",
             )
             .expect("static"),
+            http_workers: IntGauge::new(
+                "http_workers",
+                "HTTP worker threads (WORKERS, or the cores the process may use)",
+            )
+            .expect("static"),
             dependency_up: IntGaugeVec::new(
                 Opts::new(
                     "dependency_up",
@@ -204,6 +211,7 @@ impl Metrics {
             Box::new(metrics.mysql_read_batch_size.clone()),
             Box::new(metrics.ready.clone()),
             Box::new(metrics.dependency_up.clone()),
+            Box::new(metrics.http_workers.clone()),
             Box::new(metrics.lock_max_waiters.clone()),
             Box::new(metrics.mysql_fleet_permits.clone()),
             Box::new(metrics.mysql_fleet_leases.clone()),

@@ -87,14 +87,14 @@ impl Application {
         let redis_target = RedisTarget::from_settings(&settings)?;
         verify_redis(&redis_target, settings.redis_tls_ca_file.is_some()).await?;
         verify_mysql(&settings.database).await?;
-        // One HTTP worker per core, but never more workers than MySQL
-        // connections: each worker reads over its own share of `DB_POOL_MAX`,
-        // and a worker with no share could never answer a read.
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let workers = cores
-            .min(usize::try_from(settings.database.pool_max).unwrap_or(usize::MAX))
-            .max(1);
+        let workers = settings
+            .workers
+            .unwrap_or_else(|| default_workers(settings.database.pool_max));
+        tracing::info!(workers, "HTTP workers");
         let metrics = Metrics::new();
+        metrics
+            .http_workers
+            .set(i64::try_from(workers).unwrap_or(i64::MAX));
         let (draining, drain_watch) = watch::channel(false);
         let mysql = MysqlPools::new(&settings.database, workers, drain_watch.clone());
         let redis = Arc::new(RedisPools::new(
@@ -323,4 +323,16 @@ async fn wait_for_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// One HTTP worker per core the process may use: Rust's
+/// `available_parallelism` reads the cgroup's CPU quota (v1 and v2), so a
+/// container limited to 2 CPUs on a 64-core node runs 2 workers, not 64.
+/// Never more workers than MySQL connections: each worker reads over its own
+/// share of `DB_POOL_MAX`, and a worker with no share could never answer a read.
+fn default_workers(pool_max: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores
+        .min(usize::try_from(pool_max).unwrap_or(usize::MAX))
+        .max(1)
 }

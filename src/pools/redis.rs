@@ -162,18 +162,31 @@ pub struct RedisPools {
 
 impl RedisPools {
     /// Pools for `workers` HTTP workers and the background, at most
-    /// `max_total` connections (at least one per pool) to `target`.
+    /// `max_total` connections (per node of a cluster) to `target` in all:
+    /// the total split between the pools, the first `max_total % pools`
+    /// getting one more. With fewer connections than pools, workers share
+    /// pools (round robin; with one connection in all, the background's):
+    /// slower, since a shared connection's calls hop threads, but never past
+    /// `max_total`.
     pub fn new(
         target: &RedisTarget,
         max_total: usize,
         workers: usize,
     ) -> Result<Self, ConfigError> {
-        let per_pool = (max_total / (workers + 1)).max(1);
+        let max_total = max_total.max(1);
+        let count = (workers + 1).min(max_total);
+        let mut pools = (0..count)
+            .map(|i| {
+                RedisPool::for_target(
+                    target,
+                    max_total / count + usize::from(i < max_total % count),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            background: RedisPool::for_target(target, per_pool)?,
-            workers: (0..workers)
-                .map(|_| RedisPool::for_target(target, per_pool))
-                .collect::<Result<_, _>>()?,
+            background: pools.remove(0),
+            // Empty when there is one pool in all: `for_worker` then hands out the background's.
+            workers: pools,
             next: AtomicUsize::new(0),
         })
     }

@@ -16,6 +16,7 @@ mod production;
 mod production_backends;
 mod redis_cluster;
 mod redis_pool;
+mod sizing;
 mod traces;
 mod transcription_batches;
 mod transcription_faults;

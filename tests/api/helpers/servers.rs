@@ -412,12 +412,35 @@ impl ServiceProcess {
         std::fs::read_to_string(self.process.dir().join("service.log")).unwrap_or_default()
     }
 
-    async fn launch(mut env: HashMap<String, String>, port: u16, dir: Option<PathBuf>) -> Self {
+    /// Like [`Self::start`], the process moved into the cgroup whose
+    /// `cgroup.procs` file is `procs` before the service runs (a shell
+    /// writes its own pid there, then becomes the service).
+    pub async fn start_in_cgroup(env: HashMap<String, String>, procs: &std::path::Path) -> Self {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(r#"echo $$ > "$1" && exec "$0" serve"#)
+            .arg(env!("CARGO_BIN_EXE_middleway"))
+            .arg(procs);
+        Self::launch_command(command, env, free_port(), None).await
+    }
+
+    async fn launch(env: HashMap<String, String>, port: u16, dir: Option<PathBuf>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
+        command.arg("serve");
+        Self::launch_command(command, env, port, dir).await
+    }
+
+    async fn launch_command(
+        mut command: Command,
+        mut env: HashMap<String, String>,
+        port: u16,
+        dir: Option<PathBuf>,
+    ) -> Self {
         env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
         env.entry("RUST_LOG".into())
             .or_insert_with(|| "warn".into());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
-        command.arg("serve").env_clear().envs(&env);
+        command.env_clear().envs(&env);
         let process = match dir {
             Some(dir) => {
                 let log = std::fs::File::create(dir.join("service.log")).expect("log file");
