@@ -114,6 +114,20 @@ for label in labels:
         rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
         handoff = "%.2f/%.2f ms" % tuple(median([float(r[k]) for r in rounds]) for k in ("p50_ms", "p99_ms"))
     print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {handoff:>16}")
+# Paired by round (both measured within a minute of each other), the drift
+# of the machine cancels: the ratio of each round, and how often each won.
+if "baseline" in labels:
+    def per_round(label, concurrency):
+        return [json.loads(l)["throughput"] for l in open(f"{work}/{label}.jsonl") if json.loads(l)["concurrency"] == concurrency]
+    def handoff_p99(label):
+        return [float(dict(re.findall(r"(\w+)=([\d.]+)", l))["p99_ms"]) for l in open(f"{work}/{label}-handoff.txt")]
+    for what, current, baseline, better in [
+        ("pairs/s @64", per_round("current", 64), per_round("baseline", 64), lambda r: r > 1),
+        ("pairs/s @250", per_round("current", 250), per_round("baseline", 250), lambda r: r > 1),
+        ("hand-off p99", handoff_p99("current"), handoff_p99("baseline"), lambda r: r < 1),
+    ]:
+        ratios = [c / b for c, b in zip(current, baseline)]
+        print(f"current / baseline, {what}: median of {len(ratios)} rounds {median(ratios):.3f}; current better in {sum(map(better, ratios))}")
 PY
   exit 0
 fi
