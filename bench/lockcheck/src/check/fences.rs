@@ -106,10 +106,11 @@ pub fn fenced_resource(
         }
     }
     // A semaphore's holders race each other for the row, so only a
-    // mutex's refusals say something: each came after its holding ended.
+    // mutex's refusals say something: with no violation above, each came
+    // after its holder's lease ended or its grant was lost.
     let refused_mutex = refused.iter().filter(|w| w.permits == 1).count();
     finding.checked = format!(
-        "{} writes ({} taken, {} refused: {refused_mutex} by a mutex's row, each after its holder's lease or a loss)",
+        "{} writes ({} taken, {} refused, {refused_mutex} of them by a mutex's row)",
         writes.len(),
         writes.len() - refused.len(),
         refused.len()
