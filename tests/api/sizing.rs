@@ -54,8 +54,10 @@ async fn connections(mysql_admin: &str, db_name: &str, redis: &str) -> (usize, u
 #[tokio::test(flavor = "multi_thread")]
 async fn workers_share_the_pools_without_passing_db_pool_max_or_redis_pool_max() {
     let mysql = OwnMariaDb::start().await;
-    let redis = OwnRedis::start().await;
     for workers in [1, 3] {
+        // A Redis of its own each time: the previous service's connections
+        // must not count against this one's.
+        let redis = OwnRedis::start().await;
         let (db_name, url) = create_database(&mysql.admin_url()).await;
         let prefix = format!("mwtest:{}:", random_suffix());
         let mut env = base_env(&url, &redis.url(), &prefix);
