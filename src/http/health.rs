@@ -104,6 +104,8 @@ impl Readiness {
             redis,
         };
         self.cache.store(verdict);
+        // Recorded once per check, not per probe: the verdict is what changed.
+        self.metrics.ready.set(i64::from(mysql || redis));
         let up = &self.metrics.dependency_up;
         up.with_label_values(&["mysql"]).set(i64::from(mysql));
         up.with_label_values(&["redis"]).set(i64::from(redis));
@@ -193,12 +195,7 @@ pub(crate) async fn readyz(
             "draining: the service is shutting down",
         ));
     }
-    let verdict = readiness.verdict().await;
-    readiness
-        .metrics
-        .ready
-        .set(i64::from(verdict.mysql || verdict.redis));
-    answer(verdict, asked)
+    answer(readiness.verdict().await, asked)
 }
 
 /// A capability's state in the body.
