@@ -20,7 +20,7 @@ use super::core::Core;
 use super::domain::{AcquireRequest, Grant, LockName};
 use super::engine::LockEngine;
 use super::error::LockError;
-use super::events::Event;
+use super::events::{Cleanup, Event};
 use super::store::{AcquireCall, AcquireOutcome, Claimed, random_id};
 use super::waiters::{WaitOutcome, Waiter};
 use crate::telemetry::otel;
@@ -64,9 +64,13 @@ impl LockEngine {
         let wait_ms = attempt.time_left().as_millis() as u64;
         match self.first_call(&attempt, wait_ms.max(1)).await {
             Ok(AcquireOutcome::Queued(queued)) => {
-                self.core
+                let missed = self
+                    .core
                     .waiters
                     .set_arrival(attempt.ticket(), queued.arrival_us);
+                if missed {
+                    self.core.events.send(Event::Resync(request.name.clone()));
+                }
                 if let Some(after) = queued.next_in {
                     self.core.events.send(Event::Alarm {
                         name: request.name.clone(),
@@ -169,7 +173,7 @@ impl LockEngine {
     async fn settle(
         &self,
         attempt: &mut Attempt<'_>,
-        outcome: &mut oneshot::Receiver<WaitOutcome>,
+        outcome: &mut Inbox,
         ended: WaitEnded,
     ) -> Result<Grant, LockError> {
         match ended {
@@ -214,7 +218,7 @@ impl LockEngine {
     async fn claim_under_way(
         &self,
         attempt: &mut Attempt<'_>,
-        outcome: &mut oneshot::Receiver<WaitOutcome>,
+        outcome: &mut Inbox,
     ) -> Result<Grant, LockError> {
         let until = attempt.deadline.max(Instant::now()) + CLAIM_BOUND;
         match tokio::time::timeout_at(until.into(), outcome).await {
@@ -300,8 +304,13 @@ impl<'a> Attempt<'a> {
 
     /// Registers the waiter under a new ticket, before the ticket reaches
     /// Redis (an offer can come back at once); returns where its outcome arrives.
-    fn register(&mut self) -> oneshot::Receiver<WaitOutcome> {
+    fn register(&mut self) -> Inbox {
         let (reply, outcome) = oneshot::channel();
+        let outcome = Inbox {
+            core: Arc::clone(self.core),
+            name: self.name.clone(),
+            outcome,
+        };
         self.ticket = random_id();
         self.core.waiters.insert(
             self.ticket.clone(),
@@ -312,6 +321,7 @@ impl<'a> Attempt<'a> {
                 nonce: self.nonce.clone(),
                 deadline: self.deadline,
                 arrival_us: None,
+                recheck_missed: false,
                 reply,
             },
         );
@@ -333,6 +343,41 @@ impl Drop for Attempt<'_> {
             self.core.waiters.take(&self.ticket);
         }
         self.core.forget(self.name, &self.ticket, &self.nonce, true);
+    }
+}
+
+/// Where a waiter's outcome arrives. A grant the worker claimed for it can
+/// land after the request settled another way (its first call was granted
+/// while a re-check queued and claimed its ticket too, or it gave up just
+/// then): dropped unread, the inbox releases such a grant, which nobody holds.
+struct Inbox {
+    core: Arc<Core>,
+    name: LockName,
+    outcome: oneshot::Receiver<WaitOutcome>,
+}
+
+impl Future for Inbox {
+    type Output = Result<WaitOutcome, oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.outcome).poll(cx)
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        // Closed first: a grant sent from now on comes back to its sender,
+        // which releases it; one sent before is released here.
+        self.outcome.close();
+        if let Ok(Ok(unread)) = self.outcome.try_recv() {
+            self.core.cleanup(Cleanup::Release {
+                name: self.name.clone(),
+                token: unread.token,
+            });
+        }
     }
 }
 

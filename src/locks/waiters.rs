@@ -31,8 +31,11 @@ pub(crate) struct Waiter {
     /// When its wait runs out (local clock).
     pub deadline: Instant,
     /// Its place in line once Redis queued it (Redis clock, µs): kept when it
-    /// must be queued again.
+    /// must be queued again. `None` while its first call is under way.
     pub arrival_us: Option<u64>,
+    /// A re-check of its lock ran while its first call was under way, and
+    /// left it out: it must run again once the ticket is queued.
+    pub recheck_missed: bool,
     /// Where the outcome goes; closed when the request is gone.
     pub reply: oneshot::Sender<WaitOutcome>,
 }
@@ -95,11 +98,15 @@ impl Waiters {
         self.lock().insert(ticket, waiter);
     }
 
-    /// Notes the waiter's place in line once Redis queued it.
-    pub(crate) fn set_arrival(&self, ticket: &str, arrival_us: u64) {
-        if let Some(waiter) = self.lock().by_ticket.get_mut(ticket) {
-            waiter.arrival_us = Some(arrival_us);
-        }
+    /// Notes the waiter's place in line once Redis queued it; true when a
+    /// re-check of its lock left it out meanwhile (run one again).
+    pub(crate) fn set_arrival(&self, ticket: &str, arrival_us: u64) -> bool {
+        let mut registry = self.lock();
+        let Some(waiter) = registry.by_ticket.get_mut(ticket) else {
+            return false;
+        };
+        waiter.arrival_us = Some(arrival_us);
+        std::mem::take(&mut waiter.recheck_missed)
     }
 
     /// Takes the waiter out: its outcome is now the caller's to give.
@@ -155,8 +162,12 @@ impl Waiters {
 
     /// The waiters of `name` as `sync` re-checks them, with the permits they
     /// asked for (the same for all, or they could not share the lock).
+    /// A waiter whose first call is still under way is left out (and
+    /// marked): that call may have been granted at once, and queueing its
+    /// ticket too would grant the request twice; once queued, it is re-checked.
     pub(crate) fn sync_tickets(&self, name: &LockName) -> Option<(u32, Vec<SyncTicket>)> {
-        let registry = self.lock();
+        let mut registry = self.lock();
+        let registry = &mut *registry;
         let now = Instant::now();
         let mut permits = None;
         let tickets = registry
@@ -164,7 +175,11 @@ impl Waiters {
             .get(name)?
             .iter()
             .filter_map(|ticket| {
-                let w = registry.by_ticket.get(ticket)?;
+                let w = registry.by_ticket.get_mut(ticket)?;
+                if w.arrival_us.is_none() {
+                    w.recheck_missed = true;
+                    return None;
+                }
                 permits = Some(w.permits);
                 Some(SyncTicket {
                     ticket: ticket.clone(),
@@ -201,6 +216,7 @@ mod tests {
             nonce: "00".into(),
             deadline: Instant::now() + Duration::from_secs(60),
             arrival_us: None,
+            recheck_missed: false,
             reply,
         };
         (waiter, outcome)
@@ -225,5 +241,34 @@ mod tests {
         assert!(matches!(waiters.take_for_claim("t"), OfferFor::Waiter(_)));
         waiters.claim_ended("t");
         assert!(matches!(waiters.take_for_claim("t"), OfferFor::Nobody));
+    }
+
+    /// A lock created by a request's own first call is announced to every
+    /// replica, and the announcement can be heard here before that call's
+    /// reply. Re-queueing the ticket then granted the request a second slot
+    /// that nobody held (seen under load: a fleet budget slot lost for its
+    /// whole lease). A ticket not yet queued is left out of the re-check and
+    /// re-checked once it is queued.
+    #[test]
+    fn a_recheck_leaves_out_a_ticket_whose_first_call_is_under_way() {
+        let name = LockName::parse("n").unwrap();
+        let waiters = Waiters::default();
+        let (in_flight, _a) = waiter();
+        let (queued, _b) = waiter();
+        waiters.insert("first-call".into(), in_flight);
+        waiters.insert("queued".into(), queued);
+        assert!(!waiters.set_arrival("queued", 7));
+
+        let (_, tickets) = waiters.sync_tickets(&name).expect("one ticket to re-check");
+        let names: Vec<&str> = tickets.iter().map(|t| t.ticket.as_str()).collect();
+        assert_eq!(names, ["queued"]);
+        assert_eq!(tickets[0].arrival_us, Some(7));
+
+        assert!(
+            waiters.set_arrival("first-call", 9),
+            "the re-check it missed must run again"
+        );
+        assert!(!waiters.set_arrival("first-call", 9), "once");
+        assert_eq!(waiters.sync_tickets(&name).unwrap().1.len(), 2);
     }
 }

@@ -75,6 +75,18 @@ pub(crate) enum LockCommand {
     Inspect(InspectRequest),
 }
 
+impl LockCommand {
+    /// The operation, as metrics label it.
+    pub(crate) fn op(&self) -> &'static str {
+        match self {
+            Self::Acquire(_) => "acquire",
+            Self::Release(_) => "release",
+            Self::Extend(_) => "extend",
+            Self::Inspect(_) => "inspect",
+        }
+    }
+}
+
 impl LockRequest {
     /// The body as the engine's request (call after [`Validate::validate`]).
     pub(crate) fn into_command(self) -> LockCommand {
