@@ -66,6 +66,46 @@ impl ReplicaAcks {
     };
 }
 
+/// The public listener's certificate chain and key (PEM files). Both or
+/// neither; each must be readable at startup (whether they hold a usable pair
+/// is checked when they are loaded, see `http::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
+impl ListenerTls {
+    fn from_lookup(var: &impl Fn(&str) -> Option<String>) -> Result<Option<Self>, ConfigError> {
+        let (cert, key) = (var("TLS_CERT_FILE"), var("TLS_KEY_FILE"));
+        let (cert_file, key_file) = match (cert, key) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert.trim().into(), key.trim().into()),
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "TLS_KEY_FILE",
+                    "is required with TLS_CERT_FILE",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "TLS_CERT_FILE",
+                    "is required with TLS_KEY_FILE",
+                ));
+            }
+        };
+        for (variable, path) in [("TLS_CERT_FILE", &cert_file), ("TLS_KEY_FILE", &key_file)] {
+            std::fs::File::open(path).map_err(|e| {
+                ConfigError::new(variable, format!("cannot read the file: {}", e.kind()))
+            })?;
+        }
+        Ok(Some(Self {
+            cert_file,
+            key_file,
+        }))
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -90,6 +130,8 @@ pub struct Settings {
     pub lock_replica_acks: ReplicaAcks,
     /// Public listener.
     pub bind_addr: SocketAddr,
+    /// HTTPS on the public listener (`TLS_CERT_FILE`, `TLS_KEY_FILE`).
+    pub listener_tls: Option<ListenerTls>,
     /// Admin listener (`/metrics`).
     pub admin_bind_addr: SocketAddr,
     /// Accepted bearer keys; empty only when `auth_disabled`.
@@ -105,8 +147,11 @@ pub struct Settings {
     pub lock_max_waiters: usize,
     /// Prefix of every Redis key the service writes.
     pub redis_key_prefix: String,
-    /// Drain time after SIGTERM.
+    /// Drain time after SIGTERM (after the delay below).
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long the replica keeps serving while unready, so
+    /// endpoints and load balancers stop sending to it before it drains.
+    pub shutdown_delay: Duration,
     /// Most requests in flight on this replica before shedding with 503.
     pub max_in_flight: usize,
     /// Log output format.
@@ -186,7 +231,9 @@ impl Settings {
             ));
         }
         let workers = parse_workers(var("WORKERS"), database.pool_max)?;
+        let listener_tls = ListenerTls::from_lookup(&var)?;
         Ok(Self {
+            listener_tls,
             database,
             redis_url,
             redis_cluster,
@@ -212,6 +259,13 @@ impl Settings {
                 25,
                 0,
                 3600,
+            )?),
+            shutdown_delay: Duration::from_secs(parse_range(
+                var("SHUTDOWN_DELAY_S"),
+                "SHUTDOWN_DELAY_S",
+                0,
+                0,
+                300,
             )?),
             max_in_flight: parse_range(
                 var("MAX_IN_FLIGHT"),
@@ -461,6 +515,7 @@ mod tests {
         assert_eq!(s.lock_max_waiters, 10_000);
         assert_eq!(s.redis_key_prefix, "mw:");
         assert_eq!(s.shutdown_timeout, Duration::from_secs(25));
+        assert_eq!(s.shutdown_delay, Duration::ZERO);
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(s.workers, None);
     }

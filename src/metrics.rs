@@ -15,6 +15,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 #[derive(Clone)]
 pub(crate) struct Metrics {
     registry: Registry,
+    /// The standard `process_*` metrics (CPU, memory, fds, start time), kept
+    /// apart so they carry no `middleway_` prefix.
+    process: Registry,
     /// Requests by route, method and status.
     pub requests: IntCounterVec,
     /// Request latency by route, method and status.
@@ -57,6 +60,12 @@ pub(crate) struct Metrics {
     pub lock_expiries: IntCounter,
     /// Lock requests waiting now.
     pub lock_waiters: IntGauge,
+    /// Reloads of the listener's certificate pair, by outcome (loaded, refused).
+    pub tls_reloads: IntCounterVec,
+    /// When the served certificate expires (Unix seconds; 0 without TLS).
+    pub tls_certificate_expiry: IntGauge,
+    /// `POST /locks` latency by op and outcome (`ok` or the error's type).
+    pub lock_request_duration: HistogramVec,
     /// Lock clean-ups dropped because too many were pending (a long Redis outage under load).
     pub lock_cleanups_dropped: IntCounter,
 }
@@ -185,13 +194,41 @@ impl Metrics {
                 .expect("static"),
             lock_waiters: IntGauge::new("lock_waiters", "Lock requests waiting now")
                 .expect("static"),
+            tls_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_certificate_reloads_total",
+                    "Changed TLS_CERT_FILE / TLS_KEY_FILE pairs, by outcome (loaded, refused)",
+                ),
+                &["outcome"],
+            )
+            .expect("static"),
+            tls_certificate_expiry: IntGauge::new(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When the public listener's certificate expires (Unix time; 0 without TLS)",
+            )
+            .expect("static"),
+            lock_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "lock_request_duration_seconds",
+                    "POST /locks latency by op and outcome (ok, or the problem's type)",
+                )
+                .buckets(LATENCY_BUCKETS.into()),
+                &["op", "outcome"],
+            )
+            .expect("static"),
             lock_cleanups_dropped: IntCounter::new(
                 "lock_cleanups_dropped_total",
                 "Lock clean-ups dropped because too many were pending",
             )
             .expect("static"),
             registry,
+            process: process_registry(),
         };
+        // Both outcomes exported from the start (at 0), so a first refusal
+        // is an increase the alert can see.
+        for outcome in ["loaded", "refused"] {
+            metrics.tls_reloads.with_label_values(&[outcome]);
+        }
         let build_info =
             IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])
                 .expect("static");
@@ -221,6 +258,9 @@ impl Metrics {
             Box::new(metrics.lock_operations.clone()),
             Box::new(metrics.lock_expiries.clone()),
             Box::new(metrics.lock_waiters.clone()),
+            Box::new(metrics.lock_request_duration.clone()),
+            Box::new(metrics.tls_reloads.clone()),
+            Box::new(metrics.tls_certificate_expiry.clone()),
             Box::new(metrics.lock_cleanups_dropped.clone()),
             Box::new(build_info),
         ];
@@ -233,25 +273,48 @@ impl Metrics {
         metrics
     }
 
-    /// Sets the pool gauges from the pools' own counts (at scrape time).
+    /// Sets the pool gauges from the pools' own counts (at scrape time):
+    /// open, idle and in use, where idle + in use = open.
     pub(crate) fn set_pool_sizes(&self, mysql: (u32, usize), redis: (usize, usize)) {
-        let (size, idle) = (i64::from(mysql.0), mysql.1 as i64);
-        let gauge = |state: &str| self.mysql_pool_connections.with_label_values(&[state]);
-        gauge("open").set(size);
-        gauge("idle").set(idle);
-        gauge("in_use").set(size - idle);
-        let gauge = |state: &str| self.redis_pool_connections.with_label_values(&[state]);
-        gauge("open").set(redis.0 as i64);
-        gauge("idle").set(redis.1 as i64);
+        let states = [
+            (&self.mysql_pool_connections, mysql.0 as usize, mysql.1),
+            (&self.redis_pool_connections, redis.0, redis.1),
+        ];
+        for (gauge, open, idle) in states {
+            let idle = idle.min(open);
+            let set = |state: &str, count: usize| {
+                gauge
+                    .with_label_values(&[state])
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            };
+            set("open", open);
+            set("idle", idle);
+            set("in_use", open - idle);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
         // Encoding our own well-formed families into a Vec cannot fail.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let _ = TextEncoder::new().encode(&families, &mut out);
         out
     }
+}
+
+/// A registry holding only this process's standard `process_*` metrics
+/// (read from /proc at scrape time; empty where /proc is not Linux's).
+fn process_registry() -> Registry {
+    let registry = Registry::new();
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
+    registry
 }
 
 impl Default for Metrics {

@@ -15,6 +15,7 @@ use crate::http::admin::AdminState;
 use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
+use crate::http::tls::ListenerCertificate;
 use crate::http::{AppState, admin_server, public_server};
 use crate::locks::{EngineSettings, LockEngine, LockStore, WakeSource};
 use crate::metrics::Metrics;
@@ -35,20 +36,44 @@ pub enum StartupError {
     Io(#[from] std::io::Error),
 }
 
-/// Starts graceful shutdown: readiness turns 503 at once, the listeners stop
-/// accepting, in-flight requests finish within the shutdown timeout.
+/// Starts graceful shutdown: readiness turns 503 at once; the replica keeps
+/// serving for `SHUTDOWN_DELAY_S` while endpoints and load balancers drop it
+/// (what a preStop pause does, without needing a hook), then the listeners
+/// stop accepting and in-flight requests finish within the shutdown timeout.
 #[derive(Clone)]
 pub struct ShutdownTrigger {
-    /// Flips to true once: readiness, the lock engine and the pools watch it;
-    /// `Application::run_until_stopped` then drains.
+    /// Flips to true first: readiness watches it.
+    leaving: Arc<watch::Sender<bool>>,
+    /// Flips to true after the delay: the lock engine, the pools and
+    /// `Application::run_until_stopped` watch it, and drain.
     draining: Arc<watch::Sender<bool>>,
+    delay: Duration,
 }
 
 impl ShutdownTrigger {
-    /// Begins the drain; idempotent.
+    /// Begins shutdown; a second call during the delay drains at once (an
+    /// operator's second Ctrl-C, or a second SIGTERM, means now).
+    /// Call within the Tokio runtime.
     pub fn trigger(&self) {
+        if self.leaving.send_replace(true) || self.delay.is_zero() {
+            self.drain_now();
+            return;
+        }
+        tracing::info!(
+            delay_s = self.delay.as_secs(),
+            "shutdown requested: unready, serving on while load balancers drop this replica"
+        );
+        let (draining, delay) = (self.clone(), self.delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            draining.drain_now();
+        });
+    }
+
+    fn drain_now(&self) {
+        self.leaving.send_replace(true);
         if !self.draining.send_replace(true) {
-            tracing::info!("shutdown requested: draining");
+            tracing::info!("draining");
         }
     }
 }
@@ -74,6 +99,8 @@ pub struct Application {
     drain_timeout: Duration,
     /// Stops the hang-up sweeper thread when the application is dropped.
     _sweeper: SweeperGuard,
+    /// Re-reads the listener's certificate files (HTTPS only); stops with the application.
+    _certificate_reloads: Option<AbortOnDrop>,
     shutdown: ShutdownTrigger,
 }
 
@@ -95,6 +122,7 @@ impl Application {
         metrics
             .http_workers
             .set(i64::try_from(workers).unwrap_or(i64::MAX));
+        let (leaving, leave_watch) = watch::channel(false);
         let (draining, drain_watch) = watch::channel(false);
         let mysql = MysqlPools::new(&settings.database, workers, drain_watch.clone());
         let redis = Arc::new(RedisPools::new(
@@ -110,7 +138,7 @@ impl Application {
             (&redis, wake),
             &metrics,
             peers,
-            drain_watch,
+            (leave_watch, drain_watch),
         );
         let fleet = state.fleet.clone();
         let locks = state.locks.clone();
@@ -122,7 +150,15 @@ impl Application {
 
         let listener = bind_listener(settings.bind_addr, "BIND_ADDR")?;
         let public_addr = listener.local_addr()?;
-        let public = public_server(listener, state, workers)?;
+        let certificate = settings
+            .listener_tls
+            .as_ref()
+            .map(|files| ListenerCertificate::load(files, metrics.clone()))
+            .transpose()?;
+        let certificate_reloads = certificate
+            .clone()
+            .map(|certificate| AbortOnDrop(tokio::spawn(certificate.keep_fresh())));
+        let public = public_server(listener, state, workers, certificate)?;
         let admin_listener = bind_listener(settings.admin_bind_addr, "ADMIN_BIND_ADDR")?;
         let admin_addr = admin_listener.local_addr()?;
         let admin = admin_server(admin_listener, admin_state)?;
@@ -139,8 +175,11 @@ impl Application {
             metrics,
             drain_timeout: settings.shutdown_timeout,
             _sweeper: sweeper,
+            _certificate_reloads: certificate_reloads,
             shutdown: ShutdownTrigger {
+                leaving: Arc::new(leaving),
                 draining: Arc::new(draining),
+                delay: settings.shutdown_delay,
             },
         })
     }
@@ -235,7 +274,7 @@ fn app_state(
     (redis, wake): (&Arc<RedisPools>, WakeSource),
     metrics: &Metrics,
     peers: PeerWatch,
-    draining: watch::Receiver<bool>,
+    (leaving, draining): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) -> AppState {
     metrics
         .mysql_pool_max
@@ -267,7 +306,7 @@ fn app_state(
         locks,
         redis: Arc::clone(redis),
         fleet,
-        draining,
+        leaving,
         readiness: Arc::default(),
         auth: web::Data::new(AuthPolicy(
             (!settings.auth_disabled).then(|| settings.api_keys.clone()),
@@ -335,4 +374,13 @@ fn default_workers(pool_max: u32) -> usize {
     cores
         .min(usize::try_from(pool_max).unwrap_or(usize::MAX))
         .max(1)
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

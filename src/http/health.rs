@@ -72,8 +72,9 @@ pub(crate) struct Readiness {
     pub redis: RedisPool,
     /// The verdict every worker shares.
     pub cache: Arc<ReadinessCache>,
-    /// True once shutdown begins: the load balancer must stop sending traffic.
-    pub draining: tokio::sync::watch::Receiver<bool>,
+    /// True once shutdown begins (before the drain, during
+    /// `SHUTDOWN_DELAY_S`): the load balancer must stop sending traffic.
+    pub leaving: tokio::sync::watch::Receiver<bool>,
     /// Where each verdict is recorded (`middleway_ready`,
     /// `middleway_dependency_up`).
     pub metrics: Metrics,
@@ -189,7 +190,7 @@ pub(crate) async fn readyz(
             ))
         })?
         .capability;
-    if *readiness.draining.borrow() {
+    if *readiness.leaving.borrow() {
         readiness.metrics.ready.set(0);
         return Err(ApiError::Unavailable(
             "draining: the service is shutting down",

@@ -10,6 +10,7 @@ pub(crate) mod middleware;
 pub(crate) mod openapi;
 pub(crate) mod peer;
 pub(crate) mod routes;
+pub(crate) mod tls;
 
 use std::net::TcpListener;
 use std::rc::Rc;
@@ -18,11 +19,13 @@ use std::time::Duration;
 
 use actix_http::{HttpMessage, HttpService, KeepAlive, Request};
 use actix_service::{fn_service, map_config};
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::body::MessageBody;
 use actix_web::dev::{
     AppConfig, Extensions, Server, ServiceFactory, ServiceRequest, ServiceResponse,
 };
 use actix_web::middleware::from_fn;
+use actix_web::rt::net::TcpStream;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
@@ -63,7 +66,7 @@ pub(crate) struct AppState {
     /// The fleet-wide MySQL connection budget, when `DB_FLEET_MAX` is set.
     pub fleet: Option<Arc<FleetBudget>>,
     /// Flips to true when shutdown begins (readiness turns 503).
-    pub draining: tokio::sync::watch::Receiver<bool>,
+    pub leaving: tokio::sync::watch::Receiver<bool>,
     /// The readiness verdict, shared by every worker.
     pub readiness: Arc<ReadinessCache>,
     /// Which bearer keys are accepted.
@@ -77,7 +80,7 @@ pub(crate) struct AppState {
 }
 
 /// The public server on `listener`: `workers` threads, each with its own
-/// [`public_app`].
+/// [`public_app`]; HTTPS when `certificate` is given (see [`tls`]).
 ///
 /// Built on actix-http rather than `HttpServer` for one hook: an
 /// `Expect: 100-continue` is answered only after the key is checked.
@@ -85,18 +88,16 @@ pub(crate) fn public_server(
     listener: TcpListener,
     state: AppState,
     workers: usize,
+    certificate: Option<Arc<tls::ListenerCertificate>>,
 ) -> std::io::Result<Server> {
     let builder = actix_server::Server::build();
     let shutdown = builder.graceful_shutdown_signal();
-    Ok(builder
-        .workers(workers)
-        .disable_signals()
-        // `startup` drains requests before it stops the server: what is left
-        // then are idle keep-alive connections.
-        .shutdown_timeout(1)
-        .listen("middleway", listener, move || {
+    // One service definition for both transports; only the connection hook
+    // (which socket lies under the stream) and the last step differ.
+    macro_rules! public_service {
+        ($stream:ty, $socket:expr, $encrypted:expr) => {{
             let (state, shutdown, auth) = (state.clone(), shutdown.clone(), state.auth.clone());
-            HttpService::build()
+            HttpService::<$stream, _, _, _, _>::build()
                 .graceful_shutdown_signal(move || {
                     let shutdown = shutdown.clone();
                     async move { shutdown.notified().await }
@@ -107,11 +108,9 @@ pub(crate) fn public_server(
                 // Time to receive a request's headers; slow-loris clients are cut off.
                 .client_request_timeout(Duration::from_secs(5))
                 .client_disconnect_timeout(Duration::from_secs(1))
-                .on_connect_ext(
-                    |io: &actix_web::rt::net::TcpStream, data: &mut Extensions| {
-                        record_peer_socket(io, data)
-                    },
-                )
+                .on_connect_ext(|io: &$stream, data: &mut Extensions| {
+                    record_peer_socket($socket(io), $encrypted, data)
+                })
                 .expect(fn_service(move |request: Request| {
                     let allowed = auth.may_continue(request.headers());
                     async move {
@@ -123,9 +122,40 @@ pub(crate) fn public_server(
                     }
                 }))
                 .finish(map_config(public_app(state), |_| AppConfig::default()))
-                .tcp()
-        })?
-        .run())
+        }};
+    }
+    let builder = builder
+        .workers(workers)
+        .disable_signals()
+        // `startup` drains requests before it stops the server: what is left
+        // then are idle keep-alive connections.
+        .shutdown_timeout(1);
+    let builder = match certificate {
+        None => builder.listen("middleway", listener, move || {
+            public_service!(TcpStream, plain_socket, false).tcp()
+        })?,
+        Some(certificate) => {
+            let config = certificate.server_config();
+            builder.listen("middleway", listener, move || {
+                public_service!(TlsStream<TcpStream>, tls_socket, true)
+                    .rustls_0_23_with_config(config.clone(), tls_acceptor_config())
+            })?
+        }
+    };
+    Ok(builder.run())
+}
+
+fn plain_socket(stream: &TcpStream) -> &TcpStream {
+    stream
+}
+
+fn tls_socket(stream: &TlsStream<TcpStream>) -> &TcpStream {
+    stream.get_ref().0
+}
+
+/// A TLS handshake must finish as fast as request headers must arrive.
+fn tls_acceptor_config() -> actix_http::TlsAcceptorConfig {
+    actix_http::TlsAcceptorConfig::default().handshake_timeout(Duration::from_secs(5))
 }
 
 /// The admin server on `listener`: one worker, `/metrics`.
@@ -167,7 +197,7 @@ fn public_app(
         mysql,
         redis: redis.clone(),
         cache: state.readiness,
-        draining: state.draining,
+        leaving: state.leaving,
         metrics: metrics.clone(),
     };
     App::new()

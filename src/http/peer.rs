@@ -18,7 +18,6 @@
 //! answered to a half-closed peer is watched for the same reset
 //! ([`PeerWatch::watch_delivery`]).
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,16 +43,22 @@ const DELIVERY_WINDOW: Duration = Duration::from_millis(100);
 struct PeerSocket {
     fd: RawFd,
     cookie: Option<u64>,
+    /// TLS runs over it: nothing may be written to it but through TLS.
+    encrypted: bool,
 }
 
-/// `HttpServer::on_connect` hook: remembers the socket of each plain TCP connection.
-pub(crate) fn record_peer_socket(connection: &dyn Any, data: &mut Extensions) {
-    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
-        data.insert(PeerSocket {
-            fd: stream.as_raw_fd(),
-            cookie: sys::cookie(stream),
-        });
-    }
+/// The connection hook: remembers the TCP socket under each connection
+/// (plain, or under TLS).
+pub(crate) fn record_peer_socket(
+    stream: &actix_web::rt::net::TcpStream,
+    encrypted: bool,
+    data: &mut Extensions,
+) {
+    data.insert(PeerSocket {
+        fd: stream.as_raw_fd(),
+        cookie: sys::cookie(stream),
+        encrypted,
+    });
 }
 
 /// What a peer has done with its connection.
@@ -88,7 +93,7 @@ enum Probe {
     Allowed,
     /// Probed: no reset came back yet.
     Sent,
-    /// HTTP/1.0 (no 1xx exists): a closed side means gone.
+    /// HTTP/1.0 (no 1xx exists), h2 or TLS: a closed side means gone.
     Forbidden,
 }
 
@@ -199,7 +204,9 @@ impl PeerWatch {
             return std::future::pending().await;
         };
         let (gone, signal) = oneshot::channel();
-        let probe = if request.version() >= actix_web::http::Version::HTTP_11 {
+        // A raw 1xx fits only plain HTTP/1.1: not HTTP/1.0, not h2 framing,
+        // not inside TLS records.
+        let probe = if request.version() == actix_web::http::Version::HTTP_11 && !socket.encrypted {
             Probe::Allowed
         } else {
             Probe::Forbidden

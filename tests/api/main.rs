@@ -17,6 +17,7 @@ mod production_backends;
 mod redis_cluster;
 mod redis_pool;
 mod sizing;
+mod tls_listener;
 mod traces;
 mod transcription_batches;
 mod transcription_faults;

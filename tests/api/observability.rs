@@ -6,21 +6,93 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use crate::helpers::{metrics_text, spawn_app_with};
+use crate::helpers::{metrics_text, spawn_app, spawn_app_with};
 
-/// Every `middleway_...` metric name in `text`.
+/// Every `middleway_...` and `process_...` metric name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("middleway_") {
-        let name: String = rest[start..]
-            .chars()
-            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-            .collect();
-        rest = &rest[start + name.len()..];
-        names.insert(name);
+    for prefix in ["middleway_", "process_"] {
+        let mut rest = text;
+        while let Some(start) = rest.find(prefix) {
+            let name: String = rest[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            rest = &rest[start + name.len()..];
+            // A bare prefix is prose ("process_* metrics"), not a name.
+            if !name.ends_with('_') {
+                names.insert(name);
+            }
+        }
     }
     names
+}
+
+/// The value of the sample `series` (name and labels exactly as exported).
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Issue 25, item 7: what the Prometheus Operator's users expect to find:
+/// the standard process metrics, lock latency per operation and outcome,
+/// and pool states that add up (idle + in use = open).
+#[tokio::test(flavor = "multi_thread")]
+async fn process_metrics_lock_latency_by_outcome_and_pool_states_that_add_up() {
+    let app = spawn_app().await;
+    let _ = app.get("/transcriptions/1").await;
+    let grant = app.grant("timed", 0, 5000).await;
+    let busy = app
+        .lock(json!({"op": "acquire", "name": "timed", "wait_ms": 0}))
+        .await;
+    assert_eq!(busy.status(), 423);
+    let _ = app.release("timed", &grant["token"]).await;
+    let _ = app.lock(json!({"op": "inspect", "name": "timed"})).await;
+    let scrape = metrics_text(&app.admin_address).await;
+
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+    ] {
+        let value = sample(&scrape, name).unwrap_or_else(|| panic!("{name} is exported"));
+        // CPU is counted in whole seconds: a young process may have none yet.
+        let least = if name == "process_cpu_seconds_total" {
+            0.0
+        } else {
+            1.0
+        };
+        assert!(value >= least, "{name} = {value}");
+    }
+    let latency = |op: &str, outcome: &str| {
+        let series = format!(
+            "middleway_lock_request_duration_seconds_count{{op=\"{op}\",outcome=\"{outcome}\"}}"
+        );
+        sample(&scrape, &series).unwrap_or(0.0)
+    };
+    assert_eq!(latency("acquire", "ok"), 1.0);
+    assert_eq!(
+        latency("acquire", "timeout"),
+        1.0,
+        "a 423 is its own outcome"
+    );
+    assert_eq!(latency("release", "ok"), 1.0);
+    assert_eq!(latency("inspect", "ok"), 1.0);
+    for pool in ["mysql", "redis"] {
+        let state = |state: &str| {
+            sample(
+                &scrape,
+                &format!("middleway_{pool}_pool_connections{{state=\"{state}\"}}"),
+            )
+            .unwrap_or_else(|| panic!("{pool} {state} exported"))
+        };
+        assert!(state("open") >= 1.0, "{pool}: a connection was used");
+        assert_eq!(state("idle") + state("in_use"), state("open"), "{pool}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

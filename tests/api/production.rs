@@ -474,3 +474,64 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
 }
+
+/// `SHUTDOWN_DELAY_S` (issue 25, item 3): after SIGTERM the replica turns
+/// unready at once but keeps accepting and serving new connections for the
+/// delay, as endpoints and load balancers take a while to drop it; then it
+/// drains and exits 0. This replaces a preStop `sleep`, which needs
+/// Kubernetes 1.30+ or a shell in the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_sigterm_it_serves_new_connections_unready_for_the_shutdown_delay_then_exits() {
+    let (_db, url) = create_database(&mysql_admin_url()).await;
+    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
+    env.insert("SHUTDOWN_DELAY_S".into(), "2".into());
+    let mut service = ServiceProcess::start(env).await;
+    let base = service.base.clone();
+    let signalled = Instant::now();
+    service.process.signal(Signal::SIGTERM);
+
+    // A new client (a new connection) each time: a load balancer that has
+    // not yet heard of the shutdown opens new connections.
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let unready = eventually(Duration::from_millis(500), async || {
+        let ready = fresh().get(format!("{base}/readyz")).send().await;
+        matches!(ready, Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE)
+    })
+    .await;
+    assert!(unready, "readiness turns 503 at once");
+    let mut served = 0;
+    while signalled.elapsed() < Duration::from_millis(1500) {
+        let lock = fresh()
+            .post(format!("{base}/locks"))
+            .bearer_auth(TEST_KEY)
+            .json(&json!({"op": "acquire", "name": format!("delay-{served}")}))
+            .send()
+            .await
+            .expect("a new connection is accepted during the delay");
+        assert_eq!(lock.status(), StatusCode::OK, "and served");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served >= 5, "{served} requests served during the delay");
+
+    let exit = tokio::task::spawn_blocking(move || service.process.child().wait().unwrap())
+        .await
+        .unwrap();
+    let took = signalled.elapsed();
+    assert_eq!(
+        exit.code(),
+        Some(0),
+        "exits 0 after the delay and the drain"
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "exited after {took:?}, before the 2 s delay was over"
+    );
+    let refused = fresh().get(format!("{base}/healthz")).send().await;
+    assert!(refused.is_err(), "nothing listens after the exit");
+}

@@ -2,9 +2,7 @@
 //! own CA, a certificate that does not verify stopping the start, and
 //! `LOCK_REPLICA_ACKS` against a real primary and replica.
 
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
@@ -12,7 +10,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     NewRow, OwnMariaDb, OwnRedis, TestApp, TestCertificates, assert_problem, base_env,
-    create_database, eventually, mysql_admin_url, random_suffix, redis_url, spawn_app_on,
+    create_database, eventually, failed_start, mysql_admin_url, random_suffix, redis_url,
+    spawn_app_on,
 };
 
 /// A MariaDB that accepts TLS connections only, with the test CA's certificate.
@@ -25,37 +24,6 @@ async fn tls_mariadb(certs: &TestCertificates) -> OwnMariaDb {
         "--require-secure-transport=ON".into(),
     ])
     .await
-}
-
-/// `middleway serve` with `env`, expected to refuse to start: its exit code
-/// and what it wrote to standard error.
-fn failed_start(env: &HashMap<String, String>) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_middleway"))
-        .arg("serve")
-        .env_clear()
-        .envs(env)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("service starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the service did not stop on a certificate that does not verify: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("output");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 fn assert_one_line_naming(stderr: &str, variable: &str) {

@@ -1,6 +1,8 @@
 //! `POST /locks`: one endpoint, the operation in the body; `LockError`
 //! becomes an HTTP problem here.
 
+use std::time::Instant;
+
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -10,6 +12,7 @@ use crate::http::body::ValidJson;
 use crate::http::error::ApiError;
 use crate::http::peer::{PeerState, PeerWatch};
 use crate::locks::{Grant, LockCommand, LockEngine, LockError, LockName, LockRequest, LockState};
+use crate::metrics::Metrics;
 
 impl From<LockError> for ApiError {
     fn from(error: LockError) -> Self {
@@ -186,13 +189,33 @@ pub(crate) async fn post_locks(
     ValidJson(lock_request): ValidJson<LockRequest>,
     engine: web::Data<LockEngine>,
     peers: web::Data<PeerWatch>,
+    metrics: web::Data<Metrics>,
 ) -> Result<HttpResponse, ApiError> {
-    match lock_request.into_command() {
+    let started = Instant::now();
+    let command = lock_request.into_command();
+    let op = command.op();
+    let answered = run(command, &request, &engine, &peers).await;
+    let outcome = match &answered {
+        Ok(_) => "ok",
+        Err(error) => error.outcome(),
+    };
+    metrics
+        .lock_request_duration
+        .with_label_values(&[op, outcome])
+        .observe(started.elapsed().as_secs_f64());
+    Ok(answered?)
+}
+
+async fn run(
+    command: LockCommand,
+    request: &HttpRequest,
+    engine: &LockEngine,
+    peers: &PeerWatch,
+) -> Result<HttpResponse, LockError> {
+    match command {
         LockCommand::Acquire(acquire) => {
-            let grant = engine
-                .acquire(&acquire, peers.client_gone(&request))
-                .await?;
-            deliver(&request, &peers, &engine, &acquire.name, &grant)?;
+            let grant = engine.acquire(&acquire, peers.client_gone(request)).await?;
+            deliver(request, peers, engine, &acquire.name, &grant)?;
             Ok(grant_response(&acquire.name, &grant, acquire.lease_ms))
         }
         LockCommand::Release(release) => {
@@ -225,12 +248,12 @@ fn deliver(
     engine: &LockEngine,
     name: &LockName,
     grant: &Grant,
-) -> Result<(), ApiError> {
+) -> Result<(), LockError> {
     match peers.state(request) {
         PeerState::Open => Ok(()),
         PeerState::Gone => {
             engine.give_back(name, grant.clone());
-            Err(LockError::CallerGone.into())
+            Err(LockError::CallerGone)
         }
         PeerState::HalfClosed => {
             if let Some(delivery) = peers.watch_delivery(request) {

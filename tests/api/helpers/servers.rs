@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -425,6 +425,16 @@ impl ServiceProcess {
         Self::launch_command(command, env, free_port(), None).await
     }
 
+    /// Like [`Self::start_logged`] for a service speaking HTTPS
+    /// (`TLS_CERT_FILE` in `env`): readiness is asked through `https`, a
+    /// client that trusts its certificate; `base` is `https://127.0.0.1:PORT`.
+    pub async fn start_https(env: HashMap<String, String>, ca: &super::TestCa) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
+        command.arg("serve");
+        let dir = Some(scratch_dir("service"));
+        Self::launch_with(command, env, free_port(), dir, Some(ca)).await
+    }
+
     async fn launch(env: HashMap<String, String>, port: u16, dir: Option<PathBuf>) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
         command.arg("serve");
@@ -432,10 +442,20 @@ impl ServiceProcess {
     }
 
     async fn launch_command(
+        command: Command,
+        env: HashMap<String, String>,
+        port: u16,
+        dir: Option<PathBuf>,
+    ) -> Self {
+        Self::launch_with(command, env, port, dir, None).await
+    }
+
+    async fn launch_with(
         mut command: Command,
         mut env: HashMap<String, String>,
         port: u16,
         dir: Option<PathBuf>,
+        https: Option<&super::TestCa>,
     ) -> Self {
         env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
         env.entry("RUST_LOG".into())
@@ -453,13 +473,48 @@ impl ServiceProcess {
             }
             None => OwnedProcess::spawn(command.stdout(Stdio::null()).stderr(Stdio::null())),
         };
-        let base = format!("http://127.0.0.1:{port}");
         let http = client();
-        let ready = eventually(Duration::from_secs(20), async || {
-            matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK)
+        let base = match https {
+            Some(_) => format!("https://127.0.0.1:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let ready = eventually(Duration::from_secs(20), async || match https {
+            Some(ca) => matches!(ca.https_request(port, "GET /readyz HTTP/1.1", "").await, Ok((200, _))),
+            None => matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK),
         })
         .await;
         assert!(ready, "service process became ready");
         Self { process, base }
     }
+}
+
+/// Runs `middleway serve` with `env`, expecting it to stop at startup: its
+/// exit code and standard error.
+pub fn failed_start(env: &HashMap<String, String>) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_middleway"))
+        .arg("serve")
+        .env_clear()
+        .envs(env)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("service starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the service did not stop at startup: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("output");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
