@@ -60,6 +60,22 @@ export class Unavailable extends MiddlewayError {
   }
 }
 
+/**
+ * The call's deadline passed before an answer: its own `deadlineMs`, the
+ * client's, or the Lambda invocation's end (`context`). Not retried: there
+ * is no time left. `outcomeUnknown` as for `Unavailable` (an acquire that
+ * may have been granted is released by the service when it sees the caller
+ * has gone; the lease bounds it otherwise).
+ */
+export class DeadlineExceeded extends MiddlewayError {
+  readonly outcomeUnknown: boolean;
+
+  constructor(message: string, options: { cause?: unknown; outcomeUnknown?: boolean } = {}) {
+    super(message, options);
+    this.outcomeUnknown = options.outcomeUnknown ?? false;
+  }
+}
+
 /** 401: the key is missing, malformed, wrong or revoked. */
 export class Unauthorized extends MiddlewayError {}
 

@@ -4,6 +4,7 @@
  * instance when the client lives in module scope.
  */
 import {
+  DeadlineExceeded,
   errorFor,
   LockLost,
   MiddlewayError,
@@ -12,6 +13,7 @@ import {
   type Problem,
   Unavailable,
 } from './errors.js';
+import { parseJson } from './json.js';
 
 export * from './errors.js';
 
@@ -27,10 +29,23 @@ export interface MiddlewayOptions {
   /** Longest a whole call may take, retries included (default 10000). */
   deadlineMs?: number;
   /**
-   * Time left to the caller, e.g. Lambda's `() => context.getRemainingTimeInMillis()`:
-   * caps every call's deadline and every `waitMs`, so a function never waits past its end.
+   * Time left to the caller: caps every call's deadline and every `waitMs`,
+   * so a function never waits past its end. For a client in module scope
+   * (one per warm instance, many invocations) pass each call's Lambda
+   * `context` instead (`CallOptions.context`).
    */
   remainingTimeMs?: () => number;
+  /**
+   * PEM bundle of the CA(s) that issued the service's certificate, for an
+   * `https://` URL whose certificate does not chain to Node's roots (a
+   * private CA, cert-manager's own issuer).
+   */
+  ca?: string | Buffer;
+  /**
+   * Told when `withLock`'s final release fails after its body succeeded:
+   * the body's result is still returned (the lease ends the grant anyway).
+   */
+  onReleaseError?: (error: unknown, lock: Lock) => void;
   /** The W3C `traceparent` of the caller's active span, if any (sent as is). */
   traceparent?: () => string | undefined;
   /** Told before each retry (for logs and metrics). */
@@ -44,9 +59,19 @@ export interface RetryInfo {
   error?: unknown;
 }
 
+/** What a Lambda handler's `context` offers (the Node runtime's `Context`). */
+export interface RemainingTime {
+  getRemainingTimeInMillis(): number;
+}
+
 export interface CallOptions {
   /** This call's own deadline, in ms from now (capped by the client's). */
   deadlineMs?: number;
+  /**
+   * The invocation's Lambda `context`: the call, its retries and an
+   * acquire's wait end 250 ms before the invocation does (`DeadlineExceeded`).
+   */
+  context?: RemainingTime;
 }
 
 export interface AcquireOptions extends CallOptions {
@@ -58,6 +83,7 @@ export interface AcquireOptions extends CallOptions {
 export interface Lock {
   name: string;
   token: string;
+  /** Fences are microsecond-scale numbers, well inside 2^53. */
   fence: number;
   leaseMs: number;
   expiresAt: string;
@@ -75,7 +101,11 @@ export interface LockState {
   expires_at?: string;
 }
 
-export type Transcription = Record<string, unknown> & { transcription_id: number };
+/**
+ * A row as the service returns it. Integers beyond 2^53 (ids of large
+ * tables) arrive as `bigint`, exactly; smaller ones as `number`.
+ */
+export type Transcription = Record<string, unknown> & { transcription_id: number | bigint };
 
 /** Connection errors that prove the request never reached the service. */
 const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'UND_ERR_CONNECT_TIMEOUT']);
@@ -107,32 +137,51 @@ interface Request {
   /** Extra time the service may legitimately take (an acquire's wait). */
   serverWaitMs?: number;
   deadlineMs?: number;
+  context?: RemainingTime;
+}
+
+/** Sends a request: Node's own fetch, or undici's with the given CA. */
+type Fetch = (url: string, init: RequestInit) => Promise<Response>;
+
+function fetcher(ca: string | Buffer | undefined): Fetch {
+  if (ca === undefined) return (url, init) => fetch(url, init);
+  // undici is what Node's fetch is built on; its Agent takes a CA, Node's fetch does not.
+  const undici = import('undici').then(({ Agent, fetch: undiciFetch }) => ({
+    agent: new Agent({ connect: { ca } }),
+    undiciFetch,
+  }));
+  return async (url, init) => {
+    const { agent, undiciFetch } = await undici;
+    return (await undiciFetch(url, { ...(init as object), dispatcher: agent })) as unknown as Response;
+  };
 }
 
 export class Middleway {
   private readonly base: string;
   private readonly auth: string;
   private readonly options: Required<Pick<MiddlewayOptions, 'timeoutMs' | 'retries' | 'deadlineMs'>> & MiddlewayOptions;
+  private readonly send: Fetch;
 
   constructor(options: MiddlewayOptions) {
     this.base = options.url.replace(/\/+$/, '');
     this.auth = `Bearer ${options.key}`;
     this.options = { timeoutMs: 2000, retries: 3, deadlineMs: 10_000, ...options };
+    this.send = fetcher(options.ca);
   }
 
   /** One transcription, or `null` when no row has that id. */
   async transcription(id: number | bigint | string, options: CallOptions = {}): Promise<Transcription | null> {
     const response = await this.call({ method: 'GET', path: `/transcriptions/${id}`, idempotent: true, ...options }, [404]);
-    return response.status === 404 ? null : ((await response.json()) as Transcription);
+    return response.status === 404 ? null : (parseJson(await response.text()) as Transcription);
   }
 
   /** Up to 100 transcriptions in one query: the rows found (in the order asked) and the ids missing. */
   async transcriptions(
     ids: readonly (number | bigint | string)[],
     options: CallOptions = {},
-  ): Promise<{ transcriptions: Transcription[]; missing: number[] }> {
+  ): Promise<{ transcriptions: Transcription[]; missing: (number | bigint)[] }> {
     const response = await this.call({ method: 'GET', path: `/transcriptions?ids=${ids.join(',')}`, idempotent: true, ...options });
-    return (await response.json()) as { transcriptions: Transcription[]; missing: number[] };
+    return parseJson(await response.text()) as { transcriptions: Transcription[]; missing: (number | bigint)[] };
   }
 
   /**
@@ -141,7 +190,7 @@ export class Middleway {
    * surely granted nothing (503, or the connection was refused).
    */
   async acquire(name: string, options: AcquireOptions = {}): Promise<Lock> {
-    const deadline = this.deadline(options.deadlineMs);
+    const deadline = this.deadline(options.deadlineMs, options.context);
     const room = Math.max(0, deadline - Date.now() - DEADLINE_MARGIN_MS);
     const waitMs = Math.min(options.waitMs ?? 0, room);
     const body = { op: 'acquire', name, wait_ms: Math.floor(waitMs), lease_ms: options.leaseMs ?? 30_000, permits: options.permits ?? 1 };
@@ -187,7 +236,10 @@ export class Middleway {
    * length while the body runs; when an extend says the grant is gone, or
    * extends keep failing until the lease has run out, `signal` aborts (its
    * `reason` is a `LockLost`) and `withLock` rejects with that `LockLost`
-   * once the body returns. The grant is released at the end, whatever happens.
+   * once the body returns. The grant is released at the end, whatever
+   * happens; when that release fails after the body succeeded, the body's
+   * result is returned all the same (the lease ends the grant) and
+   * `onReleaseError` is told.
    */
   async withLock<T>(
     name: string,
@@ -207,10 +259,12 @@ export class Middleway {
     await keeper.stop();
     if (!keeper.lost) {
       try {
-        await this.release(name, lock.token);
+        await this.release(name, lock.token, { context: options.context });
       } catch (error) {
-        if (!(error instanceof NotHeld)) throw error;
-        keeper.lose(error.reason);
+        // Not held: the grant ended while the body ran, which the body must hear.
+        if (error instanceof NotHeld) keeper.lose(error.reason);
+        else if ('error' in outcome) throw outcome.error;
+        else this.options.onReleaseError?.(error, lock);
       }
     }
     if (keeper.lost) {
@@ -220,17 +274,18 @@ export class Middleway {
     return outcome.value;
   }
 
-  private deadline(callDeadlineMs?: number): number {
+  private deadline(callDeadlineMs?: number, context?: RemainingTime): number {
     const now = Date.now();
     let deadline = now + (callDeadlineMs ?? this.options.deadlineMs);
-    const remaining = this.options.remainingTimeMs?.();
-    if (remaining !== undefined) deadline = Math.min(deadline, now + remaining - DEADLINE_MARGIN_MS);
+    for (const remaining of [this.options.remainingTimeMs?.(), context?.getRemainingTimeInMillis()]) {
+      if (remaining !== undefined) deadline = Math.min(deadline, now + remaining - DEADLINE_MARGIN_MS);
+    }
     return deadline;
   }
 
   /** Sends `request`, retrying where safe; resolves with a 2xx (or an `allowed` status) response. */
   private async call(request: Request, allowed: number[] = []): Promise<Response> {
-    const deadline = this.deadline(request.deadlineMs);
+    const deadline = this.deadline(request.deadlineMs, request.context);
     const headers: Record<string, string> = { authorization: this.auth, accept: 'application/json' };
     if (request.body !== undefined) headers['content-type'] = 'application/json';
     const traceparent = this.options.traceparent?.();
@@ -238,11 +293,12 @@ export class Middleway {
     const payload = request.body === undefined ? undefined : JSON.stringify(request.body);
     for (let attempt = 0; ; attempt++) {
       const left = deadline - Date.now();
-      if (left <= 0) throw new Unavailable('the call deadline passed before an answer');
+      if (left <= 0) throw new DeadlineExceeded('the call deadline passed before an answer');
       const timeout = Math.min(left, this.options.timeoutMs + (request.serverWaitMs ?? 0));
+      const deadlineBound = timeout === left;
       let retry: { delayMs: number; status?: number; error?: unknown; last: MiddlewayError };
       try {
-        const response = await fetch(this.base + request.path, {
+        const response = await this.send(this.base + request.path, {
           method: request.method,
           headers,
           body: payload,
@@ -257,7 +313,14 @@ export class Middleway {
       } catch (error) {
         if (error instanceof MiddlewayError) throw error;
         const sent = !notSent(error);
-        const why = (error as Error)?.name === 'TimeoutError' ? 'timed out' : 'connection failed';
+        const timedOut = (error as Error)?.name === 'TimeoutError';
+        if (timedOut && deadlineBound) {
+          throw new DeadlineExceeded('the call deadline passed before an answer', {
+            cause: error,
+            outcomeUnknown: !request.idempotent,
+          });
+        }
+        const why = timedOut ? 'timed out' : 'connection failed';
         if (sent && !request.idempotent) {
           throw new Unavailable(`the request ${why} after it may have reached the service; not retried`, {
             cause: error,
@@ -266,7 +329,12 @@ export class Middleway {
         }
         retry = { delayMs: this.backoffMs(attempt), error, last: new Unavailable(`the request ${why}`, { cause: error }) };
       }
-      if (attempt >= this.options.retries || Date.now() + retry.delayMs >= deadline) throw retry.last;
+      if (attempt >= this.options.retries) throw retry.last;
+      if (Date.now() + retry.delayMs >= deadline) {
+        throw new DeadlineExceeded('the call deadline left no time for another attempt', {
+          cause: retry.last,
+        });
+      }
       this.options.onRetry?.({ attempt: attempt + 1, delayMs: retry.delayMs, status: retry.status, error: retry.error });
       await sleep(retry.delayMs);
     }

@@ -1,7 +1,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
-import { Middleway, InvalidRequest, Unauthorized, Unavailable } from '../dist/esm/index.js';
+import { DeadlineExceeded, Middleway, InvalidRequest, Unauthorized, Unavailable } from '../dist/esm/index.js';
 import { KEY, startService } from './service.mjs';
 
 let service;
@@ -33,13 +33,18 @@ test('bad input is InvalidRequest naming the field; a wrong key is Unauthorized'
   await assert.rejects(wrong.transcription(1), (e) => e instanceof Unauthorized && e.status === 401);
 });
 
-test('a killed service gives Unavailable within the deadline', async () => {
+test('a killed service: Unavailable once the retries are spent, DeadlineExceeded when the deadline comes first', async () => {
   const doomed = await startService();
   doomed.stop();
   await new Promise((r) => doomed.child.once('exit', r));
-  const mw = new Middleway({ url: doomed.url, key: KEY, retries: 10 });
+  const few = new Middleway({ url: doomed.url, key: KEY, retries: 2 });
+  await assert.rejects(few.transcription(1, { deadlineMs: 5000 }), Unavailable);
+  const many = new Middleway({ url: doomed.url, key: KEY, retries: 100 });
   const started = Date.now();
-  await assert.rejects(mw.transcription(1, { deadlineMs: 1500 }), Unavailable);
+  await assert.rejects(
+    many.transcription(1, { deadlineMs: 1500 }),
+    (e) => e instanceof DeadlineExceeded && e.cause instanceof Unavailable,
+  );
   assert.ok(Date.now() - started < 2500, `took ${Date.now() - started} ms`);
 });
 

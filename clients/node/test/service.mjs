@@ -3,6 +3,10 @@
 import { spawn, execFileSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { connect as tlsConnect } from 'node:tls';
 
 export const KEY = 'client-tests-key-0123456789';
 
@@ -30,10 +34,11 @@ export async function startService(env = {}) {
     },
     stdio: 'ignore',
   });
-  const url = `http://127.0.0.1:${port}`;
+  const tls = env.TLS_CERT_FILE !== undefined;
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   for (let i = 0; i < 200; i++) {
     try {
-      if ((await fetch(`${url}/readyz`)).ok) break;
+      if (tls ? await tlsAnswers(port) : (await fetch(`${url}/readyz`)).ok) break;
     } catch {}
     await new Promise((r) => setTimeout(r, 50));
   }
@@ -43,6 +48,38 @@ export async function startService(env = {}) {
     stop: () => {
       if (child.exitCode === null) child.kill('SIGKILL');
     },
+  };
+}
+
+/** Whether a TLS handshake on `port` succeeds (the CA is not checked here). */
+function tlsAnswers(port) {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({ port, host: '127.0.0.1', rejectUnauthorized: false }, () => {
+      socket.end();
+      resolve(true);
+    });
+    socket.on('error', () => resolve(false));
+  });
+}
+
+/**
+ * A CA and a certificate it signed for 127.0.0.1 (openssl), in a scratch
+ * folder: `{ caPem, certFile, keyFile }`.
+ */
+export function testCertificates() {
+  const dir = mkdtempSync(join(tmpdir(), 'mw-tls-'));
+  const run = (...args) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
+  run('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+    '-subj', '/CN=middleway client test CA', '-keyout', 'ca.key', '-out', 'ca.pem');
+  run('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-subj', '/CN=127.0.0.1',
+    '-keyout', 'server.key', '-out', 'server.csr');
+  writeFileSync(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  run('x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial',
+    '-days', '1', '-extfile', 'ext.cnf', '-out', 'server.pem');
+  return {
+    caPem: readFileSync(join(dir, 'ca.pem'), 'utf8'),
+    certFile: join(dir, 'server.pem'),
+    keyFile: join(dir, 'server.key'),
   };
 }
 

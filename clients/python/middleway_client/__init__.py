@@ -4,6 +4,7 @@ from ._model import Batch, Lock
 from .aio import AsyncMiddleway
 from .client import Middleway
 from .errors import (
+    DeadlineExceeded,
     InvalidRequest,
     LockLost,
     LockTimeout,
@@ -15,6 +16,6 @@ from .errors import (
 )
 
 __all__ = [
-    "AsyncMiddleway", "Batch", "InvalidRequest", "Lock", "LockLost", "LockTimeout", "Middleway",
+    "AsyncMiddleway", "Batch", "DeadlineExceeded", "InvalidRequest", "Lock", "LockLost", "LockTimeout", "Middleway",
     "MiddlewayError", "NotHeld", "PermitsMismatch", "Unauthorized", "Unavailable",
 ]

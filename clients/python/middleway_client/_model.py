@@ -28,6 +28,7 @@ class Lock:
 
     @classmethod
     def from_grant(cls, grant: Dict[str, Any], lost: Any = None) -> "Lock":
+        """Fields a newer service adds are ignored (forward compatibility)."""
         return cls(grant["name"], grant["token"], grant["fence"], grant["lease_ms"], grant["expires_at"], lost)
 
 
@@ -37,3 +38,8 @@ class Batch:
 
     transcriptions: List[Dict[str, Any]] = field(default_factory=list)
     missing: List[int] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, body: Dict[str, Any]) -> "Batch":
+        """Fields a newer service adds are ignored (forward compatibility)."""
+        return cls(body.get("transcriptions", []), body.get("missing", []))

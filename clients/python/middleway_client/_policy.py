@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import email.utils
 import random
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional, Union
 
 import httpx
 
-from .errors import MiddlewayError, Unavailable, error_for
+from .errors import DeadlineExceeded, MiddlewayError, Unavailable, error_for
 
 #: Margin kept between a wait and the caller's own end, in seconds.
 DEADLINE_MARGIN_S = 0.25
@@ -30,8 +31,14 @@ class Settings:
     retries: int = 3
     #: Longest a whole call may take, retries included.
     deadline_s: float = 10.0
-    #: Milliseconds the caller has left (e.g. ``context.get_remaining_time_in_millis``).
+    #: Milliseconds the caller has left. For a client in module scope (one per
+    #: warm instance, many invocations) pass each call's Lambda ``context``.
     remaining_time_ms: Optional[Callable[[], float]] = None
+    #: PEM bundle of the CA(s) of an ``https://`` service's certificate (a private CA).
+    ca_file: Optional[str] = None
+    #: Told ``(error, lock)`` when ``lock()``'s final release fails after its
+    #: body succeeded; the block still completes (the lease ends the grant).
+    on_release_error: Optional[Callable[[BaseException, Any], None]] = None
     #: The W3C ``traceparent`` of the caller's active span, if any.
     traceparent: Optional[Callable[[], Optional[str]]] = None
     #: Told before each retry: ``on_retry(attempt, delay_s, status_or_exception)``.
@@ -42,13 +49,21 @@ class Settings:
         self.url = self.url.rstrip("/")
         self.headers = {"authorization": f"Bearer {self.key}", "accept": "application/json"}
 
-    def deadline(self, call_deadline_s: Optional[float] = None) -> float:
-        """The monotonic instant a call must be done by."""
+    def deadline(self, call_deadline_s: Optional[float] = None, context: Any = None) -> float:
+        """The monotonic instant a call must be done by: its own deadline, the
+        client's, and 250 ms before the invocation ends (``context`` is Lambda's)."""
         now = time.monotonic()
         deadline = now + (self.deadline_s if call_deadline_s is None else call_deadline_s)
-        if self.remaining_time_ms is not None:
-            deadline = min(deadline, now + self.remaining_time_ms() / 1000 - DEADLINE_MARGIN_S)
+        left = [self.remaining_time_ms() if self.remaining_time_ms is not None else None,
+                context.get_remaining_time_in_millis() if context is not None else None]
+        for remaining_ms in left:
+            if remaining_ms is not None:
+                deadline = min(deadline, now + remaining_ms / 1000 - DEADLINE_MARGIN_S)
         return deadline
+
+    def verify(self) -> Any:
+        """httpx's ``verify``: the CA bundle's context, or the default roots."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True
 
     def request_headers(self) -> Dict[str, str]:
         headers = dict(self.headers)
@@ -69,6 +84,8 @@ class Call:
     server_wait_s: float = 0.0
     deadline: float = 0.0
     allowed: tuple = ()
+    #: The last attempt's timeout was the time left to the deadline.
+    deadline_bound: bool = False
 
 
 def backoff_s(attempt: int) -> float:
@@ -90,8 +107,10 @@ def attempt_timeout(settings: Settings, call: Call) -> float:
     """Seconds this attempt may take, or raise when the deadline has passed."""
     left = call.deadline - time.monotonic()
     if left <= 0:
-        raise Unavailable("the call deadline passed before an answer")
-    return min(left, settings.timeout_s + call.server_wait_s)
+        raise DeadlineExceeded("the call deadline passed before an answer")
+    attempt = settings.timeout_s + call.server_wait_s
+    call.deadline_bound = left <= attempt
+    return min(left, attempt)
 
 
 @dataclass
@@ -118,7 +137,13 @@ def judge_response(response: httpx.Response, call: Call, attempt: int) -> Option
 
 def judge_failure(failure: httpx.HTTPError, call: Call, attempt: int) -> Retry:
     """A Retry for a failure that is safe to repeat; raises for an unknown outcome."""
-    why = "timed out" if isinstance(failure, httpx.TimeoutException) else "failed"
+    timed_out = isinstance(failure, httpx.TimeoutException)
+    if timed_out and call.deadline_bound:
+        raise DeadlineExceeded(
+            "the call deadline passed before an answer",
+            outcome_unknown=not call.idempotent and not isinstance(failure, NOT_SENT),
+        ) from failure
+    why = "timed out" if timed_out else "failed"
     if not isinstance(failure, NOT_SENT) and not call.idempotent:
         raise Unavailable(
             f"the request {why} after it may have reached the service; not retried",
@@ -127,13 +152,18 @@ def judge_failure(failure: httpx.HTTPError, call: Call, attempt: int) -> Retry:
     return Retry(backoff_s(attempt), failure, Unavailable(f"the request {why}: {failure!r}"))
 
 
-def give_up(settings: Settings, call: Call, attempt: int, retry: Retry) -> bool:
-    """Whether to stop retrying (and raise ``retry.last``); tells ``on_retry`` otherwise."""
-    if attempt >= settings.retries or time.monotonic() + retry.delay_s >= call.deadline:
-        return True
+def give_up(settings: Settings, call: Call, attempt: int, retry: Retry) -> Optional[MiddlewayError]:
+    """The error to raise when retrying stops: the last one once the retries
+    are spent, DeadlineExceeded when no time is left; else tells ``on_retry``."""
+    if attempt >= settings.retries:
+        return retry.last
+    if time.monotonic() + retry.delay_s >= call.deadline:
+        error = DeadlineExceeded("the call deadline left no time for another attempt")
+        error.__cause__ = retry.last
+        return error
     if settings.on_retry:
         settings.on_retry(attempt + 1, retry.delay_s, retry.cause)
-    return False
+    return None
 
 
 def acquire_body(name: str, wait_ms: int, lease_ms: int, permits: int, deadline: float) -> Dict[str, Any]:

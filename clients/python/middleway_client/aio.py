@@ -11,7 +11,7 @@ import httpx
 
 from . import _policy as policy
 from ._model import Batch, Lock
-from .errors import LockLost, NotHeld
+from .errors import LockLost, MiddlewayError, NotHeld
 
 Id = Union[int, str]
 
@@ -19,7 +19,8 @@ Id = Union[int, str]
 class AsyncMiddleway:
     def __init__(self, url: str, key: str, **settings: Any) -> None:
         self.settings = policy.Settings(url, key, **settings)
-        self._http = httpx.AsyncClient(base_url=self.settings.url, limits=httpx.Limits(max_keepalive_connections=4))
+        self._http = httpx.AsyncClient(base_url=self.settings.url, limits=httpx.Limits(max_keepalive_connections=4),
+                                  verify=self.settings.verify())
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -30,45 +31,49 @@ class AsyncMiddleway:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def transcription(self, id: Id, deadline_s: Optional[float] = None) -> Optional[Dict[str, Any]]:
-        response = await self._call(policy.Call("GET", f"/transcriptions/{id}", allowed=(404,)), deadline_s)
+    async def transcription(self, id: Id, deadline_s: Optional[float] = None,
+                       context: Any = None) -> Optional[Dict[str, Any]]:
+        response = await self._call(policy.Call("GET", f"/transcriptions/{id}", allowed=(404,)), deadline_s, context=context)
         return None if response.status_code == 404 else response.json()
 
-    async def transcriptions(self, ids: Sequence[Id], deadline_s: Optional[float] = None) -> Batch:
+    async def transcriptions(self, ids: Sequence[Id], deadline_s: Optional[float] = None,
+                        context: Any = None) -> Batch:
         path = "/transcriptions?ids=" + ",".join(str(i) for i in ids)
-        return Batch(**(await self._call(policy.Call("GET", path), deadline_s)).json())
+        return Batch.from_json((await self._call(policy.Call("GET", path), deadline_s, context=context)).json())
 
     async def acquire(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000, permits: int = 1,
-                      deadline_s: Optional[float] = None) -> Lock:
-        deadline = self.settings.deadline(deadline_s)
+                      deadline_s: Optional[float] = None, context: Any = None) -> Lock:
+        deadline = self.settings.deadline(deadline_s, context)
         body = policy.acquire_body(name, wait_ms, lease_ms, permits, deadline)
         call = policy.Call("POST", "/locks", body, idempotent=False, server_wait_s=body["wait_ms"] / 1000)
         return Lock.from_grant((await self._call(call, deadline=deadline)).json())
 
-    async def release(self, name: str, token: str, deadline_s: Optional[float] = None) -> None:
+    async def release(self, name: str, token: str, deadline_s: Optional[float] = None, context: Any = None) -> None:
         try:
-            await self._call(policy.Call("POST", "/locks", {"op": "release", "name": name, "token": token}), deadline_s)
+            await self._call(policy.Call("POST", "/locks", {"op": "release", "name": name, "token": token}), deadline_s,
+                       context=context)
         except NotHeld as error:
             if error.reason != "released":
                 raise
 
-    async def extend(self, name: str, token: str, lease_ms: int, deadline_s: Optional[float] = None) -> Lock:
+    async def extend(self, name: str, token: str, lease_ms: int, deadline_s: Optional[float] = None,
+               context: Any = None) -> Lock:
         body = {"op": "extend", "name": name, "token": token, "lease_ms": lease_ms}
-        return Lock.from_grant((await self._call(policy.Call("POST", "/locks", body), deadline_s)).json())
+        return Lock.from_grant((await self._call(policy.Call("POST", "/locks", body), deadline_s, context=context)).json())
 
     async def inspect(self, name: str, token: Optional[str] = None,
-                      deadline_s: Optional[float] = None) -> Dict[str, Any]:
+                      deadline_s: Optional[float] = None, context: Any = None) -> Dict[str, Any]:
         body: Dict[str, Any] = {"op": "inspect", "name": name}
         if token is not None:
             body["token"] = token
-        return (await self._call(policy.Call("POST", "/locks", body), deadline_s)).json()
+        return (await self._call(policy.Call("POST", "/locks", body), deadline_s, context=context)).json()
 
     @contextlib.asynccontextmanager
     async def lock(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000,
-                   permits: int = 1) -> AsyncIterator[Lock]:
+                   permits: int = 1, context: Any = None) -> AsyncIterator[Lock]:
         """As ``Middleway.lock``; ``lock.lost`` is an ``asyncio.Event``."""
         asked = time.monotonic()
-        grant = await self.acquire(name, wait_ms, lease_ms, permits)
+        grant = await self.acquire(name, wait_ms, lease_ms, permits, context=context)
         grant.lost = asyncio.Event()
         keeper = asyncio.ensure_future(self._keep(grant, lease_ms / 1000, asked))
         body_error: Optional[BaseException] = None
@@ -81,9 +86,16 @@ class AsyncMiddleway:
             await keeper
         if not grant.lost.is_set():
             try:
-                await self.release(name, grant.token)
+                await self.release(name, grant.token, context=context)
             except NotHeld as error:
+                # The grant ended while the body ran: the body must hear it.
                 grant.mark_lost(error.reason)
+            except MiddlewayError as error:
+                if body_error is not None:
+                    raise body_error from error
+                # The body succeeded: its work stands, and the lease ends the grant.
+                if self.settings.on_release_error:
+                    self.settings.on_release_error(error, grant)
         if grant.lost.is_set():
             raise LockLost(grant.lost_reason or "expired") from body_error
         if body_error is not None:
@@ -104,8 +116,8 @@ class AsyncMiddleway:
                     return grant.mark_lost("expired")
 
     async def _call(self, call: policy.Call, deadline_s: Optional[float] = None,
-                    deadline: Optional[float] = None) -> httpx.Response:
-        call.deadline = deadline if deadline is not None else self.settings.deadline(deadline_s)
+                    deadline: Optional[float] = None, context: Any = None) -> httpx.Response:
+        call.deadline = deadline if deadline is not None else self.settings.deadline(deadline_s, context)
         headers = self.settings.request_headers()
         attempt = 0
         while True:
@@ -118,8 +130,9 @@ class AsyncMiddleway:
                     return response
             except httpx.HTTPError as failure:
                 retry = policy.judge_failure(failure, call, attempt)
-            if policy.give_up(self.settings, call, attempt, retry):
-                raise retry.last
+            stop = policy.give_up(self.settings, call, attempt, retry)
+            if stop is not None:
+                raise stop
             await asyncio.sleep(retry.delay_s)
             attempt += 1
 

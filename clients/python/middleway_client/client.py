@@ -12,7 +12,7 @@ import httpx
 
 from . import _policy as policy
 from ._model import Batch, Lock
-from .errors import LockLost, NotHeld
+from .errors import LockLost, MiddlewayError, NotHeld
 
 Id = Union[int, str]
 
@@ -20,7 +20,8 @@ Id = Union[int, str]
 class Middleway:
     def __init__(self, url: str, key: str, **settings: Any) -> None:
         self.settings = policy.Settings(url, key, **settings)
-        self._http = httpx.Client(base_url=self.settings.url, limits=httpx.Limits(max_keepalive_connections=4))
+        self._http = httpx.Client(base_url=self.settings.url, limits=httpx.Limits(max_keepalive_connections=4),
+                                  verify=self.settings.verify())
 
     def close(self) -> None:
         self._http.close()
@@ -31,51 +32,57 @@ class Middleway:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def transcription(self, id: Id, deadline_s: Optional[float] = None) -> Optional[Dict[str, Any]]:
+    def transcription(self, id: Id, deadline_s: Optional[float] = None,
+                      context: Any = None) -> Optional[Dict[str, Any]]:
         """One transcription, or None when no row has that id."""
-        response = self._call(policy.Call("GET", f"/transcriptions/{id}", allowed=(404,)), deadline_s)
+        response = self._call(policy.Call("GET", f"/transcriptions/{id}", allowed=(404,)), deadline_s, context=context)
         return None if response.status_code == 404 else response.json()
 
-    def transcriptions(self, ids: Sequence[Id], deadline_s: Optional[float] = None) -> Batch:
+    def transcriptions(self, ids: Sequence[Id], deadline_s: Optional[float] = None,
+                       context: Any = None) -> Batch:
         """Up to 100 transcriptions in one query."""
         path = "/transcriptions?ids=" + ",".join(str(i) for i in ids)
-        return Batch(**self._call(policy.Call("GET", path), deadline_s).json())
+        return Batch.from_json(self._call(policy.Call("GET", path), deadline_s, context=context).json())
 
     def acquire(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000, permits: int = 1,
-                deadline_s: Optional[float] = None) -> Lock:
+                deadline_s: Optional[float] = None, context: Any = None) -> Lock:
         """A slot of ``name``; LockTimeout (423) when none came free within ``wait_ms``
         (capped by the deadline). Retried only when the service surely granted nothing."""
-        deadline = self.settings.deadline(deadline_s)
+        deadline = self.settings.deadline(deadline_s, context)
         body = policy.acquire_body(name, wait_ms, lease_ms, permits, deadline)
         call = policy.Call("POST", "/locks", body, idempotent=False, server_wait_s=body["wait_ms"] / 1000)
         return Lock.from_grant(self._call(call, deadline=deadline).json())
 
-    def release(self, name: str, token: str, deadline_s: Optional[float] = None) -> None:
+    def release(self, name: str, token: str, deadline_s: Optional[float] = None, context: Any = None) -> None:
         """Releases a grant; a release whose earlier reply was lost (``released``) succeeds."""
         try:
-            self._call(policy.Call("POST", "/locks", {"op": "release", "name": name, "token": token}), deadline_s)
+            self._call(policy.Call("POST", "/locks", {"op": "release", "name": name, "token": token}), deadline_s,
+                       context=context)
         except NotHeld as error:
             if error.reason != "released":
                 raise
 
-    def extend(self, name: str, token: str, lease_ms: int, deadline_s: Optional[float] = None) -> Lock:
+    def extend(self, name: str, token: str, lease_ms: int, deadline_s: Optional[float] = None,
+               context: Any = None) -> Lock:
         """A new lease of ``lease_ms`` from now; NotHeld once expired or released."""
         body = {"op": "extend", "name": name, "token": token, "lease_ms": lease_ms}
-        return Lock.from_grant(self._call(policy.Call("POST", "/locks", body), deadline_s).json())
+        return Lock.from_grant(self._call(policy.Call("POST", "/locks", body), deadline_s, context=context).json())
 
-    def inspect(self, name: str, token: Optional[str] = None, deadline_s: Optional[float] = None) -> Dict[str, Any]:
+    def inspect(self, name: str, token: Optional[str] = None, deadline_s: Optional[float] = None,
+                context: Any = None) -> Dict[str, Any]:
         body: Dict[str, Any] = {"op": "inspect", "name": name}
         if token is not None:
             body["token"] = token
-        return self._call(policy.Call("POST", "/locks", body), deadline_s).json()
+        return self._call(policy.Call("POST", "/locks", body), deadline_s, context=context).json()
 
     @contextlib.contextmanager
-    def lock(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000, permits: int = 1) -> Iterator[Lock]:
+    def lock(self, name: str, wait_ms: int = 0, lease_ms: int = 30_000, permits: int = 1,
+             context: Any = None) -> Iterator[Lock]:
         """Holds ``name`` for the block, extending the lease every third of its length.
         When the grant is lost, ``lock.lost`` is set at once and LockLost is raised
         as the block exits. The grant is released on exit, whatever happens."""
         asked = time.monotonic()
-        grant = self.acquire(name, wait_ms, lease_ms, permits)
+        grant = self.acquire(name, wait_ms, lease_ms, permits, context=context)
         grant.lost = threading.Event()
         keeper = _LeaseKeeper(self, grant, lease_ms / 1000, asked)
         body_error: Optional[BaseException] = None
@@ -86,17 +93,24 @@ class Middleway:
         keeper.stop()
         if not grant.lost.is_set():
             try:
-                self.release(name, grant.token)
+                self.release(name, grant.token, context=context)
             except NotHeld as error:
+                # The grant ended while the body ran: the body must hear it.
                 grant.mark_lost(error.reason)
+            except MiddlewayError as error:
+                if body_error is not None:
+                    raise body_error from error
+                # The body succeeded: its work stands, and the lease ends the grant.
+                if self.settings.on_release_error:
+                    self.settings.on_release_error(error, grant)
         if grant.lost.is_set():
             raise LockLost(grant.lost_reason or "expired") from body_error
         if body_error is not None:
             raise body_error
 
     def _call(self, call: policy.Call, deadline_s: Optional[float] = None,
-              deadline: Optional[float] = None) -> httpx.Response:
-        call.deadline = deadline if deadline is not None else self.settings.deadline(deadline_s)
+              deadline: Optional[float] = None, context: Any = None) -> httpx.Response:
+        call.deadline = deadline if deadline is not None else self.settings.deadline(deadline_s, context)
         headers = self.settings.request_headers()
         attempt = 0
         while True:
@@ -108,8 +122,9 @@ class Middleway:
                     return response
             except httpx.HTTPError as failure:
                 retry = policy.judge_failure(failure, call, attempt)
-            if policy.give_up(self.settings, call, attempt, retry):
-                raise retry.last
+            stop = policy.give_up(self.settings, call, attempt, retry)
+            if stop is not None:
+                raise stop
             time.sleep(retry.delay_s)
             attempt += 1
 

@@ -45,6 +45,16 @@ class Unavailable(MiddlewayError):
         self.outcome_unknown = outcome_unknown
 
 
+class DeadlineExceeded(MiddlewayError):
+    """The call's deadline passed before an answer: its own ``deadline_s``, the
+    client's, or the Lambda invocation's end (``context``). Not retried: no
+    time is left. ``outcome_unknown`` as for ``Unavailable``."""
+
+    def __init__(self, message: str, outcome_unknown: bool = False):
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
+
+
 class Unauthorized(MiddlewayError):
     """401: the key is missing, malformed, wrong or revoked."""
 

@@ -23,7 +23,8 @@ def free_port() -> int:
 class Service:
     def __init__(self, **env: str) -> None:
         port, admin = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}"
+        tls = "TLS_CERT_FILE" in env
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self.process = subprocess.Popen(
             [os.environ["MW_BIN"], "serve"],
             env={
@@ -40,7 +41,8 @@ class Service:
         )
         for _ in range(200):
             try:
-                if httpx.get(f"{self.url}/readyz").status_code == 200:
+                # The test's own CA is not checked here: only whether it serves.
+                if httpx.get(f"{self.url}/readyz", verify=False).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
@@ -74,6 +76,22 @@ def start_service():
     yield start
     for s in started:
         s.stop()
+
+
+def make_certificates(directory) -> dict:
+    """A CA and a certificate it signed for 127.0.0.1 (openssl), in ``directory``."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+        "-subj", "/CN=middleway client test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "1", "-extfile", "ext.cnf", "-out", "server.pem")
+    return {"ca": str(directory / "ca.pem"), "cert": str(directory / "server.pem"),
+            "key": str(directory / "server.key")}
 
 
 def unique(prefix: str) -> str:

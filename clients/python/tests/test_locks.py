@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import KEY, fenced_write, stored_value, unique
-from middleway_client import AsyncMiddleway, LockLost, LockTimeout, Middleway, NotHeld, Unavailable
+from middleway_client import AsyncMiddleway, DeadlineExceeded, LockLost, LockTimeout, Middleway, NotHeld, Unavailable
 
 
 def test_acquire_hand_on_release_and_a_repeated_release_succeeds(service):
@@ -105,12 +105,18 @@ def test_an_acquire_that_may_have_reached_a_hung_service_is_not_retried(start_se
     hung.signal(signal.SIGSTOP)
     retries = []
     with Middleway(hung.url, KEY, on_retry=lambda *r: retries.append(r)) as mw:
-        with pytest.raises(Unavailable) as unknown:
+        # Its one attempt ran into the deadline: the grant's fate is unknown.
+        with pytest.raises(DeadlineExceeded) as unknown:
             mw.acquire(unique("hung"), deadline_s=1.0)
         assert unknown.value.outcome_unknown and retries == []
-        with pytest.raises(Unavailable) as read:
-            mw.transcription(1, deadline_s=1.5)
-        assert not read.value.outcome_unknown
+        # With more time than one attempt takes, still not retried.
+        with pytest.raises(Unavailable) as unknown:
+            mw.acquire(unique("hung"), deadline_s=3.0)
+        assert unknown.value.outcome_unknown and retries == []
+        # A read is retried until the deadline.
+        with pytest.raises(DeadlineExceeded) as read:
+            mw.transcription(1, deadline_s=3.0)
+        assert not read.value.outcome_unknown and retries
 
 
 async def test_the_async_lock_keeps_its_lease_and_reports_a_loss(service):

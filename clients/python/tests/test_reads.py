@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import KEY
-from middleway_client import AsyncMiddleway, InvalidRequest, Middleway, Unauthorized, Unavailable
+from middleway_client import AsyncMiddleway, DeadlineExceeded, InvalidRequest, Middleway, Unauthorized, Unavailable
 
 
 def test_a_transcription_is_a_dict_and_a_missing_one_none(service):
@@ -31,13 +31,17 @@ def test_bad_input_names_the_field_and_a_wrong_key_is_unauthorized(service):
             wrong.transcription(1)
 
 
-def test_a_killed_service_is_unavailable_within_the_deadline(start_service):
+def test_a_killed_service_is_unavailable_once_retried_and_deadline_exceeded_when_time_runs_out(start_service):
     doomed = start_service()
     doomed.stop()
-    with Middleway(doomed.url, KEY, retries=10) as mw:
-        started = time.monotonic()
+    with Middleway(doomed.url, KEY, retries=2) as mw:
         with pytest.raises(Unavailable):
+            mw.transcription(1, deadline_s=5.0)
+    with Middleway(doomed.url, KEY, retries=100) as mw:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as exceeded:
             mw.transcription(1, deadline_s=1.5)
+        assert isinstance(exceeded.value.__cause__, Unavailable)
         assert time.monotonic() - started < 2.5
 
 
