@@ -31,6 +31,7 @@ run: services
 	  exec ./target/release/middleway serve
 
 test: services
+	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 	@$(ENV); ulimit -n 65536 2>/dev/null || true; cargo nextest run --workspace --all-targets --no-fail-fast
 	@clients/test.sh
 
