@@ -154,6 +154,9 @@ def check_aws(docs):
         if "ipBlock" in peer
     ]
     check(cidrs, "no NetworkPolicy admits the functions' CIDR")
+    (namespace,) = find(docs, "Namespace")
+    check(namespace["metadata"]["labels"].get("elbv2.k8s.aws/pod-readiness-gate-inject") == "enabled",
+          "without the NLB's readiness gate a rollout can outrun the NLB's health checks")
     check(nlb["spec"]["loadBalancerSourceRanges"] == cidrs,
           f"the NLB's source ranges {nlb['spec']['loadBalancerSourceRanges']} are not the functions' CIDR {cidrs}")
 
