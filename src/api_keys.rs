@@ -42,6 +42,18 @@ impl ApiKey {
     }
 }
 
+impl ApiKey {
+    /// The key's name (a principal's, in `auth`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// SHA-256 of the key.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKey({})", self.name)
@@ -56,6 +68,11 @@ impl ApiKeys {
     /// Wraps the configured keys.
     pub fn new(keys: Vec<ApiKey>) -> Self {
         Self(keys.into())
+    }
+
+    /// The keys.
+    pub fn keys(&self) -> &[ApiKey] {
+        &self.0
     }
 
     /// Whether no key is configured.

@@ -134,8 +134,10 @@ pub struct Settings {
     pub listener_tls: Option<ListenerTls>,
     /// Admin listener (`/metrics`).
     pub admin_bind_addr: SocketAddr,
-    /// Accepted bearer keys; empty only when `auth_disabled`.
+    /// Accepted bearer keys (`API_KEYS`, `API_KEYS_FILE`).
     pub api_keys: ApiKeys,
+    /// Principals, scopes and limits (`AUTH_FILE`), re-read when it changes.
+    pub auth_file: Option<std::path::PathBuf>,
     /// Serve without keys (local use only).
     pub auth_disabled: bool,
     /// Pooled Redis connections for non-blocking commands.
@@ -210,10 +212,11 @@ impl Settings {
             })?;
             keys.extend(parse_key_lines(text.lines(), "API_KEYS_FILE")?);
         }
-        if keys.is_empty() && !auth_disabled {
+        let auth_file: Option<std::path::PathBuf> = var("AUTH_FILE").map(|path| path.trim().into());
+        if keys.is_empty() && auth_file.is_none() && !auth_disabled {
             return Err(ConfigError::new(
                 "API_KEYS",
-                "no API keys configured (set API_KEYS or API_KEYS_FILE, or AUTH_DISABLED=true for local use)",
+                "no API keys configured (set API_KEYS, API_KEYS_FILE or AUTH_FILE, or AUTH_DISABLED=true for local use)",
             ));
         }
         let log_format = parse_log_format(var("LOG_FORMAT").as_deref())?;
@@ -242,6 +245,7 @@ impl Settings {
             bind_addr: parse_addr(var("BIND_ADDR"), "BIND_ADDR", "0.0.0.0:8080")?,
             admin_bind_addr: parse_addr(var("ADMIN_BIND_ADDR"), "ADMIN_BIND_ADDR", "0.0.0.0:9090")?,
             api_keys: ApiKeys::new(keys),
+            auth_file,
             auth_disabled,
             redis_pool_max: parse_range(var("REDIS_POOL_MAX"), "REDIS_POOL_MAX", 32, 1, 1000)?,
             workers,

@@ -3,6 +3,8 @@
 //!
 //! A tour, from the top down (imports run this way only):
 //! - [`startup`]: settings → pools → state → listeners → run → drain.
+//! - `auth`: who a caller is (principals from API keys and `AUTH_FILE`,
+//!   reloaded in place) and what it may do (scopes, fair share).
 //! - `http`: the route table, problem+json errors, JSON bodies, the
 //!   middlewares (request id, auth, shedding, metrics), health, OpenAPI,
 //!   noticing clients that hang up.
@@ -15,6 +17,7 @@
 //! - [`seed`]: realistic demo rows for `middleway seed`.
 
 pub mod api_keys;
+mod auth;
 pub mod config;
 mod fleet;
 mod http;

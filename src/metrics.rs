@@ -26,7 +26,8 @@ pub(crate) struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Requests answered 503 by the in-flight cap.
     pub requests_shed: IntCounter,
-    /// Requests by API key name.
+    /// Authenticated requests by principal (configured names only; `key`
+    /// is the label's v1 name).
     pub requests_by_key: IntCounterVec,
     /// MySQL connections open / idle / in use (set at scrape time).
     pub mysql_pool_connections: IntGaugeVec,
@@ -60,6 +61,10 @@ pub(crate) struct Metrics {
     pub lock_expiries: IntCounter,
     /// Lock requests waiting now.
     pub lock_waiters: IntGauge,
+    /// Changed `AUTH_FILE`s, by outcome (loaded, refused).
+    pub auth_reloads: IntCounterVec,
+    /// Requests refused by a principal's scopes (403) or share (429), by principal and reason.
+    pub auth_refusals: IntCounterVec,
     /// Reloads of the listener's certificate pair, by outcome (loaded, refused).
     pub tls_reloads: IntCounterVec,
     /// When the served certificate expires (Unix seconds; 0 without TLS).
@@ -194,6 +199,22 @@ impl Metrics {
                 .expect("static"),
             lock_waiters: IntGauge::new("lock_waiters", "Lock requests waiting now")
                 .expect("static"),
+            auth_reloads: IntCounterVec::new(
+                Opts::new(
+                    "auth_reloads_total",
+                    "Changed AUTH_FILEs (or SIGHUP), by outcome (loaded, refused)",
+                ),
+                &["outcome"],
+            )
+            .expect("static"),
+            auth_refusals: IntCounterVec::new(
+                Opts::new(
+                    "auth_refusals_total",
+                    "Requests refused by the principal's scopes (forbidden) or share (quota)",
+                ),
+                &["principal", "reason"],
+            )
+            .expect("static"),
             tls_reloads: IntCounterVec::new(
                 Opts::new(
                     "tls_certificate_reloads_total",
@@ -259,6 +280,8 @@ impl Metrics {
             Box::new(metrics.lock_expiries.clone()),
             Box::new(metrics.lock_waiters.clone()),
             Box::new(metrics.lock_request_duration.clone()),
+            Box::new(metrics.auth_reloads.clone()),
+            Box::new(metrics.auth_refusals.clone()),
             Box::new(metrics.tls_reloads.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
             Box::new(metrics.lock_cleanups_dropped.clone()),

@@ -9,10 +9,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
 use tokio::sync::watch;
 
+use crate::auth::{AuthSettings, Identities};
 use crate::config::{ConfigError, Settings};
 use crate::fleet::FleetBudget;
 use crate::http::admin::AdminState;
-use crate::http::middleware::auth::AuthPolicy;
 use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::tls::ListenerCertificate;
@@ -101,6 +101,8 @@ pub struct Application {
     _sweeper: SweeperGuard,
     /// Re-reads the listener's certificate files (HTTPS only); stops with the application.
     _certificate_reloads: Option<AbortOnDrop>,
+    /// Re-reads `AUTH_FILE` (on change and SIGHUP); stops with the application.
+    _identity_reloads: AbortOnDrop,
     shutdown: ShutdownTrigger,
 }
 
@@ -130,6 +132,15 @@ impl Application {
             settings.redis_pool_max,
             workers,
         )?);
+        let identities = Identities::load(
+            AuthSettings {
+                api_keys: settings.api_keys.keys().to_vec(),
+                file: settings.auth_file.clone(),
+                disabled: settings.auth_disabled,
+            },
+            metrics.clone(),
+        )?;
+        let identity_reloads = AbortOnDrop(tokio::spawn(Arc::clone(&identities).keep_fresh()));
         let (peers, sweeper) = PeerWatch::start()?;
         let wake = wake_source(&redis_target)?;
         let state = app_state(
@@ -137,7 +148,7 @@ impl Application {
             &mysql,
             (&redis, wake),
             &metrics,
-            peers,
+            (peers, identities),
             (leave_watch, drain_watch),
         );
         let fleet = state.fleet.clone();
@@ -176,6 +187,7 @@ impl Application {
             drain_timeout: settings.shutdown_timeout,
             _sweeper: sweeper,
             _certificate_reloads: certificate_reloads,
+            _identity_reloads: identity_reloads,
             shutdown: ShutdownTrigger {
                 leaving: Arc::new(leaving),
                 draining: Arc::new(draining),
@@ -273,7 +285,7 @@ fn app_state(
     mysql: &Arc<MysqlPools>,
     (redis, wake): (&Arc<RedisPools>, WakeSource),
     metrics: &Metrics,
-    peers: PeerWatch,
+    (peers, identities): (PeerWatch, Arc<Identities>),
     (leaving, draining): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) -> AppState {
     metrics
@@ -308,9 +320,7 @@ fn app_state(
         fleet,
         leaving,
         readiness: Arc::default(),
-        auth: web::Data::new(AuthPolicy(
-            (!settings.auth_disabled).then(|| settings.api_keys.clone()),
-        )),
+        auth: web::Data::new(identities),
         limit: web::Data::new(InFlightLimit::new(settings.max_in_flight)),
         metrics: web::Data::new(metrics.clone()),
         peers: web::Data::new(peers),

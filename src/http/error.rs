@@ -42,6 +42,12 @@ pub(crate) enum ApiError {
     /// 401: missing or wrong bearer key.
     #[error("unauthorized")]
     Unauthorized,
+    /// 403: the principal's scopes do not cover this request.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// 429: the principal already has its `max_in_flight` requests or `max_waiters` waiters.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(&'static str),
     /// 404: no such resource or route.
     #[error("not found: {0}")]
     NotFound(String),
@@ -98,6 +104,13 @@ impl ApiError {
                 "unauthorized",
                 "Unauthorized",
                 "a valid `Authorization: Bearer <key>` header is required".into(),
+            ),
+            Self::Forbidden(detail) => (S::FORBIDDEN, "forbidden", "Forbidden", (*detail).into()),
+            Self::QuotaExceeded(detail) => (
+                S::TOO_MANY_REQUESTS,
+                "quota-exceeded",
+                "Quota exceeded",
+                (*detail).into(),
             ),
             Self::NotFound(what) => (S::NOT_FOUND, "not-found", "Not found", what.into()),
             Self::MethodNotAllowed { allow } => (
@@ -159,7 +172,9 @@ impl ApiError {
             Self::MethodNotAllowed { allow } => Some((header::ALLOW, (*allow).into())),
             // One second: long enough for a pool or a lock holder to move on,
             // short enough that a function's retry loop stays responsive.
-            Self::LockTimeout | Self::Unavailable(_) => Some((header::RETRY_AFTER, "1".into())),
+            Self::LockTimeout | Self::Unavailable(_) | Self::QuotaExceeded(_) => {
+                Some((header::RETRY_AFTER, "1".into()))
+            }
             _ => None,
         };
         Problem {

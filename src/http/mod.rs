@@ -33,7 +33,7 @@ use self::admin::{AdminState, metrics_endpoint};
 use self::error::ApiError;
 use self::health::{Readiness, ReadinessCache, healthz, readyz};
 use self::middleware::access_log::AccessLog;
-use self::middleware::auth::{AuthPolicy, require_api_key};
+use self::middleware::auth::{AuthPolicy, may_continue, require_api_key, require_reads};
 use self::middleware::compact_headers::compact_headers;
 use self::middleware::edge_guard::guard_edge;
 use self::middleware::metrics::track_requests;
@@ -112,7 +112,7 @@ pub(crate) fn public_server(
                     record_peer_socket($socket(io), $encrypted, data)
                 })
                 .expect(fn_service(move |request: Request| {
-                    let allowed = auth.may_continue(request.headers());
+                    let allowed = may_continue(&auth, request.headers());
                     async move {
                         if allowed {
                             Ok(request)
@@ -219,6 +219,7 @@ fn public_app(
         .service(
             web::resource("/transcriptions")
                 .wrap(from_fn(shed_overload))
+                .wrap(from_fn(require_reads))
                 .wrap(from_fn(require_api_key))
                 .route(web::get().to(get_transcriptions))
                 .route(web::head().to(get_transcriptions))
@@ -227,6 +228,7 @@ fn public_app(
         .service(
             web::resource("/transcriptions/{id}")
                 .wrap(from_fn(shed_overload))
+                .wrap(from_fn(require_reads))
                 .wrap(from_fn(require_api_key))
                 .route(web::get().to(get_transcription))
                 .route(web::head().to(get_transcription))

@@ -76,6 +76,21 @@ pub(crate) enum LockCommand {
 }
 
 impl LockCommand {
+    /// The lock it is about.
+    pub(crate) fn name(&self) -> &LockName {
+        match self {
+            Self::Acquire(r) => &r.name,
+            Self::Release(r) => &r.name,
+            Self::Extend(r) => &r.name,
+            Self::Inspect(r) => &r.name,
+        }
+    }
+
+    /// Whether it may wait for a slot (an acquire with `wait_ms` > 0).
+    pub(crate) fn waits(&self) -> bool {
+        matches!(self, Self::Acquire(r) if r.wait_ms > 0)
+    }
+
     /// The operation, as metrics label it.
     pub(crate) fn op(&self) -> &'static str {
         match self {

@@ -208,6 +208,7 @@ async fn at_info_each_request_writes_one_json_line_with_its_id_route_status_and_
         assert_eq!(line["method"], "GET");
         assert_eq!(line["status"], status);
         assert_eq!(line["api_key"], "tests");
+        assert_eq!(line["principal"], "tests");
         assert!(
             line["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
             "{line}"

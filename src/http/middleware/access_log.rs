@@ -61,7 +61,9 @@ impl RootSpanBuilder for AccessLog {
             .get::<RequestStart>()
             .map(|s| s.0.elapsed().as_secs_f64() * 1000.0)
             .unwrap_or_default();
-        let api_key = extensions.get::<KeyName>().map(|k| &*k.0);
+        // The principal (v1 called it the key's name: both fields, one value).
+        let principal = extensions.get::<KeyName>().map(|k| &*k.0);
+        let api_key = principal;
         if otel::enabled() {
             span.record("http.response.status_code", response.status().as_u16());
         }
@@ -69,6 +71,7 @@ impl RootSpanBuilder for AccessLog {
             tracing::info!(
                 status = response.status().as_u16(),
                 latency_ms,
+                principal,
                 api_key,
                 "request completed"
             )

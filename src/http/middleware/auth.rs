@@ -1,4 +1,8 @@
-//! Bearer-key authentication for the protected routes.
+//! Authentication and fair share for the protected routes: the principal
+//! behind the bearer credential (401 without one) and its share of requests
+//! in flight (429 past `max_in_flight`); then the scope of the transcription
+//! routes (403). The principal goes into the request, for the lock route's
+//! scope and share checks and for the logs.
 
 use std::sync::Arc;
 
@@ -8,17 +12,24 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
-use crate::api_keys::ApiKeys;
+use crate::auth::{Identities, Principal, Quota};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 
-/// The keys the protected routes accept; `None` when auth is disabled.
-#[derive(Clone)]
-pub(crate) struct AuthPolicy(pub Option<ApiKeys>);
+/// Who the protected routes accept (shared by every worker).
+pub(crate) type AuthPolicy = Arc<Identities>;
 
-/// The key name a request authenticated with, in request extensions (for logs).
+/// The principal's name, in request extensions (for logs).
 #[derive(Clone, Debug)]
 pub(crate) struct KeyName(pub Arc<str>);
+
+/// The principal a request authenticated as, in request extensions.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller(pub Arc<Principal>);
+
+/// The metrics label of callers that did not authenticate (bounded: never
+/// what they presented).
+const UNAUTHENTICATED: &str = "unauthenticated";
 
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
@@ -26,39 +37,73 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-impl AuthPolicy {
-    /// The name of the key `headers` authenticate with; `Some("")` when
-    /// auth is disabled; `None` when they carry no valid key.
-    fn key_name(&self, headers: &HeaderMap) -> Option<Arc<str>> {
-        match &self.0 {
-            None => Some(Arc::from("")),
-            Some(keys) => bearer_token(headers).and_then(|token| keys.authenticate(token)),
-        }
-    }
-
-    /// Whether a request that asks `Expect: 100-continue` may send its body:
-    /// only with a valid key, so a body is never invited and then refused.
-    pub(crate) fn may_continue(&self, headers: &HeaderMap) -> bool {
-        self.key_name(headers).is_some()
-    }
+/// Whether a request that asks `Expect: 100-continue` may send its body:
+/// only with a valid credential, so a body is never invited and then refused.
+pub(crate) fn may_continue(identities: &Identities, headers: &HeaderMap) -> bool {
+    identities.authenticate(bearer_token(headers)).is_some()
 }
 
-/// Rejects requests without a valid bearer key with 401; notes the key name for logs.
+/// 401 without a known credential; 429 past the principal's `max_in_flight`
+/// (counted until the response is ready); the principal noted for the rest.
 pub(crate) async fn require_api_key(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let policy = req.app_data::<web::Data<AuthPolicy>>().cloned();
-    if let Some(policy) = policy
-        && policy.0.is_some()
-    {
-        let Some(name) = policy.key_name(req.headers()) else {
-            return Ok(req.error_response(ApiError::Unauthorized));
-        };
-        if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
-            metrics.requests_by_key.with_label_values(&[&*name]).inc();
+    let (Some(identities), Some(metrics)) = (
+        req.app_data::<web::Data<AuthPolicy>>().cloned(),
+        req.app_data::<web::Data<Metrics>>().cloned(),
+    ) else {
+        return Ok(req.error_response(ApiError::Unauthorized));
+    };
+    let Some(principal) = identities.authenticate(bearer_token(req.headers())) else {
+        metrics
+            .requests_by_key
+            .with_label_values(&[UNAUTHENTICATED])
+            .inc();
+        return Ok(req.error_response(ApiError::Unauthorized));
+    };
+    metrics
+        .requests_by_key
+        .with_label_values(&[&*principal.name])
+        .inc();
+    let _in_flight = match principal.enter(Quota::InFlight) {
+        Ok(counted) => counted,
+        Err(_) => {
+            refused(&metrics, &principal, "quota");
+            return Ok(req.error_response(ApiError::QuotaExceeded(
+                "this caller already has its max_in_flight requests in progress",
+            )));
         }
-        req.extensions_mut().insert(KeyName(name));
+    };
+    req.extensions_mut()
+        .insert(KeyName(Arc::clone(&principal.name)));
+    req.extensions_mut().insert(Caller(principal));
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// 403 unless the principal's scopes include `transcriptions:read`.
+pub(crate) async fn require_reads(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, Error> {
+    let caller = req.extensions().get::<Caller>().cloned();
+    if let Some(Caller(principal)) = caller
+        && !principal.scopes.reads_transcriptions()
+    {
+        if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+            refused(metrics, &principal, "forbidden");
+        }
+        return Ok(req.error_response(ApiError::Forbidden(
+            "this caller's scopes do not include transcriptions:read",
+        )));
     }
     Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// Counts a 403 (`forbidden`) or 429 (`quota`) of `principal`.
+pub(crate) fn refused(metrics: &Metrics, principal: &Principal, reason: &str) {
+    metrics
+        .auth_refusals
+        .with_label_values(&[&*principal.name, reason])
+        .inc();
 }

@@ -3,13 +3,15 @@
 
 use std::time::Instant;
 
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::auth::{Counted, Principal, Quota};
 use crate::http::body::ValidJson;
 use crate::http::error::ApiError;
+use crate::http::middleware::auth::{Caller, refused};
 use crate::http::peer::{PeerState, PeerWatch};
 use crate::locks::{Grant, LockCommand, LockEngine, LockError, LockName, LockRequest, LockState};
 use crate::metrics::Metrics;
@@ -175,6 +177,9 @@ fn grant_response(name: &LockName, grant: &Grant, lease_ms: u64) -> HttpResponse
         (status = 200, description = "Granted, extended, released, or the lock's state", body = inline(LockReply)),
         (status = 400, description = "Invalid request", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong key", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 403, description = "The caller's scopes do not cover this request (AUTH_FILE)", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
+        (status = 429, description = "The caller already has its max_in_flight requests (or max_waiters lock waiters), with Retry-After", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds"))),
         (status = 409, description = "not-held (with `reason`) or permits-mismatch", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 413, description = "Body over 16 KiB", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
         (status = 415, description = "Body is not application/json", body = inline(crate::http::error::ProblemSchema), content_type = "application/problem+json"),
@@ -194,6 +199,16 @@ pub(crate) async fn post_locks(
     let started = Instant::now();
     let command = lock_request.into_command();
     let op = command.op();
+    // Scope and share first: a refused request touches nothing.
+    let caller = request.extensions().get::<Caller>().cloned();
+    let _waiting = match caller
+        .as_ref()
+        .map(|Caller(p)| admit(p, &command, &metrics))
+    {
+        Some(Err(refused)) => return Err(refused),
+        Some(Ok(waiting)) => waiting,
+        None => None,
+    };
     let answered = run(command, &request, &engine, &peers).await;
     let outcome = match &answered {
         Ok(_) => "ok",
@@ -204,6 +219,33 @@ pub(crate) async fn post_locks(
         .with_label_values(&[op, outcome])
         .observe(started.elapsed().as_secs_f64());
     Ok(answered?)
+}
+
+/// 403 outside the principal's lock scopes; 429 for a waiting acquire past
+/// its `max_waiters` (counted while the request lives).
+fn admit(
+    principal: &Principal,
+    command: &LockCommand,
+    metrics: &Metrics,
+) -> Result<Option<Counted>, ApiError> {
+    if !principal.scopes.covers_lock(command.name().as_str()) {
+        refused(metrics, principal, "forbidden");
+        return Err(ApiError::Forbidden(
+            "this caller's scopes do not cover this lock name",
+        ));
+    }
+    if !command.waits() {
+        return Ok(None);
+    }
+    match principal.enter(Quota::Waiters) {
+        Ok(counted) => Ok(Some(counted)),
+        Err(_) => {
+            refused(metrics, principal, "quota");
+            Err(ApiError::QuotaExceeded(
+                "this caller already has its max_waiters lock requests waiting",
+            ))
+        }
+    }
 }
 
 async fn run(

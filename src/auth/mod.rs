@@ -1,0 +1,263 @@
+//! Who a caller is, and what it may do. The HTTP middleware asks
+//! [`Identities::authenticate`] for the principal behind a bearer
+//! credential; features see only that [`Principal`]: its name (for logs and
+//! metrics), its [`Scopes`] and its fair share ([`Principal::enter`]).
+//!
+//! Principals come from `API_KEYS` / `API_KEYS_FILE` (each key a principal
+//! named after it, every scope, no limits: v1's behaviour) and from
+//! `AUTH_FILE` ([`file`]), which is read again on SIGHUP and whenever it
+//! changes on disk; a file that does not parse or check is refused (log line,
+//! `middleway_auth_reloads_total{outcome="refused"}`) and the last good one
+//! stays. Only SHA-256 digests of keys are kept, compared in constant time.
+
+pub mod file;
+mod scopes;
+mod usage;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub use self::scopes::Scopes;
+use self::usage::Usage;
+pub use self::usage::{Counted, Quota};
+use crate::api_keys::ApiKey;
+use crate::config::ConfigError;
+use crate::metrics::Metrics;
+
+/// How often `AUTH_FILE` is read again.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+/// The name a request gets when authentication is off (`AUTH_DISABLED`).
+const ANONYMOUS: &str = "anonymous";
+
+/// A caller the service knows.
+#[derive(Debug)]
+pub struct Principal {
+    /// Shown in logs, metrics and traces (never a credential).
+    pub name: Arc<str>,
+    pub scopes: Scopes,
+    max_in_flight: Option<usize>,
+    max_waiters: Option<usize>,
+    usage: Arc<Usage>,
+}
+
+impl Principal {
+    /// Counts one more request in flight, or lock waiter, against this
+    /// principal's share; refused (429) past it.
+    pub fn enter(&self, quota: Quota) -> Result<Counted, Quota> {
+        let limit = match quota {
+            Quota::InFlight => self.max_in_flight,
+            Quota::Waiters => self.max_waiters,
+        };
+        self.usage.enter(quota, limit)
+    }
+}
+
+/// Who is known now: key digests to principals.
+#[derive(Default)]
+struct Directory {
+    keys: Vec<([u8; 32], Arc<Principal>)>,
+}
+
+impl Directory {
+    /// Every key is compared, and all in constant time: timing says nothing
+    /// about which key (or how much of one) matched.
+    fn authenticate(&self, presented: &str) -> Option<Arc<Principal>> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for (key, principal) in &self.keys {
+            if bool::from(key.ct_eq(&digest)) {
+                found = Some(Arc::clone(principal));
+            }
+        }
+        found
+    }
+}
+
+/// Where principals come from.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// `API_KEYS` and `API_KEYS_FILE`.
+    pub api_keys: Vec<ApiKey>,
+    /// `AUTH_FILE`.
+    pub file: Option<PathBuf>,
+    /// `AUTH_DISABLED`: every request is the anonymous principal.
+    pub disabled: bool,
+}
+
+/// The principals in force, and how they are kept up to date.
+pub struct Identities {
+    settings: AuthSettings,
+    directory: RwLock<Arc<Directory>>,
+    /// The file's bytes last looked at (good or refused), to tell a change.
+    last_read: Mutex<Option<Vec<u8>>>,
+    /// Usage by principal name, kept across reloads.
+    usages: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
+    anonymous: Arc<Principal>,
+    metrics: Metrics,
+}
+
+impl Identities {
+    /// The principals of `settings`; a file that cannot be read or does not
+    /// check is a configuration error naming `AUTH_FILE` (exit 2).
+    pub(crate) fn load(settings: AuthSettings, metrics: Metrics) -> Result<Arc<Self>, ConfigError> {
+        let identities = Self {
+            anonymous: Arc::new(Principal {
+                name: ANONYMOUS.into(),
+                scopes: Scopes::all(),
+                max_in_flight: None,
+                max_waiters: None,
+                usage: Arc::default(),
+            }),
+            settings,
+            directory: RwLock::default(),
+            last_read: Mutex::default(),
+            usages: Mutex::default(),
+            metrics,
+        };
+        let text = identities
+            .read_file()
+            .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
+        let directory = identities
+            .directory(text.as_deref())
+            .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
+        *identities
+            .directory
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+        *identities
+            .last_read
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = text;
+        for outcome in ["loaded", "refused"] {
+            identities
+                .metrics
+                .auth_reloads
+                .with_label_values(&[outcome]);
+        }
+        Ok(Arc::new(identities))
+    }
+
+    /// The principal `bearer` authenticates as, if any.
+    pub fn authenticate(&self, bearer: Option<&str>) -> Option<Arc<Principal>> {
+        if self.settings.disabled {
+            return Some(Arc::clone(&self.anonymous));
+        }
+        let directory = Arc::clone(&self.directory.read().unwrap_or_else(|p| p.into_inner()));
+        directory.authenticate(bearer?)
+    }
+
+    /// Reads `AUTH_FILE` again every [`RELOAD_EVERY`] and on SIGHUP, and
+    /// applies a changed file that checks; runs until aborted.
+    pub(crate) async fn keep_fresh(self: Arc<Self>) {
+        use tokio::signal::unix::{SignalKind, signal};
+        if self.settings.file.is_none() {
+            return;
+        }
+        let mut hangups = signal(SignalKind::hangup()).ok();
+        let mut ticks = tokio::time::interval(RELOAD_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let forced = tokio::select! {
+                _ = ticks.tick() => false,
+                Some(()) = async { hangups.as_mut()?.recv().await } => true,
+            };
+            self.reload(forced);
+        }
+    }
+
+    /// One look at the file; `forced` (SIGHUP) applies it even unchanged.
+    fn reload(&self, forced: bool) {
+        let Ok(text) = self.read_file() else {
+            // Mid-swap, or gone for a moment: the next look decides.
+            return;
+        };
+        let mut last_read = self.last_read.lock().unwrap_or_else(|p| p.into_inner());
+        if !forced && *last_read == text {
+            return;
+        }
+        let outcome = match self.directory(text.as_deref()) {
+            Ok(directory) => {
+                *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+                tracing::info!("AUTH_FILE reloaded");
+                "loaded"
+            }
+            Err(why) => {
+                tracing::error!(%why, "AUTH_FILE was refused; the last good one stays in force");
+                "refused"
+            }
+        };
+        *last_read = text;
+        self.metrics
+            .auth_reloads
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    fn read_file(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = &self.settings.file else {
+            return Ok(None);
+        };
+        std::fs::read(path)
+            .map(Some)
+            .map_err(|e| format!("cannot read the file: {}", e.kind()))
+    }
+
+    /// The directory of the static keys plus the file's principals.
+    fn directory(&self, file: Option<&[u8]>) -> Result<Directory, String> {
+        let mut directory = Directory::default();
+        for key in &self.settings.api_keys {
+            let principal = self.principal(key.name(), Scopes::all(), None, None);
+            directory.keys.push((key.digest(), principal));
+        }
+        if let Some(bytes) = file {
+            let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
+            for entry in file::parse(text)? {
+                let principal = self.principal(
+                    &entry.name,
+                    entry.scopes,
+                    entry.max_in_flight,
+                    entry.max_waiters,
+                );
+                for key in &entry.api_keys {
+                    directory.keys.push((
+                        Sha256::digest(key.as_bytes()).into(),
+                        Arc::clone(&principal),
+                    ));
+                }
+            }
+        }
+        Ok(directory)
+    }
+
+    fn principal(
+        &self,
+        name: &str,
+        scopes: Scopes,
+        max_in_flight: Option<usize>,
+        max_waiters: Option<usize>,
+    ) -> Arc<Principal> {
+        let mut usages = self.usages.lock().unwrap_or_else(|p| p.into_inner());
+        let (name, usage) = match usages.get_key_value(name) {
+            Some((name, usage)) => (Arc::clone(name), Arc::clone(usage)),
+            None => {
+                let name: Arc<str> = name.into();
+                let usage = Arc::new(Usage::default());
+                usages.insert(Arc::clone(&name), Arc::clone(&usage));
+                (name, usage)
+            }
+        };
+        Arc::new(Principal {
+            name,
+            scopes,
+            max_in_flight,
+            max_waiters,
+            usage,
+        })
+    }
+}
