@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 
-use crate::api_keys::{ApiKey, ApiKeys};
+use crate::auth::keys::{ApiKey, ApiKeys};
 
 /// A start-up configuration error: names the variable, never its value.
 #[derive(Debug, thiserror::Error)]

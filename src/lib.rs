@@ -3,7 +3,7 @@
 //!
 //! A tour, from the top down (imports run this way only):
 //! - [`startup`]: settings → pools → state → listeners → run → drain.
-//! - `auth`: who a caller is (principals from API keys and `AUTH_FILE`,
+//! - [`auth`]: who a caller is (principals from API keys and `AUTH_FILE`,
 //!   reloaded in place) and what it may do (scopes, fair share).
 //! - `http`: the route table, problem+json errors, JSON bodies, the
 //!   middlewares (request id, auth, shedding, metrics), health, OpenAPI,
@@ -11,13 +11,11 @@
 //! - `transcriptions`: `GET /transcriptions/{id}` over the MySQL pool.
 //! - `locks`: `POST /locks`, distributed locks on Redis lists.
 //! - [`pools`]: the MySQL and Redis pools.
-//! - [`config`]: settings from the environment, validated, secrets redacted;
-//!   [`api_keys`]: the bearer keys it reads.
+//! - [`config`]: settings from the environment, validated, secrets redacted.
 //! - [`telemetry`]: logging. `metrics`: the Prometheus registry.
 //! - [`seed`]: realistic demo rows for `middleway seed`.
 
-pub mod api_keys;
-mod auth;
+pub mod auth;
 pub mod config;
 mod fleet;
 mod http;

@@ -138,8 +138,9 @@ impl Application {
                 file: settings.auth_file.clone(),
                 disabled: settings.auth_disabled,
             },
-            metrics.clone(),
-        )?;
+            metrics.auth_reloads.clone(),
+        )
+        .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
         let identity_reloads = AbortOnDrop(tokio::spawn(Arc::clone(&identities).keep_fresh()));
         let (peers, sweeper) = PeerWatch::start()?;
         let wake = wake_source(&redis_target)?;

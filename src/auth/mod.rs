@@ -11,6 +11,7 @@
 //! stays. Only SHA-256 digests of keys are kept, compared in constant time.
 
 pub mod file;
+pub mod keys;
 mod scopes;
 mod usage;
 
@@ -22,12 +23,10 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::keys::ApiKey;
 pub use self::scopes::Scopes;
 use self::usage::Usage;
 pub use self::usage::{Counted, Quota};
-use crate::api_keys::ApiKey;
-use crate::config::ConfigError;
-use crate::metrics::Metrics;
 
 /// How often `AUTH_FILE` is read again.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -99,13 +98,17 @@ pub struct Identities {
     /// Usage by principal name, kept across reloads.
     usages: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
     anonymous: Arc<Principal>,
-    metrics: Metrics,
+    /// `middleway_auth_reloads_total{outcome}`.
+    reloads: prometheus::IntCounterVec,
 }
 
 impl Identities {
-    /// The principals of `settings`; a file that cannot be read or does not
-    /// check is a configuration error naming `AUTH_FILE` (exit 2).
-    pub(crate) fn load(settings: AuthSettings, metrics: Metrics) -> Result<Arc<Self>, ConfigError> {
+    /// The principals of `settings`; `Err` says why `AUTH_FILE` cannot be
+    /// read or does not check (never quoting a key): exit 2 at startup.
+    pub(crate) fn load(
+        settings: AuthSettings,
+        reloads: prometheus::IntCounterVec,
+    ) -> Result<Arc<Self>, String> {
         let identities = Self {
             anonymous: Arc::new(Principal {
                 name: ANONYMOUS.into(),
@@ -118,14 +121,10 @@ impl Identities {
             directory: RwLock::default(),
             last_read: Mutex::default(),
             usages: Mutex::default(),
-            metrics,
+            reloads,
         };
-        let text = identities
-            .read_file()
-            .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
-        let directory = identities
-            .directory(text.as_deref())
-            .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
+        let text = identities.read_file()?;
+        let directory = identities.directory(text.as_deref())?;
         *identities
             .directory
             .write()
@@ -135,10 +134,7 @@ impl Identities {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = text;
         for outcome in ["loaded", "refused"] {
-            identities
-                .metrics
-                .auth_reloads
-                .with_label_values(&[outcome]);
+            identities.reloads.with_label_values(&[outcome]);
         }
         Ok(Arc::new(identities))
     }
@@ -193,10 +189,7 @@ impl Identities {
             }
         };
         *last_read = text;
-        self.metrics
-            .auth_reloads
-            .with_label_values(&[outcome])
-            .inc();
+        self.reloads.with_label_values(&[outcome]).inc();
     }
 
     fn read_file(&self) -> Result<Option<Vec<u8>>, String> {
@@ -259,5 +252,64 @@ impl Identities {
             max_waiters,
             usage,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identities(keys: &[&str], file: Option<&str>) -> Arc<Identities> {
+        let file = file.map(|text| {
+            let path = std::env::temp_dir().join(format!("mw-auth-{}.toml", rand::random::<u64>()));
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        let settings = AuthSettings {
+            api_keys: keys.iter().map(|k| ApiKey::parse(k).unwrap()).collect(),
+            file,
+            disabled: false,
+        };
+        Identities::load(settings, reloads()).unwrap()
+    }
+
+    fn reloads() -> prometheus::IntCounterVec {
+        prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["outcome"]).unwrap()
+    }
+
+    fn name(identities: &Identities, bearer: &str) -> Option<String> {
+        identities
+            .authenticate(Some(bearer))
+            .map(|p| p.name.to_string())
+    }
+
+    #[test]
+    fn any_active_key_authenticates_as_its_principal() {
+        let file = "[[principals]]\nname = \"billing\"\napi_keys = [\"cccccccccccccccc\"]\nscopes = [\"locks:b-*\"]\n";
+        let ids = identities(
+            &["old:aaaaaaaaaaaaaaaa", "new:bbbbbbbbbbbbbbbb"],
+            Some(file),
+        );
+        assert_eq!(name(&ids, "aaaaaaaaaaaaaaaa").as_deref(), Some("old"));
+        assert_eq!(name(&ids, "bbbbbbbbbbbbbbbb").as_deref(), Some("new"));
+        assert_eq!(name(&ids, "cccccccccccccccc").as_deref(), Some("billing"));
+        assert_eq!(name(&ids, "dddddddddddddddd"), None);
+        assert_eq!(name(&ids, ""), None);
+        assert!(ids.authenticate(None).is_none());
+        let old = ids.authenticate(Some("aaaaaaaaaaaaaaaa")).unwrap();
+        assert!(old.scopes.reads_transcriptions() && old.scopes.covers_lock("anything"));
+        let billing = ids.authenticate(Some("cccccccccccccccc")).unwrap();
+        assert!(!billing.scopes.reads_transcriptions() && billing.scopes.covers_lock("b-1"));
+    }
+
+    #[test]
+    fn with_auth_disabled_everyone_is_the_anonymous_principal() {
+        let settings = AuthSettings {
+            disabled: true,
+            ..AuthSettings::default()
+        };
+        let ids = Identities::load(settings, reloads()).unwrap();
+        assert_eq!(name(&ids, "whatever").as_deref(), Some("anonymous"));
+        assert!(ids.authenticate(None).is_some());
     }
 }

@@ -35,7 +35,9 @@ impl Scopes {
                         Some(prefix) if !prefix.contains('*') => NamePattern::Prefix(prefix.into()),
                         None if !pattern.contains('*') => NamePattern::Exact(pattern.into()),
                         _ => {
-                            return Err(format!("scope {entry:?}: `*` may only end a lock pattern"));
+                            return Err(format!(
+                                "scope {entry:?}: `*` may only end a lock pattern"
+                            ));
                         }
                     });
                 }

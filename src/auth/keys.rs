@@ -1,11 +1,10 @@
-//! Bearer API keys: `name:key` pairs, kept as SHA-256 digests and compared in
-//! constant time.
+//! Bearer API keys: `name:key` pairs (`API_KEYS`, `API_KEYS_FILE`), kept as
+//! SHA-256 digests only; [`super::Identities`] compares them in constant time.
 
 use std::fmt;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 /// Shortest key accepted: anything shorter is guessable.
 const MIN_KEY_LEN: usize = 16;
@@ -79,43 +78,11 @@ impl ApiKeys {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
-    /// The matching key's name. Hashing first makes every comparison the same
-    /// length, and every key is compared, so timing says nothing about which
-    /// key (or how much of it) matched.
-    pub fn authenticate(&self, presented: &str) -> Option<Arc<str>> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut found = None;
-        for key in self.0.iter() {
-            if bool::from(key.digest.ct_eq(&digest)) {
-                found = Some(Arc::clone(&key.name));
-            }
-        }
-        found
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn any_active_key_authenticates_by_name() {
-        let keys = ApiKeys::new(vec![
-            ApiKey::parse("old:aaaaaaaaaaaaaaaa").unwrap(),
-            ApiKey::parse("new:bbbbbbbbbbbbbbbb").unwrap(),
-        ]);
-        assert_eq!(
-            keys.authenticate("aaaaaaaaaaaaaaaa").as_deref(),
-            Some("old")
-        );
-        assert_eq!(
-            keys.authenticate("bbbbbbbbbbbbbbbb").as_deref(),
-            Some("new")
-        );
-        assert_eq!(keys.authenticate("cccccccccccccccc"), None);
-        assert_eq!(keys.authenticate(""), None);
-    }
 
     #[test]
     fn malformed_entries_are_refused() {
