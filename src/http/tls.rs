@@ -7,12 +7,13 @@
 //! comes two ways, both caught by reading the files again: cert-manager (or
 //! anyone) rewriting them in place, and Kubernetes swapping the `..data`
 //! symlink of a mounted Secret. A pair that does not load (unreadable, not
-//! PEM, key and certificate that do not match, not valid now) is refused:
+//! PEM, key and certificate that do not match, not valid now) twice in a row
+//! (once may be a pair caught half written) is refused:
 //! the last good pair stays, with a log line and
 //! `middleway_tls_certificate_reloads_total{outcome="refused"}`.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::ServerConfig;
@@ -31,6 +32,8 @@ pub(crate) const RELOAD_EVERY: Duration = Duration::from_secs(1);
 pub(crate) struct ListenerCertificate {
     files: ListenerTls,
     current: RwLock<Loaded>,
+    /// A changed pair that failed to load once: refused if it fails again.
+    suspect: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
     metrics: Metrics,
 }
 
@@ -59,6 +62,7 @@ impl ListenerCertificate {
         Ok(Arc::new(Self {
             files: files.clone(),
             current: RwLock::new(Loaded { key, pem }),
+            suspect: Mutex::default(),
             metrics,
         }))
     }
@@ -101,6 +105,15 @@ impl ListenerCertificate {
                 "loaded"
             }
             Err((variable, why)) => {
+                // Two files written one after the other (outside Kubernetes,
+                // whose Secret updates are atomic) can be read half written:
+                // a pair is refused only when the same bytes fail twice.
+                let mut suspect = self.suspect.lock().unwrap_or_else(|p| p.into_inner());
+                if suspect.as_ref() != Some(&pem) {
+                    *suspect = Some(pem);
+                    return;
+                }
+                *suspect = None;
                 // Remembered, so a broken pair is reported once, not every second.
                 self.current.write().unwrap_or_else(|p| p.into_inner()).pem = pem;
                 tracing::error!(

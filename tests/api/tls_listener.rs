@@ -228,6 +228,34 @@ async fn a_renewed_certificate_is_served_within_seconds_open_connections_carry_o
     );
     assert!(!logs.contains("PRIVATE KEY"), "no key material in the logs");
 
+    // Written in place one file after the other, as a tool outside
+    // Kubernetes does: a look between the two writes sees a certificate
+    // without its key, which must not count as a refused pair.
+    let refused_before = reloads(&metrics_text(&admin).await, "refused");
+    for _ in 0..3 {
+        let next = ca.issue_valid();
+        // The files are read once a second, and the last look just loaded
+        // the previous pair: 0.7 s on, the next look falls between the writes.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (cert, key) = (
+            secret.dir.join("..data/tls.crt"),
+            secret.dir.join("..data/tls.key"),
+        );
+        std::fs::write(&cert, &next.cert_pem).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&key, &next.key_pem).unwrap();
+        let served = eventually(Duration::from_secs(5), async || {
+            served_certificate(&ca, port).await == next.der
+        })
+        .await;
+        assert!(served, "a pair written in place is served once whole");
+    }
+    assert_eq!(
+        reloads(&metrics_text(&admin).await, "refused"),
+        refused_before,
+        "a pair caught half written is not a refusal"
+    );
+
     // Fixed: served again.
     let fixed = ca.issue_valid();
     secret.update(&fixed);
