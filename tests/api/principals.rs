@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually, failed_start,
-    metrics_text, mysql_admin_url, random_suffix, redis_command, redis_url, scratch_dir,
-    spawn_app_with,
+    MountedSecret, ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually,
+    failed_start, metrics_text, mysql_admin_url, random_suffix, redis_command, redis_url,
+    scratch_dir, spawn_app_with,
 };
 
 const BILLING: &str = "billing-key-0123456789";
@@ -34,36 +34,20 @@ scopes = ["locks:ingest-*", "locks:shared"]
 max_in_flight = 1
 "#;
 
-/// `AUTH_FILE` as a mounted Secret: `auth.toml` → `..data/auth.toml`, a new
-/// version written beside and `..data` swapped, as the kubelet does.
-struct MountedFile {
-    dir: PathBuf,
-    version: u32,
-}
+/// `AUTH_FILE` as a mounted Secret (the kubelet's symlink swap on change).
+struct MountedFile(MountedSecret);
 
 impl MountedFile {
     fn new(text: &str) -> Self {
-        let mut file = Self {
-            dir: scratch_dir("auth"),
-            version: 0,
-        };
-        file.write(text);
-        std::os::unix::fs::symlink("..data/auth.toml", file.path()).unwrap();
-        file
+        Self(MountedSecret::with_files(&[("auth.toml", text)]))
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.join("auth.toml")
+        self.0.file("auth.toml")
     }
 
     fn write(&mut self, text: &str) {
-        self.version += 1;
-        let version = format!("..v{}", self.version);
-        std::fs::create_dir(self.dir.join(&version)).unwrap();
-        std::fs::write(self.dir.join(&version).join("auth.toml"), text).unwrap();
-        let staged = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&version, &staged).unwrap();
-        std::fs::rename(&staged, self.dir.join("..data")).unwrap();
+        self.0.replace(&[("auth.toml", text)]);
     }
 }
 

@@ -7,6 +7,7 @@
 //! - `cluster`: a Redis Cluster of six nodes a test owns.
 //! - `contract`: assertions on problem+json answers.
 //! - `locks`: lock requests and arrangements the lock areas share.
+//! - `mounted`: a folder laid out as Kubernetes mounts a Secret (symlink swaps).
 //! - `proxy`: a TCP proxy whose server the test moves (a failover).
 //! - `redis`: looking at Redis from a test.
 //! - `storm`: many clients on several replicas, checked by a recorder.
@@ -19,6 +20,7 @@ mod app;
 mod cluster;
 mod contract;
 mod locks;
+mod mounted;
 mod proxy;
 mod redis;
 mod servers;
@@ -33,6 +35,7 @@ pub use app::*;
 pub use cluster::*;
 pub use contract::*;
 pub use locks::*;
+pub use mounted::*;
 pub use proxy::*;
 pub use redis::*;
 pub use servers::*;

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::pki_types::pem::PemObject;
 
 use super::scratch_dir;
 
@@ -181,50 +182,5 @@ impl TestCa {
             .map_or("", |(_, b)| b)
             .to_owned();
         Ok((status, body))
-    }
-}
-
-use rustls::pki_types::pem::PemObject;
-
-/// A folder laid out as Kubernetes mounts a Secret: `tls.crt` and `tls.key`
-/// are symlinks through `..data`, itself a symlink to a timestamped folder;
-/// an update writes a new folder and swaps `..data` atomically.
-pub struct MountedSecret {
-    pub dir: PathBuf,
-    generation: u32,
-}
-
-impl MountedSecret {
-    pub fn new(pair: &IssuedPair) -> Self {
-        let dir = scratch_dir("secret");
-        let mut secret = Self { dir, generation: 0 };
-        secret.update(pair);
-        for name in ["tls.crt", "tls.key"] {
-            std::os::unix::fs::symlink(format!("..data/{name}"), secret.dir.join(name))
-                .expect("file symlink");
-        }
-        secret
-    }
-
-    pub fn cert_file(&self) -> PathBuf {
-        self.dir.join("tls.crt")
-    }
-
-    pub fn key_file(&self) -> PathBuf {
-        self.dir.join("tls.key")
-    }
-
-    /// The kubelet's update: a new folder, then `..data` renamed over.
-    pub fn update(&mut self, pair: &IssuedPair) {
-        self.generation += 1;
-        let version = format!("..2026_12_04_{:02}", self.generation);
-        let folder = self.dir.join(&version);
-        std::fs::create_dir(&folder).expect("secret version folder");
-        std::fs::write(folder.join("tls.crt"), &pair.cert_pem).expect("tls.crt");
-        std::fs::write(folder.join("tls.key"), &pair.key_pem).expect("tls.key");
-        let staged = self.dir.join("..data_tmp");
-        let _ = std::fs::remove_file(&staged);
-        std::os::unix::fs::symlink(&version, &staged).expect("staged symlink");
-        std::fs::rename(&staged, self.dir.join("..data")).expect("swap ..data");
     }
 }
