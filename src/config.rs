@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::ConnectOptions;
 use sqlx::mysql::MySqlConnectOptions;
 
+use crate::auth::aws::StsEndpoints;
 use crate::auth::keys::{ApiKey, ApiKeys};
 
 /// A start-up configuration error: names the variable, never its value.
@@ -140,6 +141,10 @@ pub struct Settings {
     pub auth_file: Option<std::path::PathBuf>,
     /// Serve without keys (local use only).
     pub auth_disabled: bool,
+    /// `AUTH_AWS_AUDIENCE`: IAM tokens must be signed for it (IAM off without).
+    pub aws_audience: Option<String>,
+    /// `AUTH_AWS_STS_ENDPOINTS`; `None`: AWS's own STS endpoints.
+    pub aws_sts_endpoints: Option<StsEndpoints>,
     /// Pooled Redis connections for non-blocking commands.
     pub redis_pool_max: usize,
     /// HTTP worker threads (`WORKERS`); `None`: the cores the process may
@@ -213,6 +218,14 @@ impl Settings {
             keys.extend(parse_key_lines(text.lines(), "API_KEYS_FILE")?);
         }
         let auth_file: Option<std::path::PathBuf> = var("AUTH_FILE").map(|path| path.trim().into());
+        let aws_audience = var("AUTH_AWS_AUDIENCE").map(|a| a.trim().to_owned());
+        if aws_audience.as_deref() == Some("") {
+            return Err(ConfigError::new("AUTH_AWS_AUDIENCE", "is empty"));
+        }
+        let aws_sts_endpoints = var("AUTH_AWS_STS_ENDPOINTS")
+            .map(|list| StsEndpoints::parse(&list))
+            .transpose()
+            .map_err(|why| ConfigError::new("AUTH_AWS_STS_ENDPOINTS", why))?;
         if keys.is_empty() && auth_file.is_none() && !auth_disabled {
             return Err(ConfigError::new(
                 "API_KEYS",
@@ -247,6 +260,8 @@ impl Settings {
             api_keys: ApiKeys::new(keys),
             auth_file,
             auth_disabled,
+            aws_audience,
+            aws_sts_endpoints,
             redis_pool_max: parse_range(var("REDIS_POOL_MAX"), "REDIS_POOL_MAX", 32, 1, 1000)?,
             workers,
             lock_max_waiters: parse_range(

@@ -26,9 +26,9 @@ pub(crate) struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Requests answered 503 by the in-flight cap.
     pub requests_shed: IntCounter,
-    /// Authenticated requests by principal (configured names only; `key`
-    /// is the label's v1 name).
-    pub requests_by_key: IntCounterVec,
+    /// Protected requests by principal (configured names only, or
+    /// `unauthenticated`) and status.
+    pub requests_by_principal: IntCounterVec,
     /// MySQL connections open / idle / in use (set at scrape time).
     pub mysql_pool_connections: IntGaugeVec,
     /// Most MySQL connections allowed.
@@ -105,12 +105,12 @@ impl Metrics {
                 "Requests refused by the in-flight cap",
             )
             .expect("static"),
-            requests_by_key: IntCounterVec::new(
+            requests_by_principal: IntCounterVec::new(
                 Opts::new(
-                    "http_requests_by_key_total",
-                    "Authenticated requests by API key name",
+                    "http_requests_by_principal_total",
+                    "Requests to /transcriptions and /locks by principal (configured names, or \"unauthenticated\") and status",
                 ),
-                &["key"],
+                &["principal", "status"],
             )
             .expect("static"),
             mysql_pool_connections: IntGaugeVec::new(
@@ -261,7 +261,7 @@ impl Metrics {
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.requests_in_flight.clone()),
             Box::new(metrics.requests_shed.clone()),
-            Box::new(metrics.requests_by_key.clone()),
+            Box::new(metrics.requests_by_principal.clone()),
             Box::new(metrics.mysql_pool_connections.clone()),
             Box::new(metrics.mysql_pool_max.clone()),
             Box::new(metrics.mysql_acquire_wait.clone()),

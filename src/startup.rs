@@ -137,6 +137,8 @@ impl Application {
                 api_keys: settings.api_keys.keys().to_vec(),
                 file: settings.auth_file.clone(),
                 disabled: settings.auth_disabled,
+                aws_audience: settings.aws_audience.clone(),
+                aws_sts_endpoints: settings.aws_sts_endpoints.clone(),
             },
             metrics.auth_reloads.clone(),
         )

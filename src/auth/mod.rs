@@ -9,11 +9,20 @@
 //! changes on disk; a file that does not parse or check is refused (log line,
 //! `middleway_auth_reloads_total{outcome="refused"}`) and the last good one
 //! stays. Only SHA-256 digests of keys are kept, compared in constant time.
+//!
+//! A bearer is an API key, a JWT of a configured OIDC issuer ([`oidc`]) or
+//! an AWS IAM token ([`aws`]); verified tokens are remembered until they
+//! end ([`verified`]), so only a token's first request pays for a
+//! signature check or an STS call.
 
+pub mod aws;
 pub mod file;
 pub mod keys;
+mod oidc;
+mod outbound;
 mod scopes;
 mod usage;
+mod verified;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,10 +32,19 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use self::aws::{AwsVerifier, StsEndpoints};
+use self::file::{IssuerEntry, SubjectMatch};
 use self::keys::ApiKey;
+use self::oidc::OidcVerifier;
+use self::outbound::Outbound;
 pub use self::scopes::Scopes;
 use self::usage::Usage;
 pub use self::usage::{Counted, Quota};
+pub use self::verified::Refusal;
+use self::verified::{Identity, VerifiedTokens};
+
+/// Longest bearer looked at: anything longer is refused unread.
+const MAX_BEARER: usize = 8 * 1024;
 
 /// How often `AUTH_FILE` is read again.
 const RELOAD_EVERY: Duration = Duration::from_secs(1);
@@ -57,13 +75,28 @@ impl Principal {
     }
 }
 
-/// Who is known now: key digests to principals.
+/// Who is known now: key digests, OIDC subjects and IAM ARNs to principals.
 #[derive(Default)]
 struct Directory {
     keys: Vec<([u8; 32], Arc<Principal>)>,
+    issuers: Vec<IssuerEntry>,
+    subjects: Vec<(SubjectMatch, Arc<Principal>)>,
+    arns: HashMap<String, Arc<Principal>>,
 }
 
 impl Directory {
+    /// The principal a verified token speaks for.
+    fn principal_of(&self, identity: &Identity) -> Option<Arc<Principal>> {
+        match identity {
+            Identity::Oidc { issuer, subject } => self
+                .subjects
+                .iter()
+                .find(|(pattern, _)| pattern.matches(issuer, subject))
+                .map(|(_, principal)| Arc::clone(principal)),
+            Identity::Aws { arn } => self.arns.get(&**arn).cloned(),
+        }
+    }
+
     /// Every key is compared, and all in constant time: timing says nothing
     /// about which key (or how much of one) matched.
     fn authenticate(&self, presented: &str) -> Option<Arc<Principal>> {
@@ -87,6 +120,10 @@ pub struct AuthSettings {
     pub file: Option<PathBuf>,
     /// `AUTH_DISABLED`: every request is the anonymous principal.
     pub disabled: bool,
+    /// `AUTH_AWS_AUDIENCE`: IAM tokens are accepted when set.
+    pub aws_audience: Option<String>,
+    /// `AUTH_AWS_STS_ENDPOINTS`.
+    pub aws_sts_endpoints: Option<StsEndpoints>,
 }
 
 /// The principals in force, and how they are kept up to date.
@@ -100,6 +137,10 @@ pub struct Identities {
     anonymous: Arc<Principal>,
     /// `middleway_auth_reloads_total{outcome}`.
     reloads: prometheus::IntCounterVec,
+    oidc: OidcVerifier,
+    /// `None` without `AUTH_AWS_AUDIENCE`.
+    aws: Option<AwsVerifier>,
+    verified: VerifiedTokens,
 }
 
 impl Identities {
@@ -109,7 +150,18 @@ impl Identities {
         settings: AuthSettings,
         reloads: prometheus::IntCounterVec,
     ) -> Result<Arc<Self>, String> {
+        let outbound = Outbound::new();
+        let aws = settings.aws_audience.clone().map(|audience| {
+            let endpoints = settings
+                .aws_sts_endpoints
+                .clone()
+                .unwrap_or(StsEndpoints::Aws);
+            AwsVerifier::new(outbound.clone(), audience, endpoints)
+        });
         let identities = Self {
+            oidc: OidcVerifier::new(outbound),
+            aws,
+            verified: VerifiedTokens::default(),
             anonymous: Arc::new(Principal {
                 name: ANONYMOUS.into(),
                 scopes: Scopes::all(),
@@ -139,13 +191,41 @@ impl Identities {
         Ok(Arc::new(identities))
     }
 
-    /// The principal `bearer` authenticates as, if any.
-    pub fn authenticate(&self, bearer: Option<&str>) -> Option<Arc<Principal>> {
+    /// The principal `bearer` authenticates as, or why none.
+    pub async fn authenticate(&self, bearer: Option<&str>) -> Result<Arc<Principal>, Refusal> {
         if self.settings.disabled {
-            return Some(Arc::clone(&self.anonymous));
+            return Ok(Arc::clone(&self.anonymous));
+        }
+        let bearer = bearer.ok_or(Refusal::Unauthorized(
+            "a valid `Authorization: Bearer <credential>` header is required",
+        ))?;
+        if bearer.len() > MAX_BEARER {
+            return Err(Refusal::Unauthorized("the credential is longer than 8 KiB"));
         }
         let directory = Arc::clone(&self.directory.read().unwrap_or_else(|p| p.into_inner()));
-        directory.authenticate(bearer?)
+        if let Some(principal) = directory.authenticate(bearer) {
+            return Ok(principal);
+        }
+        let (identity, _) = if let Some(token) = bearer.strip_prefix(aws::PREFIX) {
+            let aws = self.aws.as_ref().ok_or(Refusal::Unauthorized(
+                "AWS IAM authentication is not enabled (AUTH_AWS_AUDIENCE)",
+            ))?;
+            self.verified
+                .get_or_verify(bearer, || aws.verify(token))
+                .await?
+        } else if oidc::looks_like_jwt(bearer) {
+            if directory.issuers.is_empty() {
+                return Err(Refusal::Unauthorized("no OIDC issuer is configured"));
+            }
+            self.verified
+                .get_or_verify(bearer, || self.oidc.verify(bearer, &directory.issuers))
+                .await?
+        } else {
+            return Err(Refusal::Unauthorized("unknown credential"));
+        };
+        directory
+            .principal_of(&identity)
+            .ok_or(Refusal::Unauthorized("no principal is configured for this identity"))
     }
 
     /// Reads `AUTH_FILE` again every [`RELOAD_EVERY`] and on SIGHUP, and
@@ -180,6 +260,8 @@ impl Identities {
         let outcome = match self.directory(text.as_deref()) {
             Ok(directory) => {
                 *self.directory.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(directory);
+                // Issuers or audiences may have changed: tokens are verified anew.
+                self.verified.clear();
                 tracing::info!("AUTH_FILE reloaded");
                 "loaded"
             }
@@ -210,7 +292,8 @@ impl Identities {
         }
         if let Some(bytes) = file {
             let text = std::str::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
-            for entry in file::parse(text)? {
+            let file = file::parse(text, self.aws.is_some())?;
+            for entry in file.principals {
                 let principal = self.principal(
                     &entry.name,
                     entry.scopes,
@@ -223,7 +306,14 @@ impl Identities {
                         Arc::clone(&principal),
                     ));
                 }
+                if let Some(subject) = entry.oidc {
+                    directory.subjects.push((subject, Arc::clone(&principal)));
+                }
+                if let Some(arn) = entry.aws_arn {
+                    directory.arns.insert(arn, Arc::clone(&principal));
+                }
             }
+            directory.issuers = file.issuers;
         }
         Ok(directory)
     }
@@ -268,7 +358,7 @@ mod tests {
         let settings = AuthSettings {
             api_keys: keys.iter().map(|k| ApiKey::parse(k).unwrap()).collect(),
             file,
-            disabled: false,
+            ..AuthSettings::default()
         };
         Identities::load(settings, reloads()).unwrap()
     }
@@ -277,39 +367,46 @@ mod tests {
         prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["outcome"]).unwrap()
     }
 
-    fn name(identities: &Identities, bearer: &str) -> Option<String> {
+    async fn name(identities: &Identities, bearer: &str) -> Option<String> {
         identities
             .authenticate(Some(bearer))
+            .await
+            .ok()
             .map(|p| p.name.to_string())
     }
 
-    #[test]
-    fn any_active_key_authenticates_as_its_principal() {
+    #[tokio::test]
+    async fn any_active_key_authenticates_as_its_principal() {
         let file = "[[principals]]\nname = \"billing\"\napi_keys = [\"cccccccccccccccc\"]\nscopes = [\"locks:b-*\"]\n";
         let ids = identities(
             &["old:aaaaaaaaaaaaaaaa", "new:bbbbbbbbbbbbbbbb"],
             Some(file),
         );
-        assert_eq!(name(&ids, "aaaaaaaaaaaaaaaa").as_deref(), Some("old"));
-        assert_eq!(name(&ids, "bbbbbbbbbbbbbbbb").as_deref(), Some("new"));
-        assert_eq!(name(&ids, "cccccccccccccccc").as_deref(), Some("billing"));
-        assert_eq!(name(&ids, "dddddddddddddddd"), None);
-        assert_eq!(name(&ids, ""), None);
-        assert!(ids.authenticate(None).is_none());
-        let old = ids.authenticate(Some("aaaaaaaaaaaaaaaa")).unwrap();
+        assert_eq!(name(&ids, "aaaaaaaaaaaaaaaa").await.as_deref(), Some("old"));
+        assert_eq!(name(&ids, "bbbbbbbbbbbbbbbb").await.as_deref(), Some("new"));
+        assert_eq!(name(&ids, "cccccccccccccccc").await.as_deref(), Some("billing"));
+        assert_eq!(name(&ids, "dddddddddddddddd").await, None);
+        assert_eq!(name(&ids, "").await, None);
+        assert!(ids.authenticate(None).await.is_err());
+        let long = "k".repeat(MAX_BEARER + 1);
+        assert_eq!(
+            ids.authenticate(Some(&long)).await.unwrap_err(),
+            Refusal::Unauthorized("the credential is longer than 8 KiB")
+        );
+        let old = ids.authenticate(Some("aaaaaaaaaaaaaaaa")).await.unwrap();
         assert!(old.scopes.reads_transcriptions() && old.scopes.covers_lock("anything"));
-        let billing = ids.authenticate(Some("cccccccccccccccc")).unwrap();
+        let billing = ids.authenticate(Some("cccccccccccccccc")).await.unwrap();
         assert!(!billing.scopes.reads_transcriptions() && billing.scopes.covers_lock("b-1"));
     }
 
-    #[test]
-    fn with_auth_disabled_everyone_is_the_anonymous_principal() {
+    #[tokio::test]
+    async fn with_auth_disabled_everyone_is_the_anonymous_principal() {
         let settings = AuthSettings {
             disabled: true,
             ..AuthSettings::default()
         };
         let ids = Identities::load(settings, reloads()).unwrap();
-        assert_eq!(name(&ids, "whatever").as_deref(), Some("anonymous"));
-        assert!(ids.authenticate(None).is_some());
+        assert_eq!(name(&ids, "whatever").await.as_deref(), Some("anonymous"));
+        assert!(ids.authenticate(None).await.is_ok());
     }
 }

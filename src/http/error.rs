@@ -41,7 +41,7 @@ pub(crate) enum ApiError {
     InvalidRequest(FieldError),
     /// 401: missing or wrong bearer key.
     #[error("unauthorized")]
-    Unauthorized,
+    Unauthorized(&'static str),
     /// 403: the principal's scopes do not cover this request.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
@@ -99,11 +99,11 @@ impl ApiError {
                 "Invalid request",
                 format!("{}: {}", e.field, e.message).into(),
             ),
-            Self::Unauthorized => (
+            Self::Unauthorized(detail) => (
                 S::UNAUTHORIZED,
                 "unauthorized",
                 "Unauthorized",
-                "a valid `Authorization: Bearer <key>` header is required".into(),
+                (*detail).into(),
             ),
             Self::Forbidden(detail) => (S::FORBIDDEN, "forbidden", "Forbidden", (*detail).into()),
             Self::QuotaExceeded(detail) => (
@@ -168,7 +168,7 @@ impl ApiError {
             ),
         };
         let header = match self {
-            Self::Unauthorized => Some((header::WWW_AUTHENTICATE, "Bearer".into())),
+            Self::Unauthorized(_) => Some((header::WWW_AUTHENTICATE, "Bearer".into())),
             Self::MethodNotAllowed { allow } => Some((header::ALLOW, (*allow).into())),
             // One second: long enough for a pool or a lock holder to move on,
             // short enough that a function's retry loop stays responsive.

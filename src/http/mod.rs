@@ -112,12 +112,11 @@ pub(crate) fn public_server(
                     record_peer_socket($socket(io), $encrypted, data)
                 })
                 .expect(fn_service(move |request: Request| {
-                    let allowed = may_continue(&auth, request.headers());
+                    let auth = auth.clone();
                     async move {
-                        if allowed {
-                            Ok(request)
-                        } else {
-                            Err(actix_web::Error::from(ApiError::Unauthorized))
+                        match may_continue(&auth, request.headers()).await {
+                            Ok(()) => Ok(request),
+                            Err(refused) => Err(actix_web::Error::from(refused)),
                         }
                     }
                 }))

@@ -12,7 +12,7 @@ use actix_web::http::header::{AUTHORIZATION, HeaderMap};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 
-use crate::auth::{Identities, Principal, Quota};
+use crate::auth::{Identities, Principal, Quota, Refusal};
 use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -39,8 +39,20 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether a request that asks `Expect: 100-continue` may send its body:
 /// only with a valid credential, so a body is never invited and then refused.
-pub(crate) fn may_continue(identities: &Identities, headers: &HeaderMap) -> bool {
-    identities.authenticate(bearer_token(headers)).is_some()
+pub(crate) async fn may_continue(identities: &Identities, headers: &HeaderMap) -> Result<(), ApiError> {
+    identities
+        .authenticate(bearer_token(headers))
+        .await
+        .map(drop)
+        .map_err(refusal_error)
+}
+
+/// 401 for a wrong credential; 503 when its issuer or STS cannot be asked.
+fn refusal_error(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Unauthorized(why) => ApiError::Unauthorized(why),
+        Refusal::Unavailable(why) => ApiError::Unavailable(why),
+    }
 }
 
 /// 401 without a known credential; 429 past the principal's `max_in_flight`
@@ -53,32 +65,41 @@ pub(crate) async fn require_api_key(
         req.app_data::<web::Data<AuthPolicy>>().cloned(),
         req.app_data::<web::Data<Metrics>>().cloned(),
     ) else {
-        return Ok(req.error_response(ApiError::Unauthorized));
+        return Ok(req.error_response(ApiError::Unauthorized("authentication is not configured")));
     };
-    let Some(principal) = identities.authenticate(bearer_token(req.headers())) else {
-        metrics
-            .requests_by_key
-            .with_label_values(&[UNAUTHENTICATED])
-            .inc();
-        return Ok(req.error_response(ApiError::Unauthorized));
+    let principal = match identities.authenticate(bearer_token(req.headers())).await {
+        Ok(principal) => principal,
+        Err(refusal) => {
+            let response = req.error_response(refusal_error(refusal));
+            count(&metrics, UNAUTHENTICATED, &response);
+            return Ok(response);
+        }
     };
-    metrics
-        .requests_by_key
-        .with_label_values(&[&*principal.name])
-        .inc();
     let _in_flight = match principal.enter(Quota::InFlight) {
         Ok(counted) => counted,
         Err(_) => {
             refused(&metrics, &principal, "quota");
-            return Ok(req.error_response(ApiError::QuotaExceeded(
+            let response = req.error_response(ApiError::QuotaExceeded(
                 "this caller already has its max_in_flight requests in progress",
-            )));
+            ));
+            count(&metrics, &principal.name, &response);
+            return Ok(response);
         }
     };
-    req.extensions_mut()
-        .insert(KeyName(Arc::clone(&principal.name)));
+    let name = Arc::clone(&principal.name);
+    req.extensions_mut().insert(KeyName(Arc::clone(&name)));
     req.extensions_mut().insert(Caller(principal));
-    Ok(next.call(req).await?.map_into_boxed_body())
+    let response = next.call(req).await?.map_into_boxed_body();
+    count(&metrics, &name, &response);
+    Ok(response)
+}
+
+/// `middleway_http_requests_by_principal_total{principal, status}`.
+fn count<B>(metrics: &Metrics, principal: &str, response: &ServiceResponse<B>) {
+    metrics
+        .requests_by_principal
+        .with_label_values(&[principal, response.status().as_str()])
+        .inc();
 }
 
 /// 403 unless the principal's scopes include `transcriptions:read`.
