@@ -51,7 +51,8 @@ pub struct OidcVerifier {
 
 #[derive(Deserialize)]
 struct Claims {
-    sub: String,
+    /// Optional here so its absence gets its own 401 detail.
+    sub: Option<String>,
     exp: u64,
 }
 
@@ -97,11 +98,14 @@ impl OidcVerifier {
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| Refusal::Unauthorized(why_refused(e.kind())))?
             .claims;
+        let subject = claims.sub.ok_or(Refusal::Unauthorized(why_refused(
+            &ErrorKind::MissingRequiredClaim("sub".into()),
+        )))?;
         let until = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
         Ok((
             Identity::Oidc {
                 issuer: entry.issuer.as_str().into(),
-                subject: claims.sub.into(),
+                subject: subject.into(),
             },
             until,
         ))

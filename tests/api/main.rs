@@ -12,6 +12,7 @@ mod lock_hangups;
 mod lock_replicas;
 mod locks;
 mod observability;
+mod oidc;
 mod principals;
 mod production;
 mod production_backends;

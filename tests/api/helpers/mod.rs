@@ -19,6 +19,7 @@
 mod app;
 mod cluster;
 mod contract;
+mod issuer;
 mod locks;
 mod mounted;
 mod proxy;
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant};
 pub use app::*;
 pub use cluster::*;
 pub use contract::*;
+pub use issuer::*;
 pub use locks::*;
 pub use mounted::*;
 pub use proxy::*;
