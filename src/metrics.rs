@@ -63,6 +63,8 @@ pub(crate) struct Metrics {
     pub lock_waiters: IntGauge,
     /// Changed `AUTH_FILE`s, by outcome (loaded, refused).
     pub auth_reloads: IntCounterVec,
+    /// JWT signature checks and STS calls (cache hits excluded), by method and outcome.
+    pub auth_verifications: IntCounterVec,
     /// Requests refused by a principal's scopes (403) or share (429), by principal and reason.
     pub auth_refusals: IntCounterVec,
     /// Reloads of the listener's certificate pair, by outcome (loaded, refused).
@@ -199,6 +201,14 @@ impl Metrics {
                 .expect("static"),
             lock_waiters: IntGauge::new("lock_waiters", "Lock requests waiting now")
                 .expect("static"),
+            auth_verifications: IntCounterVec::new(
+                Opts::new(
+                    "auth_verifications_total",
+                    "Tokens verified (JWT signature checks, STS calls; cached tokens are not counted), by method (oidc, aws) and outcome (verified, unauthorized, unavailable)",
+                ),
+                &["method", "outcome"],
+            )
+            .expect("static"),
             auth_reloads: IntCounterVec::new(
                 Opts::new(
                     "auth_reloads_total",
@@ -281,6 +291,7 @@ impl Metrics {
             Box::new(metrics.lock_waiters.clone()),
             Box::new(metrics.lock_request_duration.clone()),
             Box::new(metrics.auth_reloads.clone()),
+            Box::new(metrics.auth_verifications.clone()),
             Box::new(metrics.auth_refusals.clone()),
             Box::new(metrics.tls_reloads.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),

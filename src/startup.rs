@@ -9,7 +9,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::web;
 use tokio::sync::watch;
 
-use crate::auth::{AuthSettings, Identities};
+use crate::auth::{AuthCounters, AuthSettings, Identities};
 use crate::config::{ConfigError, Settings};
 use crate::fleet::FleetBudget;
 use crate::http::admin::AdminState;
@@ -140,7 +140,10 @@ impl Application {
                 aws_audience: settings.aws_audience.clone(),
                 aws_sts_endpoints: settings.aws_sts_endpoints.clone(),
             },
-            metrics.auth_reloads.clone(),
+            AuthCounters {
+                reloads: metrics.auth_reloads.clone(),
+                verifications: metrics.auth_verifications.clone(),
+            },
         )
         .map_err(|why| ConfigError::new("AUTH_FILE", why))?;
         let identity_reloads = AbortOnDrop(tokio::spawn(Arc::clone(&identities).keep_fresh()));

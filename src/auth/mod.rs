@@ -126,6 +126,15 @@ pub struct AuthSettings {
     pub aws_sts_endpoints: Option<StsEndpoints>,
 }
 
+/// The counters authentication keeps (registered by the caller).
+#[derive(Clone)]
+pub struct AuthCounters {
+    /// `middleway_auth_reloads_total{outcome}`.
+    pub reloads: prometheus::IntCounterVec,
+    /// `middleway_auth_verifications_total{method, outcome}`.
+    pub verifications: prometheus::IntCounterVec,
+}
+
 /// The principals in force, and how they are kept up to date.
 pub struct Identities {
     settings: AuthSettings,
@@ -135,8 +144,7 @@ pub struct Identities {
     /// Usage by principal name, kept across reloads.
     usages: Mutex<HashMap<Arc<str>, Arc<Usage>>>,
     anonymous: Arc<Principal>,
-    /// `middleway_auth_reloads_total{outcome}`.
-    reloads: prometheus::IntCounterVec,
+    counters: AuthCounters,
     oidc: OidcVerifier,
     /// `None` without `AUTH_AWS_AUDIENCE`.
     aws: Option<AwsVerifier>,
@@ -148,7 +156,7 @@ impl Identities {
     /// read or does not check (never quoting a key): exit 2 at startup.
     pub(crate) fn load(
         settings: AuthSettings,
-        reloads: prometheus::IntCounterVec,
+        counters: AuthCounters,
     ) -> Result<Arc<Self>, String> {
         let outbound = Outbound::new();
         let aws = settings.aws_audience.clone().map(|audience| {
@@ -173,7 +181,7 @@ impl Identities {
             directory: RwLock::default(),
             last_read: Mutex::default(),
             usages: Mutex::default(),
-            reloads,
+            counters,
         };
         let text = identities.read_file()?;
         let directory = identities.directory(text.as_deref())?;
@@ -186,7 +194,15 @@ impl Identities {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = text;
         for outcome in ["loaded", "refused"] {
-            identities.reloads.with_label_values(&[outcome]);
+            identities.counters.reloads.with_label_values(&[outcome]);
+        }
+        for method in ["oidc", "aws"] {
+            for outcome in ["verified", "unauthorized", "unavailable"] {
+                identities
+                    .counters
+                    .verifications
+                    .with_label_values(&[method, outcome]);
+            }
         }
         Ok(Arc::new(identities))
     }
@@ -211,14 +227,16 @@ impl Identities {
                 "AWS IAM authentication is not enabled (AUTH_AWS_AUDIENCE)",
             ))?;
             self.verified
-                .get_or_verify(bearer, || aws.verify(token))
+                .get_or_verify(bearer, || self.counted("aws", aws.verify(token)))
                 .await?
         } else if oidc::looks_like_jwt(bearer) {
             if directory.issuers.is_empty() {
                 return Err(Refusal::Unauthorized("no OIDC issuer is configured"));
             }
             self.verified
-                .get_or_verify(bearer, || self.oidc.verify(bearer, &directory.issuers))
+                .get_or_verify(bearer, || {
+                    self.counted("oidc", self.oidc.verify(bearer, &directory.issuers))
+                })
                 .await?
         } else {
             return Err(Refusal::Unauthorized("unknown credential"));
@@ -226,6 +244,25 @@ impl Identities {
         directory
             .principal_of(&identity)
             .ok_or(Refusal::Unauthorized("no principal is configured for this identity"))
+    }
+
+    /// Runs one verification, counting its outcome.
+    async fn counted(
+        &self,
+        method: &str,
+        verification: impl std::future::Future<Output = verified::Verified>,
+    ) -> verified::Verified {
+        let verified = verification.await;
+        let outcome = match &verified {
+            Ok(_) => "verified",
+            Err(Refusal::Unauthorized(_)) => "unauthorized",
+            Err(Refusal::Unavailable(_)) => "unavailable",
+        };
+        self.counters
+            .verifications
+            .with_label_values(&[method, outcome])
+            .inc();
+        verified
     }
 
     /// Reads `AUTH_FILE` again every [`RELOAD_EVERY`] and on SIGHUP, and
@@ -271,7 +308,7 @@ impl Identities {
             }
         };
         *last_read = text;
-        self.reloads.with_label_values(&[outcome]).inc();
+        self.counters.reloads.with_label_values(&[outcome]).inc();
     }
 
     fn read_file(&self) -> Result<Option<Vec<u8>>, String> {
@@ -360,11 +397,17 @@ mod tests {
             file,
             ..AuthSettings::default()
         };
-        Identities::load(settings, reloads()).unwrap()
+        Identities::load(settings, counters()).unwrap()
     }
 
-    fn reloads() -> prometheus::IntCounterVec {
-        prometheus::IntCounterVec::new(prometheus::Opts::new("r", "r"), &["outcome"]).unwrap()
+    fn counters() -> AuthCounters {
+        let vec = |labels: &[&str]| {
+            prometheus::IntCounterVec::new(prometheus::Opts::new("c", "c"), labels).unwrap()
+        };
+        AuthCounters {
+            reloads: vec(&["outcome"]),
+            verifications: vec(&["method", "outcome"]),
+        }
     }
 
     async fn name(identities: &Identities, bearer: &str) -> Option<String> {
@@ -405,7 +448,7 @@ mod tests {
             disabled: true,
             ..AuthSettings::default()
         };
-        let ids = Identities::load(settings, reloads()).unwrap();
+        let ids = Identities::load(settings, counters()).unwrap();
         assert_eq!(name(&ids, "whatever").await.as_deref(), Some("anonymous"));
         assert!(ids.authenticate(None).await.is_ok());
     }

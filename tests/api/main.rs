@@ -1,5 +1,6 @@
 //! One integration test binary (STYLE.md): a file per area.
 
+mod aws_iam;
 mod edge;
 mod fleet_budget;
 mod health;

@@ -176,7 +176,7 @@ async fn scopes_decide_per_principal_and_a_refused_request_touches_nothing() {
     assert!(
         counter(
             &scrape,
-            r#"middleway_http_requests_by_key_total{key="unauthenticated"}"#
+            r#"middleway_http_requests_by_principal_total{principal="unauthenticated",status="401"}"#
         ) >= 1
     );
     assert!(

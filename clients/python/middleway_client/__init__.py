@@ -3,6 +3,7 @@
 from ._model import Batch, Lock
 from .aio import AsyncMiddleway
 from .client import Middleway
+from .credentials import AwsIam, CredentialProvider, OidcTokenFile, StaticKey
 from .errors import (
     DeadlineExceeded,
     InvalidRequest,
@@ -16,6 +17,10 @@ from .errors import (
 )
 
 __all__ = [
+    "AwsIam",
+    "CredentialProvider",
+    "OidcTokenFile",
+    "StaticKey",
     "AsyncMiddleway", "Batch", "DeadlineExceeded", "InvalidRequest", "Lock", "LockLost", "LockTimeout", "Middleway",
     "MiddlewayError", "NotHeld", "PermitsMismatch", "Unauthorized", "Unavailable",
 ]

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Union
 
 import httpx
 
+from .credentials import CredentialProvider, provider
 from .errors import DeadlineExceeded, MiddlewayError, Unavailable, error_for
 
 #: Margin kept between a wait and the caller's own end, in seconds.
@@ -24,7 +25,8 @@ NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 @dataclass
 class Settings:
     url: str
-    key: str
+    #: An API key, or a credential provider (``OidcTokenFile``, ``AwsIam``).
+    key: Union[str, CredentialProvider] = field(repr=False)
     #: Longest one HTTP attempt may take, acquire waits aside.
     timeout_s: float = 2.0
     #: Retries after the first attempt, on 503 and connection errors.
@@ -44,10 +46,12 @@ class Settings:
     #: Told before each retry: ``on_retry(attempt, delay_s, status_or_exception)``.
     on_retry: Optional[Callable[[int, float, Union[int, BaseException]], None]] = None
     headers: Dict[str, str] = field(init=False)
+    credentials: CredentialProvider = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
-        self.headers = {"authorization": f"Bearer {self.key}", "accept": "application/json"}
+        self.credentials = provider(self.key)
+        self.headers = {"accept": "application/json"}
 
     def deadline(self, call_deadline_s: Optional[float] = None, context: Any = None) -> float:
         """The monotonic instant a call must be done by: its own deadline, the
@@ -67,6 +71,7 @@ class Settings:
 
     def request_headers(self) -> Dict[str, str]:
         headers = dict(self.headers)
+        headers["authorization"] = f"Bearer {self.credentials.bearer()}"
         traceparent = self.traceparent() if self.traceparent else None
         if traceparent:
             headers["traceparent"] = traceparent

@@ -26,6 +26,7 @@ mod proxy;
 mod redis;
 mod servers;
 mod storm;
+mod sts;
 mod tls;
 
 use std::net::{SocketAddr, TcpListener};
@@ -42,6 +43,7 @@ pub use proxy::*;
 pub use redis::*;
 pub use servers::*;
 pub use storm::*;
+pub use sts::*;
 pub use tls::*;
 
 /// A short random lowercase suffix for database names and key prefixes.
