@@ -32,6 +32,8 @@ run: services
 
 test: services
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+	@# moto's STS server: the AWS IAM tests verify tokens against it.
+	@command -v moto_server >/dev/null 2>&1 && python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q 'moto[server]>=5'
 	@$(ENV); ulimit -n 65536 2>/dev/null || true; cargo nextest run --workspace --all-targets --no-fail-fast
 	@clients/test.sh
 

@@ -28,6 +28,7 @@ export REDIS_URL MW_MYSQL_ARGS="-N -h127.0.0.1 -P13306 -umiddleway -pmiddleway $
 )
 (
   cd clients/python
-  python3 -c 'import httpx, pytest' 2>/dev/null || python3 -m pip install -q 'httpx>=0.27,<1' 'pytest>=8' 'pytest-asyncio>=0.23'
+  python3 -c 'import httpx, pytest, pytest_asyncio, botocore, boto3, joserfc' 2>/dev/null && command -v moto_server >/dev/null ||
+    python3 -m pip install -q 'httpx>=0.27,<1' 'pytest>=8' 'pytest-asyncio>=0.23' 'botocore>=1.31' 'moto[server]>=5' 'joserfc>=1'
   python3 -m pytest -q -p no:cacheprovider tests
 )
