@@ -190,7 +190,9 @@ impl AwsVerifier {
         if let Some(host) = header("host")
             && Some(host) != host_of(&url).as_deref()
         {
-            return Err(Refusal::Unauthorized("the IAM token's host is not its URL's"));
+            return Err(Refusal::Unauthorized(
+                "the IAM token's host is not its URL's",
+            ));
         }
         let signed_at = header("x-amz-date")
             .and_then(parse_amz_date)
@@ -253,7 +255,9 @@ fn host_of(url: &Url) -> Option<String> {
 /// `YYYYMMDDTHHMMSSZ`.
 fn parse_amz_date(text: &str) -> Option<SystemTime> {
     let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-    let at = time::PrimitiveDateTime::parse(text, format).ok()?.assume_utc();
+    let at = time::PrimitiveDateTime::parse(text, format)
+        .ok()?
+        .assume_utc();
     let seconds = u64::try_from(at.unix_timestamp()).ok()?;
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(seconds))
 }
@@ -325,29 +329,65 @@ mod tests {
             ("!!!".into(), "malformed"),
             (URL_SAFE_NO_PAD.encode("[]"), "malformed"),
             (token(|r| r["method"] = "GET".into()), "not POST"),
-            (token(|r| r["url"] = "https://attacker.example/".into()), "endpoint"),
-            (token(|r| r["url"] = "https://sts.amazonaws.com.attacker.example/".into()), "endpoint"),
-            (token(|r| r["url"] = "http://sts.us-east-1.amazonaws.com/".into()), "endpoint"),
-            (token(|r| r["url"] = "https://sts.us-east-1.amazonaws.com/?Action=x".into()), "endpoint"),
-            (token(|r| r["body"] = "Action=AssumeRole&Version=2011-06-15".into()), "body"),
-            (token(|r| r["headers"]["x-middleway-audience"] = "another-service".into()), "wrong audience"),
             (
-                token(|r| r["headers"]["Authorization"] = "AWS4-HMAC-SHA256 Credential=AKIA/20261204/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date, Signature=00".into()),
+                token(|r| r["url"] = "https://attacker.example/".into()),
+                "endpoint",
+            ),
+            (
+                token(|r| r["url"] = "https://sts.amazonaws.com.attacker.example/".into()),
+                "endpoint",
+            ),
+            (
+                token(|r| r["url"] = "http://sts.us-east-1.amazonaws.com/".into()),
+                "endpoint",
+            ),
+            (
+                token(|r| r["url"] = "https://sts.us-east-1.amazonaws.com/?Action=x".into()),
+                "endpoint",
+            ),
+            (
+                token(|r| r["body"] = "Action=AssumeRole&Version=2011-06-15".into()),
+                "body",
+            ),
+            (
+                token(|r| r["headers"]["x-middleway-audience"] = "another-service".into()),
+                "wrong audience",
+            ),
+            (
+                token(|r| {
+                    r["headers"]["Authorization"] = "AWS4-HMAC-SHA256 Credential=AKIA/20261204/us-east-1/sts/aws4_request, SignedHeaders=host;x-amz-date, Signature=00".into()
+                }),
                 "does not cover",
             ),
             (
-                token(|r| r["headers"]["Authorization"] = "AWS4-HMAC-SHA256 Credential=AKIA/20261204/us-east-1/s3/aws4_request, SignedHeaders=host;x-middleway-audience, Signature=00".into()),
+                token(|r| {
+                    r["headers"]["Authorization"] = "AWS4-HMAC-SHA256 Credential=AKIA/20261204/us-east-1/s3/aws4_request, SignedHeaders=host;x-middleway-audience, Signature=00".into()
+                }),
                 "malformed",
             ),
-            (token(|r| r["headers"]["X-Amz-Date"] = "20261204T114959Z".into()), "expired"),
-            (token(|r| r["headers"]["X-Amz-Date"] = "20261204T120701Z".into()), "not valid yet"),
-            (token(|r| r["headers"]["X-Amz-Date"] = "yesterday".into()), "malformed"),
-            (token(|r| r["headers"]["Host"] = "attacker.example".into()), "host"),
+            (
+                token(|r| r["headers"]["X-Amz-Date"] = "20261204T114959Z".into()),
+                "expired",
+            ),
+            (
+                token(|r| r["headers"]["X-Amz-Date"] = "20261204T120701Z".into()),
+                "not valid yet",
+            ),
+            (
+                token(|r| r["headers"]["X-Amz-Date"] = "yesterday".into()),
+                "malformed",
+            ),
+            (
+                token(|r| r["headers"]["Host"] = "attacker.example".into()),
+                "host",
+            ),
         ];
         let verifier = verifier(StsEndpoints::Aws);
         for (token, why) in cases {
             match verifier.checked_request(&token, now) {
-                Err(Refusal::Unauthorized(detail)) => assert!(detail.contains(why), "{detail} for {why}"),
+                Err(Refusal::Unauthorized(detail)) => {
+                    assert!(detail.contains(why), "{detail} for {why}")
+                }
                 other => panic!("{why}: {:?}", other.map(|c| c.url)),
             }
         }
@@ -355,7 +395,8 @@ mod tests {
 
     #[test]
     fn listed_endpoints_replace_the_aws_ones() {
-        let listed = StsEndpoints::parse("http://127.0.0.1:5000/, https://sts.internal.example/").unwrap();
+        let listed =
+            StsEndpoints::parse("http://127.0.0.1:5000/, https://sts.internal.example/").unwrap();
         assert!(listed.allows(&Url::parse("http://127.0.0.1:5000/").unwrap()));
         assert!(listed.allows(&Url::parse("https://sts.internal.example/").unwrap()));
         assert!(!listed.allows(&Url::parse("http://127.0.0.1:5001/").unwrap()));
@@ -375,6 +416,9 @@ mod tests {
             "arn:aws:iam::123456789012:user/alice"
         );
         let answer = b"<GetCallerIdentityResponse><GetCallerIdentityResult><Arn>arn:aws:sts::123456789012:assumed-role/r/s</Arn></GetCallerIdentityResult></GetCallerIdentityResponse>";
-        assert_eq!(caller_arn(answer).as_deref(), Some("arn:aws:sts::123456789012:assumed-role/r/s"));
+        assert_eq!(
+            caller_arn(answer).as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/r/s")
+        );
     }
 }

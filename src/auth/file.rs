@@ -171,7 +171,9 @@ pub fn parse(text: &str, aws_enabled: bool) -> Result<AuthFile, String> {
                     ));
                 }
                 if !subjects.insert((issuer.clone(), subject.clone(), prefix)) {
-                    return Err(format!("{at}: its OIDC subject is also another principal's"));
+                    return Err(format!(
+                        "{at}: its OIDC subject is also another principal's"
+                    ));
                 }
                 Some(SubjectMatch {
                     issuer,
@@ -307,9 +309,18 @@ jwks_uri = "https://issuer.example/keys"
         assert_eq!(file.issuers.len(), 1);
         assert_eq!(file.issuers[0].audience, "middleway");
         let ingest = file.principals[0].oidc.as_ref().unwrap();
-        assert!(ingest.matches("https://issuer.example", "system:serviceaccount:media:ingest"));
-        assert!(!ingest.matches("https://issuer.example", "system:serviceaccount:other:ingest"));
-        assert!(!ingest.matches("https://other.example", "system:serviceaccount:media:ingest"));
+        assert!(ingest.matches(
+            "https://issuer.example",
+            "system:serviceaccount:media:ingest"
+        ));
+        assert!(!ingest.matches(
+            "https://issuer.example",
+            "system:serviceaccount:other:ingest"
+        ));
+        assert!(!ingest.matches(
+            "https://other.example",
+            "system:serviceaccount:media:ingest"
+        ));
         assert_eq!(
             file.principals[1].aws_arn.as_deref(),
             Some("arn:aws:iam::123456789012:role/reports-fn")

@@ -243,7 +243,9 @@ impl Identities {
         };
         directory
             .principal_of(&identity)
-            .ok_or(Refusal::Unauthorized("no principal is configured for this identity"))
+            .ok_or(Refusal::Unauthorized(
+                "no principal is configured for this identity",
+            ))
     }
 
     /// Runs one verification, counting its outcome.
@@ -427,7 +429,10 @@ mod tests {
         );
         assert_eq!(name(&ids, "aaaaaaaaaaaaaaaa").await.as_deref(), Some("old"));
         assert_eq!(name(&ids, "bbbbbbbbbbbbbbbb").await.as_deref(), Some("new"));
-        assert_eq!(name(&ids, "cccccccccccccccc").await.as_deref(), Some("billing"));
+        assert_eq!(
+            name(&ids, "cccccccccccccccc").await.as_deref(),
+            Some("billing")
+        );
         assert_eq!(name(&ids, "dddddddddddddddd").await, None);
         assert_eq!(name(&ids, "").await, None);
         assert!(ids.authenticate(None).await.is_err());

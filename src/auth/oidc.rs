@@ -71,8 +71,8 @@ impl OidcVerifier {
 
     /// Verifies `token` against the configured `issuers`.
     pub async fn verify(&self, token: &str, issuers: &[IssuerEntry]) -> Verified {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| Refusal::Unauthorized("malformed token"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Refusal::Unauthorized("malformed token"))?;
         if !ALGORITHMS.contains(&header.alg) {
             return Err(Refusal::Unauthorized(
                 "algorithm not allowed (RS256, ES256 or EdDSA only)",
@@ -215,9 +215,7 @@ impl IssuerKeys {
         };
         match set {
             None => Err(Refusal::Unavailable("the token's issuer cannot be reached")),
-            Some(set) => set
-                .find(kid)
-                .ok_or(Refusal::Unauthorized("unknown key id")),
+            Some(set) => set.find(kid).ok_or(Refusal::Unauthorized("unknown key id")),
         }
     }
 
@@ -339,11 +337,15 @@ mod tests {
             audience: "mw".into(),
             jwks_uri: None,
         }];
-        let payload = URL_SAFE_NO_PAD.encode(br#"{"iss":"http://127.0.0.1:9","sub":"s","aud":"mw","exp":9999999999}"#);
+        let payload = URL_SAFE_NO_PAD
+            .encode(br#"{"iss":"http://127.0.0.1:9","sub":"s","aud":"mw","exp":9999999999}"#);
         for header in [r#"{"alg":"none"}"#, r#"{"alg":"HS256","kid":"k"}"#] {
             let token = format!("{}.{payload}.", URL_SAFE_NO_PAD.encode(header));
             let refused = verifier.verify(&token, &issuers).await.unwrap_err();
-            assert!(matches!(refused, Refusal::Unauthorized(_)), "{header}: {refused:?}");
+            assert!(
+                matches!(refused, Refusal::Unauthorized(_)),
+                "{header}: {refused:?}"
+            );
         }
         // Nothing was fetched from the (unreachable) issuer.
         assert!(verifier.issuers.lock().unwrap().is_empty());

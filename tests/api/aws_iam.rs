@@ -82,7 +82,13 @@ async fn a_role_session_authenticates_as_its_role_with_one_sts_call_per_token() 
             tokens["reports"].clone(),
         );
         requests.push(tokio::spawn(async move {
-            client.get(url).bearer_auth(token).send().await.unwrap().status()
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
         }));
     }
     for request in requests {
@@ -141,9 +147,15 @@ async fn every_bad_iam_token_is_a_401_that_says_why() {
         (tokens["other_audience"].clone(), "wrong audience"),
         (tokens["aged"].clone(), "expired"),
         (tokens["other_endpoint"].clone(), "endpoint"),
-        (pointing_at(&tokens["reports"], "http://169.254.169.254/"), "endpoint"),
+        (
+            pointing_at(&tokens["reports"], "http://169.254.169.254/"),
+            "endpoint",
+        ),
         ("mw-aws-v1.!!!not-base64".to_owned(), "malformed"),
-        (format!("mw-aws-v1.{}", URL_SAFE_NO_PAD.encode("{}")), "malformed"),
+        (
+            format!("mw-aws-v1.{}", URL_SAFE_NO_PAD.encode("{}")),
+            "malformed",
+        ),
     ];
     for (token, why) in &cases {
         let response = read_as(&s.app, token).await;
@@ -190,18 +202,30 @@ async fn an_sts_that_is_down_or_silent_fails_only_iam_requests() {
         );
         tokio::spawn(async move {
             let started = Instant::now();
-            let status = client.get(url).bearer_auth(to_silent).send().await.unwrap().status();
+            let status = client
+                .get(url)
+                .bearer_auth(to_silent)
+                .send()
+                .await
+                .unwrap()
+                .status();
             (status, started.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.app.get("/transcriptions/999999999").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.app.get("/transcriptions/999999999").await.status(),
+        StatusCode::NOT_FOUND
+    );
     let (status, took) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(took < Duration::from_secs(8), "gave up after {took:?}");
     let scrape = metrics_text(&s.app.admin_address).await;
     assert_eq!(
-        series(&scrape, r#"middleway_auth_verifications_total{method="aws",outcome="unavailable"}"#),
+        series(
+            &scrape,
+            r#"middleway_auth_verifications_total{method="aws",outcome="unavailable"}"#
+        ),
         2
     );
     held.abort();

@@ -135,14 +135,22 @@ async fn a_token_of_each_algorithm_authenticates_as_the_principal_its_subject_na
     assert_eq!(s.issuer.key_fetches(), 1);
 
     let ci = s.ec.sign(&s.issuer.claims("repo:example/app", AUDIENCE));
-    assert_problem(read_as(&s.app, &ci).await, StatusCode::NOT_FOUND, "not-found").await;
+    assert_problem(
+        read_as(&s.app, &ci).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
     // `aud` may be a list; 60 s of skew on either side.
     let mut claims = s.issuer.claims("repo:example/app", AUDIENCE);
     claims["aud"] = json!(["another-service", AUDIENCE]);
     claims["exp"] = json!(now_s() - 30);
     claims["nbf"] = json!(now_s() + 30);
     let skewed = s.rsa.sign(&claims);
-    assert_eq!(read_as(&s.app, &skewed).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        read_as(&s.app, &skewed).await.status(),
+        StatusCode::NOT_FOUND
+    );
 
     let scrape = metrics_text(&s.app.admin_address).await;
     for series in [
@@ -162,7 +170,10 @@ async fn every_bad_token_is_a_401_that_says_why_and_unknown_issuers_are_never_as
     let good = || s.issuer.claims(subject, AUDIENCE);
     // Warm the key cache so the fetch count below means something.
     let warm = s.ec.sign(&good());
-    assert_eq!(inspect_as(&s.app, &warm, "ingest-1").await.status(), StatusCode::OK);
+    assert_eq!(
+        inspect_as(&s.app, &warm, "ingest-1").await.status(),
+        StatusCode::OK
+    );
     let fetches = s.issuer.key_fetches();
 
     let with = |edit: &dyn Fn(&mut Value)| {
@@ -182,14 +193,30 @@ async fn every_bad_token_is_a_401_that_says_why_and_unknown_issuers_are_never_as
     let mut hmac = Header::new(jsonwebtoken::Algorithm::HS256);
     hmac.kid = Some("rsa-1".into());
     let cases: Vec<(String, &str)> = vec![
-        (s.ec.sign(&with(&|c| c["exp"] = json!(now_s() - 120))), "expired"),
-        (s.ec.sign(&with(&|c| c["nbf"] = json!(now_s() + 120))), "not valid yet"),
-        (s.ec.sign(&with(&|c| c["aud"] = json!("another-service"))), "wrong audience"),
         (
-            s.ec.sign(&with(&|c| c["iss"] = json!("https://issuer.attacker.example"))),
+            s.ec.sign(&with(&|c| c["exp"] = json!(now_s() - 120))),
+            "expired",
+        ),
+        (
+            s.ec.sign(&with(&|c| c["nbf"] = json!(now_s() + 120))),
+            "not valid yet",
+        ),
+        (
+            s.ec.sign(&with(&|c| c["aud"] = json!("another-service"))),
+            "wrong audience",
+        ),
+        (
+            s.ec.sign(&with(&|c| {
+                c["iss"] = json!("https://issuer.attacker.example")
+            })),
             "unknown issuer",
         ),
-        (s.ec.sign(&with(&|c| c["sub"] = json!("system:serviceaccount:other:x"))), "no principal"),
+        (
+            s.ec.sign(&with(&|c| {
+                c["sub"] = json!("system:serviceaccount:other:x")
+            })),
+            "no principal",
+        ),
         (
             s.ec.sign(&with(&|c| {
                 c.as_object_mut().unwrap().remove("sub");
@@ -201,15 +228,25 @@ async fn every_bad_token_is_a_401_that_says_why_and_unknown_issuers_are_never_as
         // An RS256 header naming the EC key.
         (s.rsa.sign_as("ec-1", &good()), "does not match"),
         (s.ec.sign_as("made-up", &good()), "unknown key id"),
-        (format!("{}.", encode(r#"{"alg":"none","kid":"rsa-1"}"#, &good())), "malformed"),
+        (
+            format!("{}.", encode(r#"{"alg":"none","kid":"rsa-1"}"#, &good())),
+            "malformed",
+        ),
         // The RSA public key used as an HMAC secret.
         (
-            jsonwebtoken::encode(&hmac, &good(), &EncodingKey::from_secret(rsa_pem.as_bytes()))
-                .unwrap(),
+            jsonwebtoken::encode(
+                &hmac,
+                &good(),
+                &EncodingKey::from_secret(rsa_pem.as_bytes()),
+            )
+            .unwrap(),
             "algorithm not allowed",
         ),
         ("eyJhbGciOiJSUzI1NiJ9.bm90IGpzb24.c2ln".into(), "malformed"),
-        (format!("eyJ{}.a.b", "A".repeat(9 * 1024)), "longer than 8 KiB"),
+        (
+            format!("eyJ{}.a.b", "A".repeat(9 * 1024)),
+            "longer than 8 KiB",
+        ),
     ];
     for (token, why) in &cases {
         assert_refused(inspect_as(&s.app, token, "ingest-1").await, token, why).await;
@@ -225,7 +262,10 @@ async fn a_rotated_key_is_picked_up_and_a_kid_flood_costs_at_most_one_fetch_per_
     let s = setup().await;
     let subject = "system:serviceaccount:media:ingest";
     let first = s.rsa.sign(&s.issuer.claims(subject, AUDIENCE));
-    assert_eq!(inspect_as(&s.app, &first, "ingest-1").await.status(), StatusCode::OK);
+    assert_eq!(
+        inspect_as(&s.app, &first, "ingest-1").await.status(),
+        StatusCode::OK
+    );
     assert_eq!(s.issuer.key_fetches(), 1);
 
     // The issuer publishes a new key and starts signing with it; within
@@ -247,7 +287,8 @@ async fn a_rotated_key_is_picked_up_and_a_kid_flood_costs_at_most_one_fetch_per_
     // 200 tokens naming made-up kids, all at once: one fetch at most.
     let mut flood = Vec::new();
     for i in 0..200 {
-        let token = s.ec.sign_as(&format!("made-up-{i}"), &s.issuer.claims(subject, AUDIENCE));
+        let token =
+            s.ec.sign_as(&format!("made-up-{i}"), &s.issuer.claims(subject, AUDIENCE));
         let client = s.app.client.clone();
         let url = format!("{}/locks", s.app.address);
         flood.push(tokio::spawn(async move {
@@ -265,7 +306,11 @@ async fn a_rotated_key_is_picked_up_and_a_kid_flood_costs_at_most_one_fetch_per_
         assert_eq!(request.await.unwrap(), StatusCode::UNAUTHORIZED);
     }
     assert!(s.issuer.key_fetches() <= after_rotation + 1);
-    assert_eq!(s.issuer.discovery_fetches(), 1, "the discovered jwks_uri is kept");
+    assert_eq!(
+        s.issuer.discovery_fetches(),
+        1,
+        "the discovered jwks_uri is kept"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -283,7 +328,10 @@ async fn an_unreachable_issuer_fails_only_its_jwt_requests() {
     assert!(started.elapsed() < Duration::from_secs(6));
 
     // API keys and the other issuer's tokens are served meanwhile.
-    assert_eq!(s.app.get("/transcriptions/999999999").await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        s.app.get("/transcriptions/999999999").await.status(),
+        StatusCode::NOT_FOUND
+    );
     let ci = s.rsa.sign(&s.issuer.claims("repo:example/app", AUDIENCE));
     assert_eq!(read_as(&s.app, &ci).await.status(), StatusCode::NOT_FOUND);
 
@@ -291,6 +339,9 @@ async fn an_unreachable_issuer_fails_only_its_jwt_requests() {
     // known keys still verify with the keys already held.
     s.issuer.stop().await;
     let later = s.ed.sign(&s.issuer.claims("repo:example/app", AUDIENCE));
-    assert_eq!(read_as(&s.app, &later).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        read_as(&s.app, &later).await.status(),
+        StatusCode::NOT_FOUND
+    );
     let _ = TEST_KEY;
 }

@@ -370,7 +370,10 @@ async fn metrics_live_on_the_admin_port_only_parse_and_move_with_traffic() {
         1.0
     );
     assert_eq!(
-        moved("middleway_http_requests_by_principal_total", &[("principal", "tests")]),
+        moved(
+            "middleway_http_requests_by_principal_total",
+            &[("principal", "tests")]
+        ),
         6.0
     );
     assert!(metric(&after, "middleway_mysql_pool_max_connections", &[]) > 0.0);

@@ -39,7 +39,10 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 /// Whether a request that asks `Expect: 100-continue` may send its body:
 /// only with a valid credential, so a body is never invited and then refused.
-pub(crate) async fn may_continue(identities: &Identities, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) async fn may_continue(
+    identities: &Identities,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
     identities
         .authenticate(bearer_token(headers))
         .await

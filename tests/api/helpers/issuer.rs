@@ -33,12 +33,23 @@ impl SigningKey {
         let dir = scratch_dir("rsa");
         let key = dir.join("key.pem");
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).output().expect("openssl");
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("openssl");
             assert!(out.status.success(), "openssl {args:?}");
             String::from_utf8(out.stdout).unwrap()
         };
         let path = key.to_str().unwrap();
-        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", path]);
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            path,
+        ]);
         let modulus = run(&["rsa", "-in", path, "-noout", "-modulus"]);
         let hex = modulus.trim().trim_start_matches("Modulus=");
         let n: Vec<u8> = (0..hex.len())
@@ -99,7 +110,10 @@ impl SigningKey {
 
 /// Now, in seconds since the epoch (for `exp`, `nbf`, `iat`).
 pub fn now_s() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 struct IssuerState {
@@ -131,7 +145,10 @@ impl TestIssuer {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
-                .route("/.well-known/openid-configuration", web::get().to(discovery))
+                .route(
+                    "/.well-known/openid-configuration",
+                    web::get().to(discovery),
+                )
                 .route("/keys", web::get().to(jwks))
         })
         .workers(1)

@@ -29,11 +29,7 @@ impl StsEmulator {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
         let up = eventually(Duration::from_secs(30), async || {
-            client
-                .get(format!("{url}moto-api/"))
-                .send()
-                .await
-                .is_ok()
+            client.get(format!("{url}moto-api/")).send().await.is_ok()
         })
         .await;
         assert!(up, "moto_server did not start (pip install 'moto[server]')");
@@ -46,7 +42,10 @@ impl StsEmulator {
     /// Tokens by name (see `iam_tokens.py`), signed for `audience`;
     /// `other_url` is a second endpoint some tokens name.
     pub fn tokens(&self, audience: &str, other_url: &str) -> HashMap<String, String> {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/helpers/iam_tokens.py");
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/helpers/iam_tokens.py"
+        );
         let out = Command::new("python3")
             .args([script, &self.url, audience, other_url])
             .output()
