@@ -13,15 +13,17 @@ import {
   type Problem,
   Unavailable,
 } from './errors.js';
+import { type CredentialProvider, credentialProvider } from './credentials.js';
 import { parseJson } from './json.js';
 
+export * from './credentials.js';
 export * from './errors.js';
 
 export interface MiddlewayOptions {
   /** The service, e.g. `http://middleway.middleway.svc`. */
   url: string;
-  /** The bearer key. */
-  key: string;
+  /** An API key, or a credential provider (`OidcTokenFile`, `AwsIam`). */
+  key: string | CredentialProvider;
   /** Longest one HTTP attempt may take, acquire waits aside (default 2000). */
   timeoutMs?: number;
   /** Retries after the first attempt, on 503 and connection errors (default 3). */
@@ -158,13 +160,13 @@ function fetcher(ca: string | Buffer | undefined): Fetch {
 
 export class Middleway {
   private readonly base: string;
-  private readonly auth: string;
+  private readonly credentials: CredentialProvider;
   private readonly options: Required<Pick<MiddlewayOptions, 'timeoutMs' | 'retries' | 'deadlineMs'>> & MiddlewayOptions;
   private readonly send: Fetch;
 
   constructor(options: MiddlewayOptions) {
     this.base = options.url.replace(/\/+$/, '');
-    this.auth = `Bearer ${options.key}`;
+    this.credentials = credentialProvider(options.key);
     this.options = { timeoutMs: 2000, retries: 3, deadlineMs: 10_000, ...options };
     this.send = fetcher(options.ca);
   }
@@ -286,7 +288,10 @@ export class Middleway {
   /** Sends `request`, retrying where safe; resolves with a 2xx (or an `allowed` status) response. */
   private async call(request: Request, allowed: number[] = []): Promise<Response> {
     const deadline = this.deadline(request.deadlineMs, request.context);
-    const headers: Record<string, string> = { authorization: this.auth, accept: 'application/json' };
+    const headers: Record<string, string> = {
+      authorization: `Bearer ${await this.credentials.bearer()}`,
+      accept: 'application/json',
+    };
     if (request.body !== undefined) headers['content-type'] = 'application/json';
     const traceparent = this.options.traceparent?.();
     if (traceparent) headers.traceparent = traceparent;

@@ -10,7 +10,7 @@ import { connect as tlsConnect } from 'node:tls';
 
 export const KEY = 'client-tests-key-0123456789';
 
-async function freePort() {
+export async function freePort() {
   return new Promise((resolve) => {
     const server = createServer().listen(0, '127.0.0.1', () => {
       const { port } = server.address();
