@@ -59,6 +59,9 @@ where
     if !endpoint_configured() {
         return None;
     }
+    // The exporter's HTTP client (reqwest) takes rustls' process-wide
+    // provider, and this runs before the pools install theirs (ring; idempotent).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -184,7 +184,7 @@ async fn edge_errors_carry_request_ids_and_are_not_logged_as_errors() {
     env.insert("RUST_LOG".into(), "info".into());
     let mut service = ServiceProcess::start_logged(env).await;
     let admin = format!("http://127.0.0.1:{admin_port}");
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client_builder().build().unwrap();
     let posted = http.post(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(posted.headers()["allow"], "GET, HEAD");
     assert_problem(posted, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed").await;

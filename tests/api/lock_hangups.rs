@@ -25,7 +25,7 @@ async fn an_immediate_grant_for_a_caller_that_gave_up_during_a_redis_stall_is_ha
     let url = redis.url();
     let stall = tokio::spawn(async move { stall_redis(&url, 1.5).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let impatient = reqwest::Client::builder()
+    let impatient = crate::helpers::http_client_builder()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

@@ -497,7 +497,7 @@ async fn after_sigterm_it_serves_new_connections_unready_for_the_shutdown_delay_
     // A new client (a new connection) each time: a load balancer that has
     // not yet heard of the shutdown opens new connections.
     let fresh = || {
-        reqwest::Client::builder()
+        crate::helpers::http_client_builder()
             .pool_max_idle_per_host(0)
             .build()
             .unwrap()

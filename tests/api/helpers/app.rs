@@ -131,9 +131,17 @@ pub async fn spawn_app_on(
     }
 }
 
+/// A reqwest client builder. reqwest is built without a TLS provider of its
+/// own (the service installs ring as the process's provider before it builds
+/// its client), so tests that build one first install ring too.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
 /// An HTTP/1.1 keep-alive client with a generous timeout (tests assert behaviour, not speed).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    http_client_builder()
         .timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(1024)
         .build()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{OwnedProcess, eventually, free_port};
+use super::{OwnedProcess, client, eventually, free_port};
 
 pub struct StsEmulator {
     pub url: String,
@@ -24,10 +24,7 @@ impl StsEmulator {
                 .stderr(Stdio::null()),
         );
         let url = format!("http://127.0.0.1:{port}/");
-        // reqwest is built without a TLS provider of its own (the service
-        // installs ring before it builds one; this runs before the service).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::new();
+        let client = client();
         let up = eventually(Duration::from_secs(30), async || {
             client.get(format!("{url}moto-api/")).send().await.is_ok()
         })
