@@ -13,6 +13,8 @@
 #                         on one name), beside the same scripts sent straight to Redis
 #                         (direct-scripts); with a git revision, that revision is built too;
 #                         all measured in alternating rounds (ROUNDS=5; medians reported)
+#   bench/run.sh auth     the service's CPU per authenticated GET with an API key, a
+#                         cached JWT and a cached AWS IAM token, same run (bench/auth.sh)
 #   bench/run.sh lockcheck --self-test
 #                         the checker must catch an engine broken on purpose (CI runs this)
 set -euo pipefail
@@ -20,6 +22,10 @@ mode=${1:-full}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 log() { echo "bench: $*" >&2; }
+
+if [ "$mode" = auth ]; then
+  exec bench/auth.sh
+fi
 
 if [ "$mode" = locks ]; then
   baseline_rev=${2:-}

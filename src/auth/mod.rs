@@ -29,7 +29,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use self::aws::{AwsVerifier, StsEndpoints};
@@ -97,13 +96,13 @@ impl Directory {
         }
     }
 
-    /// Every key is compared, and all in constant time: timing says nothing
-    /// about which key (or how much of one) matched.
-    fn authenticate(&self, presented: &str) -> Option<Arc<Principal>> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    /// The principal of the key whose SHA-256 is `digest`. Every key is
+    /// compared, and all in constant time: timing says nothing about which
+    /// key (or how much of one) matched.
+    fn authenticate(&self, digest: &[u8; 32]) -> Option<Arc<Principal>> {
         let mut found = None;
         for (key, principal) in &self.keys {
-            if bool::from(key.ct_eq(&digest)) {
+            if bool::from(key.ct_eq(digest)) {
                 found = Some(Arc::clone(principal));
             }
         }
@@ -219,7 +218,9 @@ impl Identities {
             return Err(Refusal::Unauthorized("the credential is longer than 8 KiB"));
         }
         let directory = Arc::clone(&self.directory.read().unwrap_or_else(|p| p.into_inner()));
-        if let Some(principal) = directory.authenticate(bearer) {
+        // One digest serves both the key lookup and the verified-token cache.
+        let digest = verified::digest(bearer);
+        if let Some(principal) = directory.authenticate(&digest) {
             return Ok(principal);
         }
         let (identity, _) = if let Some(token) = bearer.strip_prefix(aws::PREFIX) {
@@ -227,14 +228,14 @@ impl Identities {
                 "AWS IAM authentication is not enabled (AUTH_AWS_AUDIENCE)",
             ))?;
             self.verified
-                .get_or_verify(bearer, || self.counted("aws", aws.verify(token)))
+                .get_or_verify(digest, || self.counted("aws", aws.verify(token)))
                 .await?
         } else if oidc::looks_like_jwt(bearer) {
             if directory.issuers.is_empty() {
                 return Err(Refusal::Unauthorized("no OIDC issuer is configured"));
             }
             self.verified
-                .get_or_verify(bearer, || {
+                .get_or_verify(digest, || {
                     self.counted("oidc", self.oidc.verify(bearer, &directory.issuers))
                 })
                 .await?
@@ -340,10 +341,9 @@ impl Identities {
                     entry.max_waiters,
                 );
                 for key in &entry.api_keys {
-                    directory.keys.push((
-                        Sha256::digest(key.as_bytes()).into(),
-                        Arc::clone(&principal),
-                    ));
+                    directory
+                        .keys
+                        .push((verified::digest(key), Arc::clone(&principal)));
                 }
                 if let Some(subject) = entry.oidc {
                     directory.subjects.push((subject, Arc::clone(&principal)));

@@ -37,7 +37,13 @@ pub enum Refusal {
 /// A verification's result: the identity and until when it holds.
 pub type Verified = Result<(Identity, SystemTime), Refusal>;
 
-type Digest32 = [u8; 32];
+/// A token's SHA-256.
+pub type Digest32 = [u8; 32];
+
+/// The SHA-256 of `token`.
+pub fn digest(token: &str) -> Digest32 {
+    Sha256::digest(token.as_bytes()).into()
+}
 
 #[derive(Default)]
 pub struct VerifiedTokens {
@@ -46,13 +52,13 @@ pub struct VerifiedTokens {
 }
 
 impl VerifiedTokens {
-    /// The identity of `token`: from the cache while it holds, else from
-    /// `verify` (run once for all concurrent callers with this token).
-    pub async fn get_or_verify<F>(&self, token: &str, verify: impl FnOnce() -> F) -> Verified
+    /// The identity of the token whose SHA-256 is `digest`: from the cache
+    /// while it holds, else from `verify` (run once for all concurrent
+    /// callers with this token).
+    pub async fn get_or_verify<F>(&self, digest: Digest32, verify: impl FnOnce() -> F) -> Verified
     where
         F: Future<Output = Verified>,
     {
-        let digest: Digest32 = Sha256::digest(token.as_bytes()).into();
         let now = SystemTime::now();
         if let Some((identity, until)) = lock(&self.entries).get(&digest)
             && *until > now
@@ -124,7 +130,7 @@ mod tests {
             let (tokens, calls) = (Arc::clone(&tokens), Arc::clone(&calls));
             checks.push(tokio::spawn(async move {
                 tokens
-                    .get_or_verify("token", || async {
+                    .get_or_verify(digest("token"), || async {
                         calls.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         Ok((role("r"), SystemTime::now() + Duration::from_secs(60)))
@@ -136,7 +142,7 @@ mod tests {
             assert_eq!(check.await.unwrap().unwrap().0, role("r"));
         }
         let again = tokens
-            .get_or_verify("token", || async { unreachable!("cached") })
+            .get_or_verify(digest("token"), || async { unreachable!("cached") })
             .await;
         assert!(again.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -146,15 +152,15 @@ mod tests {
     async fn refusals_and_expired_entries_are_not_served_from_the_cache() {
         let tokens = VerifiedTokens::default();
         let refused = tokens
-            .get_or_verify("t", || async { Err(Refusal::Unavailable("down")) })
+            .get_or_verify(digest("t"), || async { Err(Refusal::Unavailable("down")) })
             .await;
         assert_eq!(refused, Err(Refusal::Unavailable("down")));
         let past = SystemTime::now() - Duration::from_secs(1);
         let _ = tokens
-            .get_or_verify("t", || async { Ok((role("old"), past)) })
+            .get_or_verify(digest("t"), || async { Ok((role("old"), past)) })
             .await;
         let fresh = tokens
-            .get_or_verify("t", || async {
+            .get_or_verify(digest("t"), || async {
                 Ok((role("new"), SystemTime::now() + Duration::from_secs(60)))
             })
             .await;
@@ -168,7 +174,7 @@ mod tests {
             let tokens = Arc::clone(&tokens);
             tokio::spawn(async move {
                 tokens
-                    .get_or_verify("t", || async {
+                    .get_or_verify(digest("t"), || async {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         Err(Refusal::Unavailable("never"))
                     })
@@ -178,7 +184,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         slow.abort();
         let verified = tokens
-            .get_or_verify("t", || async {
+            .get_or_verify(digest("t"), || async {
                 Ok((role("r"), SystemTime::now() + Duration::from_secs(60)))
             })
             .await;
@@ -190,7 +196,7 @@ mod tests {
         let tokens = VerifiedTokens::default();
         for i in 0..(MAX_ENTRIES + 5) {
             let _ = tokens
-                .get_or_verify(&i.to_string(), || async {
+                .get_or_verify(digest(&i.to_string()), || async {
                     Ok((role("r"), SystemTime::now() + Duration::from_secs(60)))
                 })
                 .await;
