@@ -219,9 +219,6 @@ impl Settings {
         }
         let auth_file: Option<std::path::PathBuf> = var("AUTH_FILE").map(|path| path.trim().into());
         let aws_audience = var("AUTH_AWS_AUDIENCE").map(|a| a.trim().to_owned());
-        if aws_audience.as_deref() == Some("") {
-            return Err(ConfigError::new("AUTH_AWS_AUDIENCE", "is empty"));
-        }
         let aws_sts_endpoints = var("AUTH_AWS_STS_ENDPOINTS")
             .map(|list| StsEndpoints::parse(&list))
             .transpose()
@@ -614,6 +611,31 @@ mod tests {
         assert_eq!(err.variable, "DATABASE_URL");
         assert!(err.message.contains("/nowhere/ca.pem"), "{}", err.message);
         assert!(!err.message.contains("u:p"), "{}", err.message);
+    }
+
+    #[test]
+    fn iam_settings_are_checked_and_sts_endpoints_must_be_https_or_loopback() {
+        let with = |extra: (&'static str, &'static str)| {
+            let mut vars = BASE.to_vec();
+            vars.push(extra);
+            settings(&vars)
+        };
+        let ok = with((
+            "AUTH_AWS_STS_ENDPOINTS",
+            "http://127.0.0.1:5000/, https://sts.internal.example/",
+        ))
+        .unwrap();
+        assert!(ok.aws_sts_endpoints.is_some());
+        for (variable, value) in [
+            ("AUTH_AWS_STS_ENDPOINTS", "http://sts.internal.example/"),
+            ("AUTH_AWS_STS_ENDPOINTS", ","),
+            ("AUTH_AWS_STS_ENDPOINTS", "https://sts.internal.example/?Action=x"),
+        ] {
+            let err = with((variable, value)).unwrap_err();
+            assert_eq!(err.variable, variable, "{value}");
+        }
+        let on = with(("AUTH_AWS_AUDIENCE", "middleway-prod")).unwrap();
+        assert_eq!(on.aws_audience.as_deref(), Some("middleway-prod"));
     }
 
     #[test]

@@ -150,6 +150,9 @@ async fn a_read_continues_the_callers_trace_with_a_child_mysql_span() {
     );
     assert_eq!(server.kind, SpanKind::Server as i32);
     assert_eq!(server.attributes["http.response.status_code"], "200");
+    // The principal (the key's name), never the key.
+    assert_eq!(server.attributes["enduser.id"], "tests");
+    assert!(!format!("{server:?}").contains(TEST_KEY));
     let mysql = find("mysql.read").unwrap();
     assert_eq!(
         mysql.parent_span_id, server.span_id,

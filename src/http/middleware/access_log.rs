@@ -36,6 +36,7 @@ impl RootSpanBuilder for AccessLog {
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
+            enduser.id = tracing::field::Empty,
         );
         // Trace fields stay empty (and out of the log line) unless traces are exported.
         if otel::enabled() {
@@ -66,6 +67,10 @@ impl RootSpanBuilder for AccessLog {
         let api_key = principal;
         if otel::enabled() {
             span.record("http.response.status_code", response.status().as_u16());
+            // The principal (OpenTelemetry's `enduser.id`): a configured name, never a credential.
+            if let Some(principal) = principal {
+                span.record("enduser.id", principal);
+            }
         }
         span.in_scope(|| {
             tracing::info!(
