@@ -629,7 +629,10 @@ mod tests {
         for (variable, value) in [
             ("AUTH_AWS_STS_ENDPOINTS", "http://sts.internal.example/"),
             ("AUTH_AWS_STS_ENDPOINTS", ","),
-            ("AUTH_AWS_STS_ENDPOINTS", "https://sts.internal.example/?Action=x"),
+            (
+                "AUTH_AWS_STS_ENDPOINTS",
+                "https://sts.internal.example/?Action=x",
+            ),
         ] {
             let err = with((variable, value)).unwrap_err();
             assert_eq!(err.variable, variable, "{value}");
