@@ -13,10 +13,12 @@
 //! - [`pools`]: the MySQL and Redis pools.
 //! - [`config`]: settings from the environment, validated, secrets redacted.
 //! - [`telemetry`]: logging. `metrics`: the Prometheus registry.
+//! - [`crypto`]: the process's TLS crypto provider (ring).
 //! - [`seed`]: realistic demo rows for `middleway seed`.
 
 pub mod auth;
 pub mod config;
+pub mod crypto;
 mod fleet;
 mod http;
 pub mod locks;

@@ -107,7 +107,7 @@ fn raise_descriptor_limit() {
 /// `migrate` and `seed` need only the database.
 async fn database() -> Result<sqlx::MySqlPool, Failure> {
     let settings = DatabaseSettings::from_env().map_err(Failure::Config)?;
-    middleway::pools::tls::install_crypto_provider();
+    middleway::crypto::install_provider();
     tool_pool(&settings)
         .await
         .map_err(|e| Failure::Other(format!("cannot connect to DATABASE_URL: {}", describe(&e))))

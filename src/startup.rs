@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::auth::{AuthCounters, AuthSettings, Identities};
 use crate::config::{ConfigError, Settings};
+use crate::crypto::install_provider;
 use crate::fleet::FleetBudget;
 use crate::http::admin::AdminState;
 use crate::http::middleware::overload::InFlightLimit;
@@ -22,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
 use crate::pools::redis_target::{RedisTarget, invalid_redis_url};
-use crate::pools::tls::{install_crypto_provider, verify_mysql, verify_redis};
+use crate::pools::tls::{verify_mysql, verify_redis};
 use crate::transcriptions::ReadCoalescer;
 
 /// Why the service could not start.
@@ -112,7 +113,7 @@ impl Application {
     /// backend reached over TLS is tried once first, so a certificate that
     /// does not verify stops the start (see `pools::tls`).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        install_crypto_provider();
+        install_provider();
         let redis_target = RedisTarget::from_settings(&settings)?;
         verify_redis(&redis_target, settings.redis_tls_ca_file.is_some()).await?;
         verify_mysql(&settings.database).await?;

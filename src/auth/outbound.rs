@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use reqwest::Url;
 
+use crate::crypto;
+
 /// Time to connect to an issuer or STS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time for a whole exchange with an issuer or STS.
@@ -36,9 +38,7 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new() -> Self {
-        // rustls' provider for the whole process is ring (also set by the
-        // pools; idempotent): reqwest is built without one of its own.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crypto::install_provider();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)

@@ -22,13 +22,6 @@ use crate::config::{ConfigError, DatabaseSettings};
 /// How long the start-up check waits for a backend before leaving it to the pools.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Installs ring as rustls' crypto provider for the whole process (sqlx and
-/// redis both build their TLS configuration from the process default).
-/// Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// For a `rediss://` target, connects once (to the first node) and stops
 /// the start on a certificate error (naming `REDIS_TLS_CA_FILE` if set,
 /// else `REDIS_URL`).

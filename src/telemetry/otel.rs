@@ -24,6 +24,8 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::registry::LookupSpan;
 
+use crate::crypto;
+
 /// Spans the collector did not take (unreachable, refused, timed out).
 pub(crate) static DROPPED_SPANS: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
@@ -59,9 +61,8 @@ where
     if !endpoint_configured() {
         return None;
     }
-    // The exporter's HTTP client (reqwest) takes rustls' process-wide
-    // provider, and this runs before the pools install theirs (ring; idempotent).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // This runs before startup installs the provider the exporter's client needs.
+    crypto::install_provider();
     let exporter = match opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .build()

@@ -12,7 +12,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    MountedSecret, StsEmulator, TestApp, assert_problem, free_port, metrics_text, spawn_app_with,
+    MountedSecret, StsEmulator, TestApp, assert_problem, free_port, metrics_text, series_value,
+    spawn_app_with_auth_file,
 };
 
 const AUDIENCE: &str = "middleway-test";
@@ -33,14 +34,16 @@ struct Setup {
 async fn setup(others: &[&str]) -> Setup {
     let sts = StsEmulator::start().await;
     let file = MountedSecret::with_files(&[("auth.toml", FILE)]);
-    let path = file.file("auth.toml").display().to_string();
     let mut endpoints = vec![sts.url.clone()];
     endpoints.extend(others.iter().map(|s| s.to_string()));
-    let app = spawn_app_with(|env| {
-        env.insert("AUTH_FILE".into(), path);
-        env.insert("AUTH_AWS_AUDIENCE".into(), AUDIENCE.into());
-        env.insert("AUTH_AWS_STS_ENDPOINTS".into(), endpoints.join(","));
-    })
+    let endpoints = endpoints.join(",");
+    let app = spawn_app_with_auth_file(
+        &file.file("auth.toml"),
+        &[
+            ("AUTH_AWS_AUDIENCE", AUDIENCE),
+            ("AUTH_AWS_STS_ENDPOINTS", &endpoints),
+        ],
+    )
     .await;
     Setup {
         sts,
@@ -56,13 +59,6 @@ async fn read_as(app: &TestApp, token: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-fn series(scrape: &str, name: &str) -> u64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 const VERIFIED: &str = r#"middleway_auth_verifications_total{method="aws",outcome="verified"}"#;
@@ -95,7 +91,7 @@ async fn a_role_session_authenticates_as_its_role_with_one_sts_call_per_token() 
         assert_eq!(request.await.unwrap(), StatusCode::NOT_FOUND);
     }
     let scrape = metrics_text(&s.app.admin_address).await;
-    assert_eq!(series(&scrape, VERIFIED), 1);
+    assert_eq!(series_value(&scrape, VERIFIED), 1);
 
     // A second token of the same role is the same principal.
     let again = read_as(&s.app, &tokens["reports_again"]).await;
@@ -113,9 +109,9 @@ async fn a_role_session_authenticates_as_its_role_with_one_sts_call_per_token() 
     assert_problem(lock, StatusCode::FORBIDDEN, "forbidden").await;
 
     let scrape = metrics_text(&s.app.admin_address).await;
-    assert_eq!(series(&scrape, VERIFIED), 2);
+    assert_eq!(series_value(&scrape, VERIFIED), 2);
     assert_eq!(
-        series(
+        series_value(
             &scrape,
             r#"middleway_http_requests_by_principal_total{principal="reports",status="404"}"#
         ),
@@ -222,7 +218,7 @@ async fn an_sts_that_is_down_or_silent_fails_only_iam_requests() {
     assert!(took < Duration::from_secs(8), "gave up after {took:?}");
     let scrape = metrics_text(&s.app.admin_address).await;
     assert_eq!(
-        series(
+        series_value(
             &scrape,
             r#"middleway_auth_verifications_total{method="aws",outcome="unavailable"}"#
         ),

@@ -4,7 +4,6 @@
 //! issuer), rotation by `kid`, a `kid` flood bounded to one fetch per 10 s,
 //! and an unreachable issuer failing only JWT requests.
 
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,8 +13,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MountedSecret, SigningKey, TEST_KEY, TestApp, TestIssuer, assert_problem, eventually,
-    free_port, metrics_text, now_s, spawn_app_with,
+    MountedSecret, SigningKey, TestApp, TestIssuer, assert_problem, eventually, free_port,
+    metrics_text, now_s, spawn_app_with_auth_file,
 };
 
 const AUDIENCE: &str = "middleway";
@@ -46,14 +45,6 @@ audience = "{AUDIENCE}"
 jwks_uri = "{dead_issuer}/keys"
 "#
     )
-}
-
-async fn app_with(file: &Path) -> TestApp {
-    let path = file.display().to_string();
-    spawn_app_with(|env| {
-        env.insert("AUTH_FILE".into(), path);
-    })
-    .await
 }
 
 async fn inspect_as(app: &TestApp, token: &str, name: &str) -> reqwest::Response {
@@ -103,7 +94,7 @@ async fn setup() -> Setup {
     let issuer = TestIssuer::start(&[&rsa, &ec, &ed]);
     let dead_issuer = format!("http://127.0.0.1:{}", free_port());
     let file = MountedSecret::with_files(&[("auth.toml", &auth_file(&issuer.url, &dead_issuer))]);
-    let app = app_with(&file.file("auth.toml")).await;
+    let app = spawn_app_with_auth_file(&file.file("auth.toml"), &[]).await;
     Setup {
         issuer,
         rsa,
@@ -343,5 +334,4 @@ async fn an_unreachable_issuer_fails_only_its_jwt_requests() {
         read_as(&s.app, &later).await.status(),
         StatusCode::NOT_FOUND
     );
-    let _ = TEST_KEY;
 }

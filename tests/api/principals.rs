@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::helpers::{
     MountedSecret, ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually,
     failed_start, metrics_text, mysql_admin_url, random_suffix, redis_command, redis_url,
-    scratch_dir, spawn_app_with,
+    scratch_dir, series_value, spawn_app_with_auth_file,
 };
 
 const BILLING: &str = "billing-key-0123456789";
@@ -52,11 +52,7 @@ impl MountedFile {
 }
 
 async fn app_with_file(file: &Path) -> TestApp {
-    let path = file.display().to_string();
-    spawn_app_with(|env| {
-        env.insert("AUTH_FILE".into(), path);
-    })
-    .await
+    spawn_app_with_auth_file(file, &[]).await
 }
 
 async fn get_as(app: &TestApp, key: &str, path: &str) -> reqwest::Response {
@@ -81,13 +77,6 @@ async fn lock_as(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
 async fn problem_type(response: reqwest::Response) -> String {
     let body: Value = response.json().await.unwrap();
     body["type"].as_str().unwrap_or_default().to_owned()
-}
-
-fn counter(scrape: &str, series: &str) -> u64 {
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,21 +149,21 @@ async fn scopes_decide_per_principal_and_a_refused_request_touches_nothing() {
 
     let scrape = metrics_text(&app.admin_address).await;
     assert_eq!(
-        counter(
+        series_value(
             &scrape,
             r#"middleway_auth_refusals_total{principal="billing",reason="forbidden"}"#
         ),
         2
     );
     assert_eq!(
-        counter(
+        series_value(
             &scrape,
             r#"middleway_auth_refusals_total{principal="ingest",reason="forbidden"}"#
         ),
         3
     );
     assert!(
-        counter(
+        series_value(
             &scrape,
             r#"middleway_http_requests_by_principal_total{principal="unauthenticated",status="401"}"#
         ) >= 1
@@ -209,7 +198,7 @@ async fn a_principal_past_its_share_gets_429_while_the_others_are_served() {
         let admin = app.admin_address.clone();
         async move {
             eventually(Duration::from_secs(5), async || {
-                counter(&metrics_text(&admin).await, "middleway_lock_waiters") == count as u64
+                series_value(&metrics_text(&admin).await, "middleway_lock_waiters") == count as u64
             })
             .await
         }
@@ -283,14 +272,14 @@ async fn a_principal_past_its_share_gets_429_while_the_others_are_served() {
 
     let scrape = metrics_text(&app.admin_address).await;
     assert_eq!(
-        counter(
+        series_value(
             &scrape,
             r#"middleway_auth_refusals_total{principal="billing",reason="quota"}"#
         ),
         1
     );
     assert_eq!(
-        counter(
+        series_value(
             &scrape,
             r#"middleway_auth_refusals_total{principal="ingest",reason="quota"}"#
         ),
@@ -319,7 +308,7 @@ async fn a_changed_file_applies_within_seconds_and_a_broken_one_keeps_the_last_g
 
     file.write("[[principals]]\nname = \"late\"\nscopes = [\"everything\"]\n");
     let refused = eventually(Duration::from_secs(5), async || {
-        counter(
+        series_value(
             &metrics_text(&app.admin_address).await,
             r#"middleway_auth_reloads_total{outcome="refused"}"#,
         ) == 1
@@ -345,7 +334,7 @@ async fn a_changed_file_applies_within_seconds_and_a_broken_one_keeps_the_last_g
     assert!(removed);
     let scrape = metrics_text(&app.admin_address).await;
     assert_eq!(
-        counter(&scrape, r#"middleway_auth_reloads_total{outcome="loaded"}"#),
+        series_value(&scrape, r#"middleway_auth_reloads_total{outcome="loaded"}"#),
         2
     );
 }
@@ -389,7 +378,7 @@ async fn sighup_reloads_the_file_and_a_bad_file_at_startup_is_exit_2() {
 
     let service = ServiceProcess::start(env).await;
     let loaded = || async {
-        counter(
+        series_value(
             &metrics_text(&format!("http://{admin}")).await,
             r#"middleway_auth_reloads_total{outcome="loaded"}"#,
         )

@@ -103,6 +103,27 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut HashMap<String, String>)) -
     spawn_app_on(env, db_name, key_prefix).await
 }
 
+/// A service whose principals come from the `AUTH_FILE` at `file`, with
+/// `extra` settings.
+pub async fn spawn_app_with_auth_file(file: &std::path::Path, extra: &[(&str, &str)]) -> TestApp {
+    let path = file.display().to_string();
+    spawn_app_with(|env| {
+        env.insert("AUTH_FILE".into(), path);
+        for (name, value) in extra {
+            env.insert((*name).into(), (*value).into());
+        }
+    })
+    .await
+}
+
+/// A counter's value in a scrape, by its series (`name{labels}`); 0 when absent.
+pub fn series_value(scrape: &str, series: &str) -> u64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
 /// A service with exactly this environment.
 pub async fn spawn_app_on(
     env: HashMap<String, String>,
@@ -131,11 +152,10 @@ pub async fn spawn_app_on(
     }
 }
 
-/// A reqwest client builder. reqwest is built without a TLS provider of its
-/// own (the service installs ring as the process's provider before it builds
-/// its client), so tests that build one first install ring too.
+/// A reqwest client builder, after the service's TLS provider is installed
+/// (reqwest is built without one of its own).
 pub fn http_client_builder() -> reqwest::ClientBuilder {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    middleway::crypto::install_provider();
     reqwest::Client::builder()
 }
 
