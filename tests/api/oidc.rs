@@ -80,7 +80,7 @@ struct Setup {
     rsa: SigningKey,
     ec: SigningKey,
     ed: SigningKey,
-    _file: MountedSecret,
+    file: MountedSecret,
     app: TestApp,
     dead_issuer: String,
 }
@@ -100,7 +100,7 @@ async fn setup() -> Setup {
         rsa,
         ec,
         ed,
-        _file: file,
+        file,
         app,
         dead_issuer,
     }
@@ -334,4 +334,33 @@ async fn an_unreachable_issuer_fails_only_its_jwt_requests() {
         read_as(&s.app, &later).await.status(),
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_issuer_setting_applies_to_tokens_already_verified() {
+    let mut s = setup().await;
+    let token = s.ec.sign(&s.issuer.claims("repo:example/app", AUDIENCE));
+    assert_eq!(
+        read_as(&s.app, &token).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    // The issuer's audience changes in AUTH_FILE (the kubelet's swap): the
+    // cached verdict goes with the old file.
+    let changed = auth_file(&s.issuer.url, &s.dead_issuer).replace(
+        &format!("audience = \"{AUDIENCE}\"\n\n[oidc.\"{}\"]", s.dead_issuer),
+        &format!(
+            "audience = \"another-service\"\n\n[oidc.\"{}\"]",
+            s.dead_issuer
+        ),
+    );
+    assert_ne!(changed, auth_file(&s.issuer.url, &s.dead_issuer));
+    s.file.replace(&[("auth.toml", &changed)]);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            read_as(&s.app, &token).await.status() == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the token was still accepted for the old audience"
+    );
+    assert_refused(read_as(&s.app, &token).await, &token, "wrong audience").await;
 }
