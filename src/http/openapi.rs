@@ -142,7 +142,15 @@ impl Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key, an OIDC JWT of a configured issuer, or an AWS IAM token \
+                         (`mw-aws-v1.`…): docs/API.md, \"Authentication\"",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

@@ -70,6 +70,20 @@ async fn every_protected_route_refuses_missing_malformed_wrong_and_revoked_keys(
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{open} needs no key");
     }
+    // The document says which credentials the bearer may be.
+    let spec: serde_json::Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = &spec["components"]["securitySchemes"]["bearer"];
+    assert_eq!(bearer["scheme"], "bearer");
+    let description = bearer["description"].as_str().unwrap();
+    assert!(description.contains("OIDC JWT") && description.contains("mw-aws-v1."));
 }
 
 #[tokio::test(flavor = "multi_thread")]
