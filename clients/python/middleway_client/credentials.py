@@ -113,7 +113,10 @@ class AwsIam:
 
     def __init__(self, audience: str, region: Optional[str] = None, sts_endpoint: Optional[str] = None,
                  session: Any = None) -> None:
-        import botocore.session
+        try:
+            import botocore.session
+        except ImportError as error:
+            raise ImportError("AwsIam needs botocore (pip install 'middleway-client[aws]')") from error
 
         if not audience:
             raise ValueError("the service's AUTH_AWS_AUDIENCE is required")
