@@ -307,6 +307,12 @@ pub struct DatabaseSettings {
     pub acquire_timeout: Duration,
     /// Most MySQL connections every replica together holds (`DB_FLEET_MAX`; off when unset).
     pub fleet_max: Option<u32>,
+    /// Parsed `DATABASE_READ_URLS`, in the order given (carry passwords).
+    replicas: Vec<MySqlConnectOptions>,
+    /// `DB_REPLICA_MAX_LAG_MS`: a replica further behind gets no reads.
+    pub replica_max_lag: Duration,
+    /// `DB_READ_MISS_PRIMARY`: an id missing on a replica is looked up on the primary.
+    pub read_miss_primary: bool,
 }
 
 impl fmt::Debug for DatabaseSettings {
@@ -316,6 +322,9 @@ impl fmt::Debug for DatabaseSettings {
             .field("pool_max", &self.pool_max)
             .field("acquire_timeout", &self.acquire_timeout)
             .field("fleet_max", &self.fleet_max)
+            .field("replicas", &self.replicas.len())
+            .field("replica_max_lag", &self.replica_max_lag)
+            .field("read_miss_primary", &self.read_miss_primary)
             .finish()
     }
 }
@@ -326,20 +335,31 @@ impl DatabaseSettings {
         Self::from_lookup(&|name: &str| std::env::var(name).ok())
     }
 
-    /// Reads `DATABASE_URL`, `DB_POOL_MAX`, `DB_ACQUIRE_TIMEOUT_MS` and `DB_FLEET_MAX` through `lookup`.
+    /// Reads `DATABASE_URL`, `DATABASE_READ_URLS`, `DB_POOL_MAX`,
+    /// `DB_ACQUIRE_TIMEOUT_MS`, `DB_FLEET_MAX`, `DB_REPLICA_MAX_LAG_MS` and
+    /// `DB_READ_MISS_PRIMARY` through `lookup`.
     pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let url = require_url(&var, "DATABASE_URL", &["mysql", "mariadb"])?;
-        check_tls_files(url.expose())?;
-        let options = url
-            .expose()
-            .parse::<MySqlConnectOptions>()
-            .map_err(|_| ConfigError::new("DATABASE_URL", "is not a valid mysql:// URL"))?
-            // Every statement at DEBUG is a per-query cost even when filtered
-            // out; statements slower than a second still log at WARN.
-            .log_statements(log::LevelFilter::Off);
+        let options = parse_mysql_url(url.expose(), "DATABASE_URL")?;
+        let replicas = match var("DATABASE_READ_URLS") {
+            None => Vec::new(),
+            Some(list) => parse_read_urls(&list)?,
+        };
         Ok(Self {
             options,
+            replicas,
+            replica_max_lag: Duration::from_millis(parse_range(
+                var("DB_REPLICA_MAX_LAG_MS"),
+                "DB_REPLICA_MAX_LAG_MS",
+                1000,
+                100,
+                3_600_000,
+            )?),
+            read_miss_primary: match var("DB_READ_MISS_PRIMARY") {
+                None => true,
+                raw => parse_bool(raw, "DB_READ_MISS_PRIMARY")?,
+            },
             pool_max: parse_range(var("DB_POOL_MAX"), "DB_POOL_MAX", 32, 1, 1000)?,
             acquire_timeout: Duration::from_millis(parse_range(
                 var("DB_ACQUIRE_TIMEOUT_MS"),
@@ -360,23 +380,76 @@ impl DatabaseSettings {
     pub fn connect_options(&self) -> MySqlConnectOptions {
         self.options.clone()
     }
+
+    /// How to connect to each read replica, as parsed from `DATABASE_READ_URLS`.
+    pub fn replica_connect_options(&self) -> &[MySqlConnectOptions] {
+        &self.replicas
+    }
+}
+
+/// Most read replicas `DATABASE_READ_URLS` may list.
+const MAX_READ_REPLICAS: usize = 16;
+
+/// One MySQL URL of `variable`: its TLS files readable, its syntax sqlx's.
+fn parse_mysql_url(url: &str, variable: &'static str) -> Result<MySqlConnectOptions, ConfigError> {
+    check_tls_files(url, variable)?;
+    Ok(url
+        .parse::<MySqlConnectOptions>()
+        .map_err(|_| ConfigError::new(variable, "is not a valid mysql:// URL"))?
+        // Every statement at DEBUG is a per-query cost even when filtered
+        // out; statements slower than a second still log at WARN.
+        .log_statements(log::LevelFilter::Off))
+}
+
+/// `DATABASE_READ_URLS`: comma-separated URLs with `DATABASE_URL`'s syntax.
+fn parse_read_urls(list: &str) -> Result<Vec<MySqlConnectOptions>, ConfigError> {
+    const NAME: &str = "DATABASE_READ_URLS";
+    let urls: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.len() > MAX_READ_REPLICAS {
+        return Err(ConfigError::new(
+            NAME,
+            format!("lists more than {MAX_READ_REPLICAS} replicas"),
+        ));
+    }
+    urls.into_iter()
+        .enumerate()
+        .map(|(n, url)| {
+            let scheme_ok = url.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "mysql" | "mariadb") && !rest.is_empty()
+            });
+            if !scheme_ok {
+                return Err(ConfigError::new(
+                    NAME,
+                    format!(
+                        "entry {} must be a URL starting with mysql:// or mariadb://",
+                        n + 1
+                    ),
+                ));
+            }
+            parse_mysql_url(url, NAME)
+        })
+        .collect()
 }
 
 /// The certificate files a `DATABASE_URL` names (`ssl-ca`, `ssl-cert`,
 /// `ssl-key`) must be readable now: sqlx would only find out at the first
 /// connection, and say less about which file.
-fn check_tls_files(url: &str) -> Result<(), ConfigError> {
+fn check_tls_files(url: &str, variable: &'static str) -> Result<(), ConfigError> {
     let Some((_, query)) = url.split_once('?') else {
         return Ok(());
     };
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|_| ConfigError::new("DATABASE_URL", "has an unreadable query string"))?;
+        .map_err(|_| ConfigError::new(variable, "has an unreadable query string"))?;
     for (key, path) in pairs {
         if matches!(key.as_str(), "ssl-ca" | "ssl-cert" | "ssl-key")
             && let Err(e) = std::fs::metadata(&path)
         {
             return Err(ConfigError::new(
-                "DATABASE_URL",
+                variable,
                 format!("{key} file {path} cannot be read: {}", e.kind()),
             ));
         }
@@ -545,6 +618,63 @@ mod tests {
         let err = settings(&pairs).unwrap_err();
         assert_eq!(err.variable, "WORKERS");
         assert!(err.to_string().contains("DB_POOL_MAX (3)"), "{err}");
+    }
+
+    #[test]
+    fn read_replicas_are_off_by_default_and_parsed_in_order() {
+        let s = settings(&BASE).unwrap();
+        assert!(s.database.replica_connect_options().is_empty());
+        assert_eq!(s.database.replica_max_lag, Duration::from_millis(1000));
+        assert!(s.database.read_miss_primary);
+
+        let mut pairs = BASE.to_vec();
+        pairs.extend([
+            (
+                "DATABASE_READ_URLS",
+                " mysql://u:p@10.0.0.2:3306/db , mariadb://u:p@reader.example:3307/db,",
+            ),
+            ("DB_REPLICA_MAX_LAG_MS", "250"),
+            ("DB_READ_MISS_PRIMARY", "false"),
+        ]);
+        let s = settings(&pairs).unwrap();
+        let hosts: Vec<(&str, u16)> = s
+            .database
+            .replica_connect_options()
+            .iter()
+            .map(|o| (o.get_host(), o.get_port()))
+            .collect();
+        assert_eq!(hosts, [("10.0.0.2", 3306), ("reader.example", 3307)]);
+        assert_eq!(s.database.replica_max_lag, Duration::from_millis(250));
+        assert!(!s.database.read_miss_primary);
+        // The replicas' passwords stay out of debug output.
+        assert!(!format!("{s:?}").contains("u:p@"));
+    }
+
+    #[test]
+    fn bad_read_replica_settings_name_their_variable_and_never_echo_a_url() {
+        for (name, value) in [
+            (
+                "DATABASE_READ_URLS",
+                "mysql://u:p@h/db,redis://u:secret@h/0",
+            ),
+            (
+                "DATABASE_READ_URLS",
+                "mysql://u:p@h/db?ssl-ca=/nonexistent/ca.pem",
+            ),
+            ("DB_REPLICA_MAX_LAG_MS", "50"),
+            ("DB_REPLICA_MAX_LAG_MS", "soon"),
+            ("DB_READ_MISS_PRIMARY", "maybe"),
+        ] {
+            let mut pairs = BASE.to_vec();
+            pairs.push((name, value));
+            let err = settings(&pairs).unwrap_err();
+            assert_eq!(err.variable, name, "{value}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        let many = vec!["mysql://u:p@h/db"; 17].join(",");
+        let mut pairs = BASE.to_vec();
+        pairs.push(("DATABASE_READ_URLS", &many));
+        assert_eq!(settings(&pairs).unwrap_err().variable, "DATABASE_READ_URLS");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `DB_FLEET_MAX`: one MySQL connection budget for every replica together.
+//! `DB_FLEET_MAX`: one MySQL connection budget for every replica together,
+//! per MySQL endpoint (the primary, and each read replica).
 //!
-//! The budget is a lock of the service's own engine, `~mysql-fleet`, with
+//! The budget is a lock of the service's own engine, `~mysql-fleet` for the
+//! primary and `~mysql-fleet:<host>:<port>` for a read replica, with
 //! `permits = DB_FLEET_MAX`: a replica holds one grant (a *slot*) per MySQL
 //! connection it has open, so however many replicas run, the fleet never
 //! holds more connections than the budget. Waiting for a slot is waiting on
@@ -46,6 +48,8 @@ const KEEP_WHEN_IDLE: usize = 1;
 /// The replica's share of the fleet budget.
 pub(crate) struct FleetBudget {
     name: LockName,
+    /// The endpoint's label in metrics (`primary`, `replica-1`, ...).
+    endpoint: String,
     permits: u32,
     held: Mutex<Held>,
     /// The last call to Redis failed: the fallback minimum applies.
@@ -78,6 +82,7 @@ impl FleetBudget {
     /// the main runtime). Starts the renewal task; it stops when draining
     /// begins, and [`Self::give_back_all`] then returns every slot.
     pub(crate) fn start(
+        (name, endpoint): (LockName, String),
         permits: u32,
         engine: LockEngine,
         metrics: Metrics,
@@ -85,7 +90,8 @@ impl FleetBudget {
     ) -> Arc<Self> {
         let runtime = Handle::current();
         let budget = Arc::new(Self {
-            name: LockName::internal("mysql-fleet"),
+            name,
+            endpoint,
             permits,
             held: Mutex::default(),
             redis_down: AtomicBool::new(false),
@@ -165,6 +171,7 @@ impl FleetBudget {
                 held.in_use += 1;
                 self.metrics
                     .mysql_fleet_permits
+                    .with_label_values(&[&self.endpoint])
                     .set(gauge(held.slots.len()));
                 Ok(Box::new(SlotInUse(Arc::clone(self))) as BudgetSlot)
             }
@@ -185,7 +192,7 @@ impl FleetBudget {
         };
         self.metrics
             .mysql_fleet_leases
-            .with_label_values(&[label])
+            .with_label_values(&[&self.endpoint, label])
             .inc();
         outcome
     }
@@ -211,6 +218,7 @@ impl FleetBudget {
         let tokens: Vec<LockToken> = held.slots.drain(..surplus).map(|slot| slot.token).collect();
         self.metrics
             .mysql_fleet_permits
+            .with_label_values(&[&self.endpoint])
             .set(gauge(held.slots.len()));
         tokens
     }
@@ -295,6 +303,7 @@ impl FleetBudget {
         held.slots.retain(|slot| slot.until > now);
         self.metrics
             .mysql_fleet_permits
+            .with_label_values(&[&self.endpoint])
             .set(gauge(held.slots.len()));
     }
 
@@ -317,7 +326,10 @@ impl FleetBudget {
             let mut held = self.held();
             held.slots.drain(..).map(|slot| slot.token).collect()
         };
-        self.metrics.mysql_fleet_permits.set(0);
+        self.metrics
+            .mysql_fleet_permits
+            .with_label_values(&[&self.endpoint])
+            .set(0);
         Arc::clone(self).give_back(tokens).await;
     }
 }

@@ -2,7 +2,7 @@
 //! The HTTP side (the per-request middleware, `/metrics`) lives in `http/`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -29,8 +29,22 @@ pub(crate) struct Metrics {
     /// Protected requests by principal (configured names only, or
     /// `unauthenticated`) and status.
     pub requests_by_principal: IntCounterVec,
-    /// MySQL connections open / idle / in use (set at scrape time).
+    /// MySQL connections open / idle / in use, over every endpoint (set at scrape time).
     pub mysql_pool_connections: IntGaugeVec,
+    /// The same by endpoint (`primary`, `replica-1`, ...).
+    pub mysql_endpoint_connections: IntGaugeVec,
+    /// 1 while an endpoint takes reads (a replica: answering and caught up;
+    /// the primary: answering its heartbeat). Set only with read replicas.
+    pub mysql_endpoint_serving: IntGaugeVec,
+    /// Each replica's lag at its last probe, in seconds.
+    pub mysql_replica_lag: GaugeVec,
+    /// MySQL read queries by endpoint.
+    pub mysql_reads: IntCounterVec,
+    /// Reads retried on another endpoint after a connection error or timeout.
+    pub mysql_read_retries: IntCounter,
+    /// Ids missing on a replica looked up on the primary, by outcome
+    /// (`found`: the replica had not caught up; `missing`: no such row).
+    pub mysql_read_miss_rechecks: IntCounterVec,
     /// Most MySQL connections allowed.
     pub mysql_pool_max: IntGauge,
     /// Time spent waiting for a pooled MySQL connection.
@@ -47,9 +61,9 @@ pub(crate) struct Metrics {
     pub http_workers: IntGauge,
     /// `LOCK_MAX_WAITERS`, for alerts on `lock_waiters`.
     pub lock_max_waiters: IntGauge,
-    /// Fleet budget permits this replica holds (`DB_FLEET_MAX`).
-    pub mysql_fleet_permits: IntGauge,
-    /// Fleet budget leases by outcome: granted, exhausted, fallback.
+    /// Fleet budget permits this replica holds (`DB_FLEET_MAX`), by endpoint.
+    pub mysql_fleet_permits: IntGaugeVec,
+    /// Fleet budget leases by endpoint and outcome: granted, exhausted, fallback.
     pub mysql_fleet_leases: IntCounterVec,
     /// Redis pool connections open / idle (set at scrape time).
     pub redis_pool_connections: IntGaugeVec,
@@ -120,6 +134,48 @@ impl Metrics {
                 &["state"],
             )
             .expect("static"),
+            mysql_endpoint_connections: IntGaugeVec::new(
+                Opts::new(
+                    "mysql_endpoint_connections",
+                    "MySQL pool connections by endpoint and state",
+                ),
+                &["endpoint", "state"],
+            )
+            .expect("static"),
+            mysql_endpoint_serving: IntGaugeVec::new(
+                Opts::new(
+                    "mysql_endpoint_serving",
+                    "1 while a MySQL endpoint takes reads (replica answering and within DB_REPLICA_MAX_LAG_MS; primary answering its heartbeat)",
+                ),
+                &["endpoint"],
+            )
+            .expect("static"),
+            mysql_replica_lag: GaugeVec::new(
+                Opts::new(
+                    "mysql_replica_lag_seconds",
+                    "How far a read replica was behind the primary at its last probe (heartbeat)",
+                ),
+                &["endpoint"],
+            )
+            .expect("static"),
+            mysql_reads: IntCounterVec::new(
+                Opts::new("mysql_reads_total", "MySQL read queries by endpoint"),
+                &["endpoint"],
+            )
+            .expect("static"),
+            mysql_read_retries: IntCounter::new(
+                "mysql_read_retries_total",
+                "Reads retried on another endpoint after a connection error or timeout",
+            )
+            .expect("static"),
+            mysql_read_miss_rechecks: IntCounterVec::new(
+                Opts::new(
+                    "mysql_read_miss_rechecks_total",
+                    "Ids missing on a replica looked up on the primary, by outcome (found, missing)",
+                ),
+                &["outcome"],
+            )
+            .expect("static"),
             mysql_pool_max: IntGauge::new(
                 "mysql_pool_max_connections",
                 "Most MySQL connections allowed",
@@ -169,17 +225,20 @@ impl Metrics {
                 "Most lock requests that may wait at once (LOCK_MAX_WAITERS)",
             )
             .expect("static"),
-            mysql_fleet_permits: IntGauge::new(
-                "mysql_fleet_permits",
-                "Slots of the fleet-wide MySQL connection budget this replica holds",
+            mysql_fleet_permits: IntGaugeVec::new(
+                Opts::new(
+                    "mysql_fleet_permits",
+                    "Slots of the fleet-wide MySQL connection budget this replica holds, by endpoint",
+                ),
+                &["endpoint"],
             )
             .expect("static"),
             mysql_fleet_leases: IntCounterVec::new(
                 Opts::new(
                     "mysql_fleet_leases_total",
-                    "Requests for a fleet budget slot from Redis, by outcome",
+                    "Requests for a fleet budget slot from Redis, by endpoint and outcome",
                 ),
-                &["outcome"],
+                &["endpoint", "outcome"],
             )
             .expect("static"),
             redis_pool_connections: IntGaugeVec::new(
@@ -274,6 +333,12 @@ impl Metrics {
             Box::new(metrics.requests_by_principal.clone()),
             Box::new(metrics.mysql_pool_connections.clone()),
             Box::new(metrics.mysql_pool_max.clone()),
+            Box::new(metrics.mysql_endpoint_connections.clone()),
+            Box::new(metrics.mysql_endpoint_serving.clone()),
+            Box::new(metrics.mysql_replica_lag.clone()),
+            Box::new(metrics.mysql_reads.clone()),
+            Box::new(metrics.mysql_read_retries.clone()),
+            Box::new(metrics.mysql_read_miss_rechecks.clone()),
             Box::new(metrics.mysql_acquire_wait.clone()),
             Box::new(metrics.coalesced_reads.clone()),
             Box::new(metrics.mysql_read_batch_size.clone()),
@@ -308,23 +373,26 @@ impl Metrics {
     }
 
     /// Sets the pool gauges from the pools' own counts (at scrape time):
-    /// open, idle and in use, where idle + in use = open.
-    pub(crate) fn set_pool_sizes(&self, mysql: (u32, usize), redis: (usize, usize)) {
-        let states = [
-            (&self.mysql_pool_connections, mysql.0 as usize, mysql.1),
-            (&self.redis_pool_connections, redis.0, redis.1),
-        ];
-        for (gauge, open, idle) in states {
+    /// open, idle and in use, where idle + in use = open. `mysql` has the
+    /// (open, idle) counts of each endpoint by its label.
+    pub(crate) fn set_pool_sizes(&self, mysql: &[(&str, (usize, usize))], redis: (usize, usize)) {
+        let set = |gauge: &IntGaugeVec, labels: &[&str], (open, idle): (usize, usize)| {
             let idle = idle.min(open);
-            let set = |state: &str, count: usize| {
+            for (state, count) in [("open", open), ("idle", idle), ("in_use", open - idle)] {
+                let mut values = labels.to_vec();
+                values.push(state);
                 gauge
-                    .with_label_values(&[state])
+                    .with_label_values(&values)
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
-            };
-            set("open", open);
-            set("idle", idle);
-            set("in_use", open - idle);
+            }
+        };
+        let mut total = (0, 0);
+        for &(endpoint, counts) in mysql {
+            set(&self.mysql_endpoint_connections, &[endpoint], counts);
+            total = (total.0 + counts.0, total.1 + counts.1);
         }
+        set(&self.mysql_pool_connections, &[], total);
+        set(&self.redis_pool_connections, &[], redis);
     }
 
     /// The Prometheus text exposition of every metric.

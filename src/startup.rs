@@ -18,11 +18,12 @@ use crate::http::middleware::overload::InFlightLimit;
 use crate::http::peer::{PeerWatch, SweeperGuard};
 use crate::http::tls::ListenerCertificate;
 use crate::http::{AppState, admin_server, public_server};
-use crate::locks::{EngineSettings, LockEngine, LockStore, WakeSource};
+use crate::locks::{EngineSettings, LockEngine, LockName, LockStore, WakeSource};
 use crate::metrics::Metrics;
-use crate::pools::mysql::MysqlPools;
+use crate::pools::heartbeat::Heartbeat;
 use crate::pools::redis::RedisPools;
 use crate::pools::redis_target::{RedisTarget, invalid_redis_url};
+use crate::pools::replicas::ReadEndpoints;
 use crate::pools::tls::{verify_mysql, verify_redis};
 use crate::transcriptions::ReadCoalescer;
 
@@ -85,12 +86,15 @@ pub struct Application {
     admin_addr: SocketAddr,
     public: Server,
     admin: Server,
-    /// Each worker's pool closes (COM_QUIT) once its reads are done.
-    mysql: Arc<MysqlPools>,
+    /// Each worker's pools close (COM_QUIT) once its reads are done.
+    mysql: Arc<ReadEndpoints>,
+    /// Writes the replica heartbeat and probes the replicas (with
+    /// `DATABASE_READ_URLS`); stops with the application.
+    _heartbeat: Option<tokio::task::JoinSet<()>>,
     /// Closed after the drain.
     redis: Arc<RedisPools>,
-    /// The fleet budget's slots go back once the pools are closed.
-    fleet: Option<Arc<FleetBudget>>,
+    /// The fleet budgets' slots go back once the pools are closed.
+    fleet: Vec<Arc<FleetBudget>>,
     /// The lock engine: the drain lets the work requests left behind finish
     /// before Redis closes.
     locks: LockEngine,
@@ -127,7 +131,13 @@ impl Application {
             .set(i64::try_from(workers).unwrap_or(i64::MAX));
         let (leaving, leave_watch) = watch::channel(false);
         let (draining, drain_watch) = watch::channel(false);
-        let mysql = MysqlPools::new(&settings.database, workers, drain_watch.clone());
+        let mysql = ReadEndpoints::new(&settings.database, workers, drain_watch.clone(), &metrics);
+        let heartbeat = Heartbeat::start(
+            &mysql,
+            settings.database.replica_max_lag,
+            &metrics,
+            drain_watch.clone(),
+        );
         let redis = Arc::new(RedisPools::new(
             &redis_target,
             settings.redis_pool_max,
@@ -183,6 +193,7 @@ impl Application {
 
         Ok(Self {
             fleet,
+            _heartbeat: heartbeat,
             locks,
             public_addr,
             admin_addr,
@@ -253,8 +264,8 @@ struct Drain {
     draining: watch::Receiver<bool>,
     public: ServerHandle,
     admin: ServerHandle,
-    mysql: Arc<MysqlPools>,
-    fleet: Option<Arc<FleetBudget>>,
+    mysql: Arc<ReadEndpoints>,
+    fleet: Vec<Arc<FleetBudget>>,
     locks: LockEngine,
     metrics: Metrics,
     timeout: Duration,
@@ -278,7 +289,7 @@ impl Drain {
         self.mysql
             .closed(deadline.saturating_duration_since(Instant::now()))
             .await;
-        if let Some(fleet) = &self.fleet {
+        for fleet in &self.fleet {
             fleet.give_back_all().await;
         }
         tokio::join!(self.public.stop(true), self.admin.stop(true));
@@ -289,7 +300,7 @@ impl Drain {
 /// the middlewares and probes need.
 fn app_state(
     settings: &Settings,
-    mysql: &Arc<MysqlPools>,
+    mysql: &Arc<ReadEndpoints>,
     (redis, wake): (&Arc<RedisPools>, WakeSource),
     metrics: &Metrics,
     (peers, identities): (PeerWatch, Arc<Identities>),
@@ -315,10 +326,23 @@ fn app_state(
         runtime: backend,
         draining: draining.clone(),
     });
-    let fleet = settings.database.fleet_max.map(|permits| {
-        let engine = locks.for_worker(redis.background().clone());
-        FleetBudget::start(permits, engine, metrics.clone(), draining.clone())
-    });
+    // One budget per endpoint: the primary's lock keeps its v1.1 name, a
+    // replica's is named by its address (the same for every service replica).
+    let fleet = match settings.database.fleet_max {
+        None => Vec::new(),
+        Some(permits) => mysql
+            .all()
+            .map(|endpoint| {
+                let name = match endpoint.label.as_str() {
+                    "primary" => LockName::internal("mysql-fleet"),
+                    _ => LockName::internal(&format!("mysql-fleet:{}", endpoint.address)),
+                };
+                let engine = locks.for_worker(redis.background().clone());
+                let id = (name, endpoint.label.clone());
+                FleetBudget::start(id, permits, engine, metrics.clone(), draining.clone())
+            })
+            .collect(),
+    };
     AppState {
         mysql: Arc::clone(mysql),
         coalescer: ReadCoalescer::new(),

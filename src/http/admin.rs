@@ -6,8 +6,8 @@ use actix_web::{HttpResponse, web};
 use prometheus::{Encoder, TextEncoder};
 
 use crate::metrics::Metrics;
-use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
+use crate::pools::replicas::ReadEndpoints;
 
 /// What the admin listener reads.
 #[derive(Clone)]
@@ -15,7 +15,7 @@ pub(crate) struct AdminState {
     /// The registry to render.
     pub metrics: Metrics,
     /// Read at scrape time for the pool gauges.
-    pub mysql: Arc<MysqlPools>,
+    pub mysql: Arc<ReadEndpoints>,
     /// Read at scrape time for the pool gauges.
     pub redis: Arc<RedisPools>,
 }
@@ -24,7 +24,7 @@ pub(crate) struct AdminState {
 pub(crate) async fn metrics_endpoint(state: web::Data<AdminState>) -> HttpResponse {
     state
         .metrics
-        .set_pool_sizes(state.mysql.sizes(), state.redis.status());
+        .set_pool_sizes(&state.mysql.sizes(), state.redis.status());
     HttpResponse::Ok()
         .content_type(TextEncoder::new().format_type())
         .body(state.metrics.render())

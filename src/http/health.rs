@@ -18,8 +18,9 @@ use serde_json::json;
 
 use crate::http::error::{ApiError, FieldError};
 use crate::metrics::Metrics;
-use crate::pools::mysql::{AcquireError, WorkerPool};
+use crate::pools::mysql::AcquireError;
 use crate::pools::redis::RedisPool;
+use crate::pools::replicas::{Endpoint, WorkerReads};
 
 /// A readiness probe must answer well inside Kubernetes' probe timeout.
 const CHECK_TIMEOUT: Duration = Duration::from_millis(800);
@@ -66,8 +67,8 @@ impl ReadinessCache {
 /// close cleanly at shutdown, as the reads' do), and the process' verdict.
 #[derive(Clone)]
 pub(crate) struct Readiness {
-    /// MySQL pool to ping.
-    pub mysql: Rc<WorkerPool>,
+    /// MySQL pools: the primary's to ping, and whether a replica serves.
+    pub mysql: Rc<WorkerReads>,
     /// Redis pool to ping.
     pub redis: RedisPool,
     /// The verdict every worker shares.
@@ -113,10 +114,17 @@ impl Readiness {
         verdict
     }
 
+    /// Reads can be served: the primary answers, or a replica takes reads
+    /// (the probes in `pools::heartbeat` keep that state).
     async fn mysql_answers(&self) -> bool {
-        let _read = self.mysql.begin_read();
+        self.mysql.any_replica_serving() || self.primary_answers().await
+    }
+
+    async fn primary_answers(&self) -> bool {
+        let primary = self.mysql.pool(Endpoint::Primary);
+        let _read = primary.begin_read();
         let ping = async {
-            let mut conn = match self.mysql.acquire().await {
+            let mut conn = match primary.acquire().await {
                 Ok(conn) => conn,
                 // Every connection busy, or the fleet budget spent: that is
                 // load, not failure; taking this replica out would shed more.

@@ -46,8 +46,8 @@ use self::routes::transcriptions::{get_transcription, get_transcriptions};
 use crate::fleet::FleetBudget;
 use crate::locks::LockEngine;
 use crate::metrics::Metrics;
-use crate::pools::mysql::MysqlPools;
 use crate::pools::redis::RedisPools;
+use crate::pools::replicas::ReadEndpoints;
 use crate::transcriptions::{ReadCoalescer, TranscriptionReader};
 
 /// What the public listener's handlers and middlewares share, built once by
@@ -55,16 +55,17 @@ use crate::transcriptions::{ReadCoalescer, TranscriptionReader};
 /// that worker's own pools.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// The per-worker MySQL pools.
-    pub mysql: Arc<MysqlPools>,
+    /// The read endpoints (primary and replicas) and their per-worker pools.
+    pub mysql: Arc<ReadEndpoints>,
     /// Reads of one id in flight, shared by every worker.
     pub coalescer: ReadCoalescer,
     /// The lock engine; each worker gets a copy making calls through its own Redis pool.
     pub locks: LockEngine,
     /// The per-worker Redis pools.
     pub redis: Arc<RedisPools>,
-    /// The fleet-wide MySQL connection budget, when `DB_FLEET_MAX` is set.
-    pub fleet: Option<Arc<FleetBudget>>,
+    /// The fleet-wide MySQL connection budget of each endpoint (primary
+    /// first), when `DB_FLEET_MAX` is set; empty otherwise.
+    pub fleet: Vec<Arc<FleetBudget>>,
     /// Flips to true when shutdown begins (readiness turns 503).
     pub leaving: tokio::sync::watch::Receiver<bool>,
     /// The readiness verdict, shared by every worker.
@@ -184,11 +185,12 @@ fn public_app(
 > {
     // Called on the worker's runtime: its pools' connections live there.
     let redis = state.redis.for_worker();
-    let budget = state
+    let budgets: Vec<_> = state
         .fleet
-        .as_ref()
-        .map(|fleet| fleet.for_worker(state.locks.for_worker(redis.clone())));
-    let mysql = state.mysql.open_for_worker(budget);
+        .iter()
+        .map(|fleet| fleet.for_worker(state.locks.for_worker(redis.clone())))
+        .collect();
+    let mysql = state.mysql.open_for_worker(|n| budgets.get(n).cloned());
     let metrics = state.metrics.get_ref().clone();
     let reader =
         TranscriptionReader::for_worker(Rc::clone(&mysql), state.coalescer, metrics.clone());

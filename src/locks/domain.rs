@@ -18,8 +18,20 @@ impl LockName {
     }
 
     /// A name the service uses for itself. It starts with `~`, which no
-    /// client's name may contain, so no request can take or release its slots.
-    pub(crate) fn internal(name: &'static str) -> Self {
+    /// client's name may contain, so no request can take or release its
+    /// slots. Characters a name may not have become `-`.
+    pub(crate) fn internal(name: &str) -> Self {
+        let name: String = name
+            .chars()
+            .take(127)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         Self(format!("~{name}"))
     }
 

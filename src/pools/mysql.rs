@@ -1,4 +1,5 @@
-//! The MySQL pools: one per HTTP worker, `DB_POOL_MAX` split between them.
+//! The MySQL pools of one endpoint (the primary, or a read replica): one
+//! per HTTP worker, `DB_POOL_MAX` split between them.
 //!
 //! A worker's pool is used from that worker's thread only, so it is a plain
 //! LIFO of idle connections behind a semaphore: a read never wakes another
@@ -13,7 +14,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,10 +68,11 @@ pub(crate) enum AcquireError {
     Closed,
 }
 
-/// The serving pools of one replica.
+/// The serving pools of one endpoint on one replica.
 pub(crate) struct MysqlPools {
-    /// How to connect, and the replica's total `DB_POOL_MAX`.
-    database: DatabaseSettings,
+    /// How to connect.
+    options: MySqlConnectOptions,
+    acquire_timeout: Duration,
     /// Connections each worker may open: the total split between workers,
     /// the first `remainder` opened getting one more, so the shares add up
     /// to `DB_POOL_MAX` exactly.
@@ -80,6 +82,9 @@ pub(crate) struct MysqlPools {
     draining: watch::Receiver<bool>,
     /// What every opened pool reports (read from other threads).
     opened: Mutex<Vec<Arc<PoolReport>>>,
+    /// Connections opened before the current generation are closed instead
+    /// of reused (see [`Self::forget_connections`]).
+    generation: Arc<AtomicU64>,
 }
 
 /// What a worker's pool tells the rest of the process.
@@ -96,6 +101,8 @@ struct PoolReport {
 /// One HTTP worker's pool. Not `Send`: it never leaves its worker's thread.
 pub(crate) struct WorkerPool {
     options: MySqlConnectOptions,
+    /// The endpoint's connection generation (shared by its workers' pools).
+    generation: Arc<AtomicU64>,
     acquire_timeout: Duration,
     /// The worker's bound: its share of `DB_POOL_MAX`.
     capacity: usize,
@@ -114,6 +121,7 @@ pub(crate) struct WorkerPool {
 
 struct IdleConnection {
     conn: MySqlConnection,
+    generation: u64,
     born: Instant,
     since: Instant,
     slot: Option<BudgetSlot>,
@@ -122,6 +130,7 @@ struct IdleConnection {
 /// A checked-out connection: back to the pool when dropped, unless it failed.
 pub(crate) struct PooledConnection {
     conn: Option<MySqlConnection>,
+    generation: u64,
     born: Instant,
     pool: Rc<WorkerPool>,
     slot: Option<BudgetSlot>,
@@ -142,8 +151,11 @@ impl Drop for ReadInFlight {
 }
 
 impl MysqlPools {
-    /// Pools for `workers` HTTP workers; nothing connects until a read needs it.
+    /// Pools for `workers` HTTP workers over the endpoint `options` names,
+    /// with `DB_POOL_MAX` and `DB_ACQUIRE_TIMEOUT_MS` from `database`;
+    /// nothing connects until a read needs it.
     pub(crate) fn new(
+        options: MySqlConnectOptions,
         database: &DatabaseSettings,
         workers: usize,
         draining: watch::Receiver<bool>,
@@ -152,10 +164,20 @@ impl MysqlPools {
         Arc::new(Self {
             per_worker: (total / workers.max(1)).max(1),
             remainder: total % workers.max(1),
-            database: database.clone(),
+            options,
+            acquire_timeout: database.acquire_timeout,
             draining,
             opened: Mutex::default(),
+            generation: Arc::default(),
         })
+    }
+
+    /// Every connection open now is closed instead of reused, in every
+    /// worker's pool: the endpoint failed (its server restarted, or its DNS
+    /// name now points at another server), so new connections resolve and
+    /// connect afresh. Safe from any thread.
+    pub(crate) fn forget_connections(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Opens the pool of the calling HTTP worker. Call it on that worker's
@@ -172,8 +194,9 @@ impl MysqlPools {
             self.per_worker + usize::from(opened.len() <= self.remainder)
         };
         let pool = Rc::new(WorkerPool {
-            options: self.database.connect_options(),
-            acquire_timeout: self.database.acquire_timeout,
+            options: self.options.clone(),
+            generation: Arc::clone(&self.generation),
+            acquire_timeout: self.acquire_timeout,
             capacity,
             permits: Arc::new(Semaphore::new(capacity)),
             idle: RefCell::default(),
@@ -195,12 +218,11 @@ impl MysqlPools {
     }
 
     /// Connections open and idle, over every worker's pool.
-    pub(crate) fn sizes(&self) -> (u32, usize) {
+    pub(crate) fn sizes(&self) -> (usize, usize) {
         let opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
         opened.iter().fold((0, 0), |(open, idle), r| {
-            let count = r.open.load(Ordering::Relaxed);
             (
-                open + u32::try_from(count).unwrap_or(u32::MAX),
+                open + r.open.load(Ordering::Relaxed),
                 idle + r.idle.load(Ordering::Relaxed),
             )
         })
@@ -237,6 +259,11 @@ impl WorkerPool {
         self.acquire_timeout
     }
 
+    /// Reads running now on this worker's pool.
+    pub(crate) fn reads_in_flight(&self) -> usize {
+        self.reads.get()
+    }
+
     /// Counts a read until the returned guard drops.
     pub(crate) fn begin_read(self: &Rc<Self>) -> ReadInFlight {
         self.reads.set(self.reads.get() + 1);
@@ -260,10 +287,16 @@ impl WorkerPool {
             // A connection given up here returns its budget slot as it drops.
             let IdleConnection {
                 mut conn,
+                generation,
                 born,
                 since,
                 slot,
             } = idle;
+            if generation != self.current_generation() {
+                // Its endpoint failed since: the server may be gone or moved.
+                self.forget_one();
+                continue;
+            }
             if since.elapsed() > IDLE_TIMEOUT || born.elapsed() > MAX_LIFETIME {
                 self.retire(conn);
                 continue;
@@ -272,7 +305,7 @@ impl WorkerPool {
                 self.forget_one();
                 continue;
             }
-            return Ok(self.checked_out(conn, born, slot, permit));
+            return Ok(self.checked_out(conn, generation, born, slot, permit));
         }
         // A new connection needs a slot of the fleet budget first, if there is one.
         let slot = match &self.budget {
@@ -283,10 +316,11 @@ impl WorkerPool {
             None => None,
         };
         let left = self.acquire_timeout.saturating_sub(started.elapsed());
+        let generation = self.current_generation();
         match tokio::time::timeout(left, MySqlConnection::connect_with(&self.options)).await {
             Ok(Ok(conn)) => {
                 self.report.open.fetch_add(1, Ordering::Relaxed);
-                Ok(self.checked_out(conn, Instant::now(), slot, permit))
+                Ok(self.checked_out(conn, generation, Instant::now(), slot, permit))
             }
             Ok(Err(error)) => {
                 tracing::warn!(error = %describe(&error), "MySQL connection failed");
@@ -294,6 +328,10 @@ impl WorkerPool {
             }
             Err(_elapsed) => Err(AcquireError::Unreachable),
         }
+    }
+
+    fn current_generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
     }
 
     fn take_idle(&self) -> Option<IdleConnection> {
@@ -305,12 +343,14 @@ impl WorkerPool {
     fn checked_out(
         self: &Rc<Self>,
         conn: MySqlConnection,
+        generation: u64,
         born: Instant,
         slot: Option<BudgetSlot>,
         permit: OwnedSemaphorePermit,
     ) -> PooledConnection {
         PooledConnection {
             conn: Some(conn),
+            generation,
             born,
             pool: Rc::clone(self),
             slot,
@@ -403,13 +443,16 @@ impl Drop for PooledConnection {
     fn drop(&mut self) {
         let Some(conn) = self.conn.take() else { return };
         let over_budget = self.pool.budget.as_ref().is_some_and(|b| b.over_budget());
-        if self.pool.permits.is_closed() || over_budget {
-            // Shutting down, or more connections than budget slots: close it properly.
+        let stale = self.generation != self.pool.current_generation();
+        if self.pool.permits.is_closed() || over_budget || stale {
+            // Shutting down, more connections than budget slots, or its
+            // endpoint failed since it was opened: close it properly.
             self.pool.retire(conn);
             return;
         }
         self.pool.idle.borrow_mut().push(IdleConnection {
             conn,
+            generation: self.generation,
             born: self.born,
             since: Instant::now(),
             slot: self.slot.take(),

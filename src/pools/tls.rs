@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use redis::ConnectionAddr;
 use sqlx::Connection;
-use sqlx::mysql::{MySqlConnection, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
 
 use super::redis_target::{RedisTarget, invalid_redis_url};
 use crate::config::{ConfigError, DatabaseSettings};
@@ -59,10 +59,21 @@ pub async fn verify_redis(target: &RedisTarget, ca_file_set: bool) -> Result<(),
     }
 }
 
-/// When `DATABASE_URL` asks for TLS (`ssl-mode=required` or stricter),
-/// connects once and stops the start if TLS cannot be set up.
+/// When `DATABASE_URL` or an entry of `DATABASE_READ_URLS` asks for TLS
+/// (`ssl-mode=required` or stricter), connects once to it and stops the
+/// start if TLS cannot be set up.
 pub async fn verify_mysql(database: &DatabaseSettings) -> Result<(), ConfigError> {
-    let options = database.connect_options();
+    verify_mysql_endpoint(database.connect_options(), "DATABASE_URL").await?;
+    for replica in database.replica_connect_options() {
+        verify_mysql_endpoint(replica.clone(), "DATABASE_READ_URLS").await?;
+    }
+    Ok(())
+}
+
+async fn verify_mysql_endpoint(
+    options: MySqlConnectOptions,
+    variable: &'static str,
+) -> Result<(), ConfigError> {
     if matches!(
         options.get_ssl_mode(),
         MySqlSslMode::Disabled | MySqlSslMode::Preferred
@@ -89,7 +100,7 @@ pub async fn verify_mysql(database: &DatabaseSettings) -> Result<(), ConfigError
     };
     match problem {
         Some(problem) => Err(ConfigError::new(
-            "DATABASE_URL",
+            variable,
             format!("TLS to MySQL failed: {problem}"),
         )),
         None => {

@@ -9,7 +9,9 @@
 //! anyway share the next query (group commit). So batching costs no latency
 //! when idle and saves the most when busy (bench/README.md, "Read path").
 //!
-//! One batcher per HTTP worker, on that worker's thread, over its pool.
+//! One batcher per HTTP worker, on that worker's thread, over its pools: as
+//! many queries at once as the endpoints taking reads have connections for
+//! this worker.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -39,8 +41,6 @@ pub(crate) struct ReadBatcher {
 struct Inner {
     repo: TranscriptionRepo,
     metrics: Metrics,
-    /// Flushers that may run at once: the worker's share of `DB_POOL_MAX`.
-    max_flushers: usize,
     /// How long an id may wait for a connection before its caller gets 503.
     queue_limit: Duration,
     state: RefCell<State>,
@@ -63,18 +63,13 @@ struct State {
 }
 
 impl ReadBatcher {
-    /// A batcher over `repo`, running at most `max_flushers` queries at once.
-    pub(crate) fn new(
-        repo: TranscriptionRepo,
-        metrics: Metrics,
-        max_flushers: usize,
-        queue_limit: Duration,
-    ) -> Self {
+    /// A batcher over `repo`, running at most as many queries at once as
+    /// the repository's endpoints have connections for this worker.
+    pub(crate) fn new(repo: TranscriptionRepo, metrics: Metrics, queue_limit: Duration) -> Self {
         Self {
             inner: Rc::new(Inner {
                 repo,
                 metrics,
-                max_flushers: max_flushers.max(1),
                 queue_limit,
                 state: RefCell::default(),
             }),
@@ -120,7 +115,7 @@ impl ReadBatcher {
                 state.spans.insert(id, span);
             }
         }
-        if state.starting == 0 && state.flushers < self.inner.max_flushers {
+        if state.starting == 0 && state.flushers < self.inner.repo.max_queries().max(1) {
             state.flushers += 1;
             state.starting += 1;
             tokio::task::spawn_local(Rc::clone(&self.inner).flush());

@@ -12,7 +12,7 @@ use super::coalesce::Coalescer;
 use super::domain::{Transcription, TranscriptionId};
 use super::repo::{ReadError, TranscriptionRepo};
 use crate::metrics::Metrics;
-use crate::pools::mysql::WorkerPool;
+use crate::pools::replicas::WorkerReads;
 use crate::telemetry::otel;
 
 /// A transcription serialized once and shared by every coalesced caller.
@@ -39,17 +39,17 @@ pub(crate) struct TranscriptionReader {
 }
 
 impl TranscriptionReader {
-    /// The reader of one HTTP worker: over its pool, coalescing through
+    /// The reader of one HTTP worker: over its pools, coalescing through
     /// `coalescer` (shared by the workers).
     pub(crate) fn for_worker(
-        pool: Rc<WorkerPool>,
+        reads: Rc<WorkerReads>,
         coalescer: ReadCoalescer,
         metrics: Metrics,
     ) -> Self {
-        let (max_queries, queue_limit) = (pool.capacity(), pool.acquire_timeout());
-        let repo = TranscriptionRepo::new(pool, metrics.clone());
+        let queue_limit = reads.acquire_timeout();
+        let repo = TranscriptionRepo::new(reads, metrics.clone());
         Self {
-            batcher: ReadBatcher::new(repo.clone(), metrics.clone(), max_queries, queue_limit),
+            batcher: ReadBatcher::new(repo.clone(), metrics.clone(), queue_limit),
             repo,
             coalescer,
             metrics,

@@ -58,7 +58,7 @@ async fn permits(replicas: &[&Replica]) -> u64 {
         let text = response.text().await.unwrap_or_default();
         total += text
             .lines()
-            .find_map(|l| l.strip_prefix("middleway_mysql_fleet_permits "))
+            .find_map(|l| l.strip_prefix("middleway_mysql_fleet_permits{endpoint=\"primary\"} "))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
     }
@@ -339,7 +339,11 @@ async fn with_redis_down_replicas_keep_their_slots_until_the_lease_ends_then_fal
         "only 200s and 503 + Retry-After"
     );
     let text = metrics_text(&replicas[0].admin).await;
-    assert!(text.contains("middleway_mysql_fleet_leases_total{outcome=\"granted\"}"));
+    assert!(
+        text.contains(
+            "middleway_mysql_fleet_leases_total{endpoint=\"primary\",outcome=\"granted\"}"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,7 +379,9 @@ async fn a_spent_budget_is_503_with_retry_after_and_leaves_readiness_alone() {
     assert_eq!(permits(&[&replicas[0]]).await, 1);
     assert_eq!(permits(&[&replicas[1]]).await, 0);
     let text = metrics_text(&replicas[1].admin).await;
-    assert!(text.contains("middleway_mysql_fleet_leases_total{outcome=\"exhausted\"}"));
+    assert!(text.contains(
+        "middleway_mysql_fleet_leases_total{endpoint=\"primary\",outcome=\"exhausted\"}"
+    ));
 }
 
 /// `middleway_mysql_fleet_permits` of one replica reaches `at_least` within `within`.

@@ -17,6 +17,7 @@ mod oidc;
 mod principals;
 mod production;
 mod production_backends;
+mod read_replicas;
 mod redis_cluster;
 mod redis_pool;
 mod sizing;
