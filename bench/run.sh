@@ -15,6 +15,8 @@
 #                         all measured in alternating rounds (ROUNDS=5; medians reported)
 #   bench/run.sh auth     the service's CPU per authenticated GET with an API key, a
 #                         cached JWT and a cached AWS IAM token, same run (bench/auth.sh)
+#   bench/run.sh replicas GET/s and where the MySQL CPU goes, with two read replicas
+#                         (DATABASE_READ_URLS) against the primary alone, same run (bench/replicas.sh)
 #   bench/run.sh lockcheck --self-test
 #                         the checker must catch an engine broken on purpose (CI runs this)
 set -euo pipefail
@@ -25,6 +27,10 @@ log() { echo "bench: $*" >&2; }
 
 if [ "$mode" = auth ]; then
   exec bench/auth.sh
+fi
+
+if [ "$mode" = replicas ]; then
+  exec bench/replicas.sh
 fi
 
 if [ "$mode" = locks ]; then

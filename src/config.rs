@@ -354,7 +354,7 @@ impl DatabaseSettings {
                 "DB_REPLICA_MAX_LAG_MS",
                 1000,
                 100,
-                3_600_000,
+                600_000,
             )?),
             read_miss_primary: match var("DB_READ_MISS_PRIMARY") {
                 None => true,

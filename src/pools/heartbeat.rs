@@ -164,8 +164,7 @@ impl Heartbeat {
                 }
                 Ok(Err(sqlx::Error::Database(error))) => {
                     // The server answered but refused: no table (not
-                    // migrated), no grant, or it is read-only now (an Aurora
-                    // failover moved the writer): reconnect by name.
+                    // migrated), no grant, or it is read-only now.
                     if last_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
                         tracing::error!(
                             error = error.message(),
@@ -174,8 +173,12 @@ impl Heartbeat {
                         last_logged = Some(Instant::now());
                     }
                     self.acknowledged().refused = true;
-                    conn = None;
-                    primary.pools.forget_connections();
+                    if is_read_only(error.as_ref()) {
+                        // An Aurora-style failover: the writer's name now
+                        // leads to another server. Connect by name afresh.
+                        conn = None;
+                        primary.pools.forget_connections();
+                    }
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(error = %describe(&error), "the primary did not take the heartbeat");
@@ -265,6 +268,15 @@ async fn connected<'c>(
         *conn = Some(MySqlConnection::connect_with(&endpoint.options).await?);
     }
     Ok(conn.as_mut().expect("connected above"))
+}
+
+/// Whether MySQL refused a write because the server is read-only
+/// (`ER_OPTION_PREVENTS_STATEMENT` for `--read-only`, `ER_READ_ONLY_MODE`).
+fn is_read_only(error: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = error
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(sqlx::mysql::MySqlDatabaseError::number);
+    matches!(code, Some(1290 | 1836))
 }
 
 /// Deletes the rows of service replicas that stopped long ago (killed

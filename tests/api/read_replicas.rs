@@ -409,3 +409,108 @@ async fn every_endpoint_down_gives_fast_503s_and_one_returning_serves_again() {
     .await;
     assert!(ready, "reads are ready again with one replica back");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_endpoint_has_its_own_pool_and_fleet_budget() {
+    let cluster = ReplicatedMariaDb::start(1).await;
+    let app = spawn_on(
+        &cluster,
+        &[
+            ("DB_POOL_MAX", "4"),
+            ("DB_FLEET_MAX", "2"),
+            ("WORKERS", "2"),
+        ],
+    )
+    .await;
+    let ids = insert_rows(&app, 50).await;
+    cluster.wait_caught_up(0).await;
+    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+
+    let load = Load::start(&app, &ids, 50);
+    let mut most = 0;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let scrape = metrics_text(&app.admin_address).await;
+        let open = series_value(
+            &scrape,
+            "middleway_mysql_endpoint_connections{endpoint=\"replica-1\",state=\"open\"}",
+        );
+        let slots = series_value(
+            &scrape,
+            "middleway_mysql_fleet_permits{endpoint=\"replica-1\"}",
+        );
+        assert!(
+            open <= 2,
+            "replica-1 has {open} connections, its budget is 2"
+        );
+        assert!(slots <= 2, "replica-1 holds {slots} slots of 2");
+        most = most.max(open);
+    }
+    // Fifty callers over two connections: some wait past the acquire
+    // timeout and get the budget's documented 503; the bound is the point.
+    let (ok, _failed, _first) = load.finish().await;
+    assert!(ok > 0 && most >= 1, "the replica's pool was used");
+    // The replica's budget is its own: the primary's is untouched by its reads.
+    let scrape = metrics_text(&app.admin_address).await;
+    assert!(scrape.contains(
+        "middleway_mysql_fleet_leases_total{endpoint=\"replica-1\",outcome=\"granted\"}"
+    ));
+    assert_eq!(
+        series_value(
+            &scrape,
+            "middleway_mysql_endpoint_connections{endpoint=\"primary\",state=\"open\"}"
+        ),
+        0
+    );
+}
+
+/// An Aurora failover turns the old writer into a reader while the writer
+/// endpoint's name moves to the new one: the service must not keep using
+/// connections made to the old server. Here the primary turns read-only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_primary_turned_read_only_has_its_connections_replaced_not_reused() {
+    let cluster = ReplicatedMariaDb::start(1).await;
+    let db = &cluster.db_name;
+    // A user as in production: no privilege that bypasses read_only.
+    cluster
+        .on_primary(&format!(
+            "CREATE USER 'mwapp'@'127.0.0.1' IDENTIFIED BY 'mwapp'; \
+             GRANT SELECT, INSERT, DELETE ON `{db}`.* TO 'mwapp'@'127.0.0.1'"
+        ))
+        .await;
+    cluster.wait_caught_up(0).await;
+    let url = |port: u16| format!("mysql://mwapp:mwapp@127.0.0.1:{port}/{db}");
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&url(cluster.primary.port), &redis_url(), &prefix);
+    env.insert("DATABASE_READ_URLS".into(), url(cluster.replicas[0].port));
+    let app = spawn_app_on(env, cluster.db_name.clone(), prefix).await;
+    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+
+    // A miss is rechecked on the primary: a pooled connection to it opens.
+    let absent = 424_242;
+    assert_eq!(
+        app.get(&format!("/transcriptions/{absent}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let before = cluster.connections_of("mwapp").await;
+    assert!(!before.is_empty());
+
+    cluster.on_primary("SET GLOBAL read_only = 1").await;
+    // The heartbeat is refused: no lag can be measured, the replica leaves
+    // the rotation, and the primary's connections are to be replaced.
+    wait_serving(&app, "replica-1", false, Duration::from_secs(5)).await;
+    assert_eq!(
+        app.get(&format!("/transcriptions/{absent}")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let replaced = eventually(Duration::from_secs(5), async || {
+        let now = cluster.connections_of("mwapp").await;
+        before.iter().all(|id| !now.contains(id))
+    })
+    .await;
+    assert!(replaced, "a connection made before the failover was reused");
+
+    // Writable again: the heartbeat is taken and the replica serves.
+    cluster.on_primary("SET GLOBAL read_only = 0").await;
+    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+}

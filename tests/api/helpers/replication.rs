@@ -113,6 +113,28 @@ impl ReplicatedMariaDb {
         assert!(caught_up, "replica {n} did not catch up with {target}");
     }
 
+    /// Runs `statement` as root on the primary (replicated like any other).
+    pub async fn on_primary(&self, statement: &str) {
+        let pool = root(&self.primary).await;
+        pool.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+            .await
+            .expect("statement on the primary");
+        pool.close().await;
+    }
+
+    /// Ids of the primary's connections of `user`.
+    pub async fn connections_of(&self, user: &str) -> Vec<i64> {
+        let pool = root(&self.primary).await;
+        let ids =
+            sqlx::query_scalar("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = ?")
+                .bind(user)
+                .fetch_all(&pool)
+                .await
+                .expect("process list");
+        pool.close().await;
+        ids
+    }
+
     async fn on_replica(&self, n: usize, statement: &'static str) {
         let pool = root(&self.replicas[n]).await;
         pool.execute(statement).await.expect(statement);
