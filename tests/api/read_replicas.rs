@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    NewRow, ReplicatedMariaDb, TestApp, base_env, eventually, metrics_text, random_suffix,
-    redis_url, series_value, spawn_app_on,
+    HostName, NewRow, ReplicatedMariaDb, TestApp, base_env, eventually, metrics_text,
+    random_suffix, redis_url, series_value, spawn_app_on,
 };
 
 /// A service reading from `cluster`'s replicas, with `extra` settings.
@@ -513,4 +513,47 @@ async fn a_primary_turned_read_only_has_its_connections_replaced_not_reused() {
     // Writable again: the heartbeat is taken and the replica serves.
     cluster.on_primary("SET GLOBAL read_only = 0").await;
     wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+}
+
+/// An Aurora-style failover: the old writer dies, a replica is promoted and
+/// the writer's DNS name moves to it. Reads never fail, and the primary is
+/// found again by its name, not at its old address.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_that_moves_the_primarys_name_is_followed_with_no_failed_read() {
+    let mut cluster = ReplicatedMariaDb::start_sharing_a_port().await;
+    let writer = HostName::pointing_at(&cluster.primary.address);
+    let (db, port) = (&cluster.db_name, cluster.primary.port);
+    let by_name = format!("mysql://middleway:middleway@{}:{port}/{db}", writer.name);
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&by_name, &redis_url(), &prefix);
+    env.insert("DATABASE_READ_URLS".into(), cluster.read_urls());
+    let app = spawn_app_on(env, cluster.db_name.clone(), prefix).await;
+    let ids = insert_rows(&app, 50).await;
+    cluster.wait_caught_up(0).await;
+    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+    wait_serving(&app, "primary", true, Duration::from_secs(5)).await;
+
+    let load = Load::start(&app, &ids, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.primary.kill();
+    wait_serving(&app, "primary", false, Duration::from_secs(5)).await;
+    cluster.promote(0).await;
+    writer.point_at(&cluster.replicas[0].address);
+    // The heartbeat reaches the new writer by name.
+    wait_serving(&app, "primary", true, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (ok, failed, first) = load.finish().await;
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} reads failed; first: {first:?}",
+        ok + failed
+    );
+    assert!(ok > 200, "the load ran ({ok} reads)");
+
+    // A row written through the name after the failover is on the new
+    // writer, and read.
+    let new = insert_rows(&app, 1).await[0];
+    let response = app.get(&format!("/transcriptions/{new}")).await;
+    assert_eq!(response.status(), StatusCode::OK);
 }

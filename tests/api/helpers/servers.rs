@@ -113,6 +113,8 @@ impl Drop for OwnedProcess {
 /// A MariaDB server owned by one test, so the test can stop and restart it.
 pub struct OwnMariaDb {
     pub port: u16,
+    /// The loopback address it listens on (127.0.0.1 unless asked otherwise).
+    pub address: String,
     process: OwnedProcess,
     /// Server options beyond the defaults (TLS, say).
     extra_args: Vec<String>,
@@ -126,6 +128,13 @@ impl OwnMariaDb {
 
     /// Like [`Self::start`], with more server options.
     pub async fn start_with(extra_args: Vec<String>) -> Self {
+        Self::start_at("127.0.0.1", free_port(), extra_args).await
+    }
+
+    /// Like [`Self::start_with`], listening on `address:port` (another
+    /// loopback address lets two servers share a port, as the servers
+    /// behind one DNS name do).
+    pub async fn start_at(address: &str, port: u16, extra_args: Vec<String>) -> Self {
         let process = OwnedProcess::in_dir(scratch_dir("mariadb"));
         // A temporary folder of its own: bootstraps running at once in the
         // shared /tmp collide on temporary table names and abort.
@@ -149,7 +158,8 @@ impl OwnMariaDb {
             .expect("mariadb-install-db runs");
         assert!(status.success(), "mariadb-install-db failed");
         let mut db = Self {
-            port: free_port(),
+            port,
+            address: address.to_owned(),
             process,
             extra_args,
         };
@@ -164,13 +174,14 @@ impl OwnMariaDb {
         db
     }
 
-    /// `mysql://middleway:middleway@127.0.0.1:<port>` (no database).
+    /// `mysql://middleway:middleway@<address>:<port>` (no database).
     pub fn admin_url(&self) -> String {
-        format!("mysql://middleway:middleway@127.0.0.1:{}", self.port)
+        format!("mysql://middleway:middleway@{}:{}", self.address, self.port)
     }
 
-    fn root_url(&self) -> String {
-        format!("mysql://root@127.0.0.1:{}", self.port)
+    /// `mysql://root@<address>:<port>`.
+    pub fn root_url(&self) -> String {
+        format!("mysql://root@{}:{}", self.address, self.port)
     }
 
     /// Starts the server on its port and waits until it answers.
@@ -182,11 +193,11 @@ impl OwnMariaDb {
                 .args([
                     "--no-defaults",
                     "--user=root",
-                    "--bind-address=127.0.0.1",
                     "--skip-name-resolve",
                     "--innodb-buffer-pool-size=32M",
                     "--log-warnings=4",
                 ])
+                .arg(format!("--bind-address={}", self.address))
                 .arg(format!("--port={}", self.port))
                 .arg(format!("--datadir={}", path("data")))
                 .arg(format!("--socket={}", path("mysqld.sock")))
