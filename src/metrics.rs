@@ -178,7 +178,7 @@ impl Metrics {
             .expect("static"),
             mysql_pool_max: IntGauge::new(
                 "mysql_pool_max_connections",
-                "Most MySQL connections allowed",
+                "Most MySQL connections this replica may open (DB_POOL_MAX per MySQL endpoint)",
             )
             .expect("static"),
             mysql_acquire_wait: Histogram::with_opts(

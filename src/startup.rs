@@ -306,9 +306,12 @@ fn app_state(
     (peers, identities): (PeerWatch, Arc<Identities>),
     (leaving, draining): (watch::Receiver<bool>, watch::Receiver<bool>),
 ) -> AppState {
+    // DB_POOL_MAX per endpoint: the bound the pool gauges, summed over the
+    // endpoints, are measured against.
+    let endpoints = 1 + settings.database.replica_connect_options().len();
     metrics
         .mysql_pool_max
-        .set(i64::from(settings.database.pool_max));
+        .set(i64::from(settings.database.pool_max) * endpoints as i64);
     metrics
         .lock_max_waiters
         .set(i64::try_from(settings.lock_max_waiters).unwrap_or(i64::MAX));
