@@ -225,17 +225,11 @@ impl Heartbeat {
             };
             let seen = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
                 Ok(Ok(seen)) => seen.unwrap_or(0),
-                Ok(Err(error)) => {
-                    if matches!(error, sqlx::Error::Database(_)) {
-                        tracing::warn!(endpoint = %replica.label, error = %describe(&error), "cannot read the heartbeat on a replica");
+                failed => {
+                    if let Ok(Err(error @ sqlx::Error::Database(_))) = &failed {
+                        tracing::warn!(endpoint = %replica.label, error = %describe(error), "cannot read the heartbeat on a replica");
                     }
-                    conn = None;
-                    self.endpoints
-                        .set_serving(Endpoint::Replica(n), false, false);
-                    delay = (delay * 2).min(MOST_BACKOFF);
-                    continue;
-                }
-                Err(_elapsed) => {
+                    // Down (or unmeasurable): out of rotation, probed less often.
                     conn = None;
                     self.endpoints
                         .set_serving(Endpoint::Replica(n), false, false);

@@ -35,6 +35,27 @@ async fn insert_rows(app: &TestApp, count: usize) -> Vec<u64> {
     ids
 }
 
+/// Inserts `count` rows on the primary, waits until every replica has them
+/// and takes reads, and returns the rows' ids.
+async fn rows_on_every_replica(
+    app: &TestApp,
+    cluster: &ReplicatedMariaDb,
+    count: usize,
+) -> Vec<u64> {
+    let ids = insert_rows(app, count).await;
+    for n in 0..cluster.replicas.len() {
+        cluster.wait_caught_up(n).await;
+        wait_serving(
+            app,
+            &format!("replica-{}", n + 1),
+            true,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    ids
+}
+
 async fn series(app: &TestApp, series: &str) -> u64 {
     series_value(&metrics_text(&app.admin_address).await, series)
 }
@@ -156,12 +177,7 @@ async fn reads_go_to_caught_up_replicas_and_one_that_stops_applying_gets_none_un
 {
     let cluster = ReplicatedMariaDb::start(2).await;
     let app = spawn_on(&cluster, &[("DB_REPLICA_MAX_LAG_MS", "500")]).await;
-    let ids = insert_rows(&app, 20).await;
-    for n in 0..2 {
-        cluster.wait_caught_up(n).await;
-    }
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
-    wait_serving(&app, "replica-2", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 20).await;
 
     // Both replicas take reads; the primary none (every row is on them).
     for _ in 0..5 {
@@ -213,12 +229,7 @@ async fn a_row_the_replicas_lack_is_found_on_the_primary_not_answered_404() {
     let cluster = ReplicatedMariaDb::start(2).await;
     // Lag allowed: the replicas stay in rotation while they lack the row.
     let app = spawn_on(&cluster, &[("DB_REPLICA_MAX_LAG_MS", "600000")]).await;
-    let old = insert_rows(&app, 1).await[0];
-    for n in 0..2 {
-        cluster.wait_caught_up(n).await;
-    }
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
-    wait_serving(&app, "replica-2", true, Duration::from_secs(5)).await;
+    let old = rows_on_every_replica(&app, &cluster, 1).await[0];
     cluster.stop_applying(0).await;
     cluster.stop_applying(1).await;
 
@@ -290,12 +301,7 @@ async fn a_row_the_replicas_lack_is_found_on_the_primary_not_answered_404() {
 async fn a_replica_killed_under_200_readers_fails_no_read_and_returns_when_restarted() {
     let mut cluster = ReplicatedMariaDb::start(2).await;
     let app = spawn_on(&cluster, &[]).await;
-    let ids = insert_rows(&app, 50).await;
-    for n in 0..2 {
-        cluster.wait_caught_up(n).await;
-    }
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
-    wait_serving(&app, "replica-2", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 50).await;
 
     let load = Load::start(&app, &ids, 200);
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -331,12 +337,7 @@ async fn a_replica_killed_under_200_readers_fails_no_read_and_returns_when_resta
 async fn the_primary_restarting_under_200_readers_fails_no_read() {
     let mut cluster = ReplicatedMariaDb::start(2).await;
     let app = spawn_on(&cluster, &[]).await;
-    let ids = insert_rows(&app, 50).await;
-    for n in 0..2 {
-        cluster.wait_caught_up(n).await;
-    }
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
-    wait_serving(&app, "replica-2", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 50).await;
 
     let load = Load::start(&app, &ids, 200);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -369,12 +370,7 @@ async fn the_primary_restarting_under_200_readers_fails_no_read() {
 async fn every_endpoint_down_gives_fast_503s_and_one_returning_serves_again() {
     let mut cluster = ReplicatedMariaDb::start(2).await;
     let app = spawn_on(&cluster, &[("DB_ACQUIRE_TIMEOUT_MS", "500")]).await;
-    let ids = insert_rows(&app, 5).await;
-    for n in 0..2 {
-        cluster.wait_caught_up(n).await;
-    }
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
-    wait_serving(&app, "replica-2", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 5).await;
     read_all(&app, &ids).await;
 
     // The primary first, so the replicas have everything it acknowledged.
@@ -442,9 +438,7 @@ async fn each_endpoint_has_its_own_pool_and_fleet_budget() {
         ],
     )
     .await;
-    let ids = insert_rows(&app, 50).await;
-    cluster.wait_caught_up(0).await;
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 50).await;
 
     let load = Load::start(&app, &ids, 50);
     let mut most = 0;
@@ -553,9 +547,7 @@ async fn a_failover_that_moves_the_primarys_name_is_followed_with_no_failed_read
     let mut env = base_env(&by_name, &redis_url(), &prefix);
     env.insert("DATABASE_READ_URLS".into(), cluster.read_urls());
     let app = spawn_app_on(env, cluster.db_name.clone(), prefix).await;
-    let ids = insert_rows(&app, 50).await;
-    cluster.wait_caught_up(0).await;
-    wait_serving(&app, "replica-1", true, Duration::from_secs(5)).await;
+    let ids = rows_on_every_replica(&app, &cluster, 50).await;
     wait_serving(&app, "primary", true, Duration::from_secs(5)).await;
 
     let load = Load::start(&app, &ids, 200);
