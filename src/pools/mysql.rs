@@ -284,7 +284,7 @@ impl WorkerPool {
             Err(_elapsed) => return Err(AcquireError::Exhausted),
         };
         while let Some(idle) = self.take_idle() {
-            // A connection given up here returns its budget slot as it drops.
+            // A connection given up here returns its budget slot once closed.
             let IdleConnection {
                 mut conn,
                 generation,
@@ -292,13 +292,11 @@ impl WorkerPool {
                 since,
                 slot,
             } = idle;
-            if generation != self.current_generation() {
-                // Its endpoint failed since: the server may be gone or moved.
-                self.forget_one();
-                continue;
-            }
-            if since.elapsed() > IDLE_TIMEOUT || born.elapsed() > MAX_LIFETIME {
-                self.retire(conn);
+            // Its endpoint failed since (the server may be gone or moved),
+            // or it is old: closed rather than reused.
+            let stale = generation != self.current_generation();
+            if stale || since.elapsed() > IDLE_TIMEOUT || born.elapsed() > MAX_LIFETIME {
+                self.retire(conn, slot);
                 continue;
             }
             if since.elapsed() > PING_AFTER_IDLE && conn.ping().await.is_err() {
@@ -371,9 +369,9 @@ impl WorkerPool {
             // The least recently used first: the others are likelier to be reused.
             let position = self.idle.borrow().iter().position(idle_enough);
             let Some(position) = position else { return };
-            let IdleConnection { conn, .. } = self.idle.borrow_mut().remove(position);
+            let IdleConnection { conn, slot, .. } = self.idle.borrow_mut().remove(position);
             self.report.idle.fetch_sub(1, Ordering::Relaxed);
-            self.retire(conn);
+            self.retire(conn, slot);
         }
     }
 
@@ -382,11 +380,14 @@ impl WorkerPool {
         self.report.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// A healthy connection no longer wanted: closed with COM_QUIT, in the background.
-    fn retire(&self, conn: MySqlConnection) {
+    /// A healthy connection no longer wanted: closed with COM_QUIT, in the
+    /// background. Its budget slot goes back only once it is closed, so the
+    /// fleet never holds more connections than the budget, even for a moment.
+    fn retire(&self, conn: MySqlConnection, slot: Option<BudgetSlot>) {
         self.forget_one();
         tokio::task::spawn_local(async move {
             let _ = conn.close().await;
+            drop(slot);
         });
     }
 
@@ -447,7 +448,7 @@ impl Drop for PooledConnection {
         if self.pool.permits.is_closed() || over_budget || stale {
             // Shutting down, more connections than budget slots, or its
             // endpoint failed since it was opened: close it properly.
-            self.pool.retire(conn);
+            self.pool.retire(conn, self.slot.take());
             return;
         }
         self.pool.idle.borrow_mut().push(IdleConnection {

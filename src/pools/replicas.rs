@@ -156,12 +156,15 @@ impl ReadEndpoints {
     }
 
     /// A read failed on `endpoint` (connection error, dead server, timeout):
-    /// a replica leaves the rotation at once; every endpoint's connections
-    /// made before the failure are closed rather than reused.
+    /// a replica leaves the rotation at once, and its connections made
+    /// before the failure are closed rather than reused. The primary stays
+    /// as it is: one failed read (a connection MySQL dropped while idle, a
+    /// connect that the fleet budget's wait left no time for) says little
+    /// about the others, and the heartbeat watches it.
     fn failed(&self, endpoint: Endpoint) {
-        let pools = self.get(endpoint);
-        pools.pools.forget_connections();
         if let Endpoint::Replica(_) = endpoint {
+            // Forgotten even if the probes took it out already.
+            self.get(endpoint).pools.forget_connections();
             self.set_serving(endpoint, false, false);
         }
     }

@@ -125,6 +125,8 @@ struct Tally {
     /// Refused or reset connections to a replica the test killed.
     to_killed: AtomicU64,
     other: AtomicU64,
+    /// What the first few other answers were, for the failure message.
+    others_seen: std::sync::Mutex<Vec<String>>,
 }
 
 /// `callers` tasks reading random ids from the replicas `targets` names,
@@ -170,7 +172,16 @@ fn callers(
                         &tally.unavailable
                     }
                     Err(_) if killed.lock().unwrap().contains(&replica) => &tally.to_killed,
-                    _ => &tally.other,
+                    other => {
+                        let mut seen = tally.others_seen.lock().unwrap();
+                        if seen.len() < 5 {
+                            seen.push(match other {
+                                Ok(r) => format!("replica {replica}: {}", r.status()),
+                                Err(e) => format!("replica {replica}: {e:?}"),
+                            });
+                        }
+                        &tally.other
+                    }
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -262,7 +273,12 @@ async fn storm_of_six_replicas_never_holds_more_mysql_connections_than_the_fleet
     );
     assert!(peak >= 30, "the sampler saw the budget in use ({peak})");
     assert!(peak <= 40, "{peak} MySQL connections: over DB_FLEET_MAX=40");
-    assert_eq!(other, 0, "only 200s and 503 + Retry-After");
+    assert_eq!(
+        other,
+        0,
+        "only 200s and 503 + Retry-After; others: {:?}",
+        tally.others_seen.lock().unwrap()
+    );
     assert!(
         ok > unavailable,
         "most requests succeed ({ok} ok, {unavailable} 503)"
