@@ -155,6 +155,18 @@ impl Load {
         }
     }
 
+    /// Stops the callers and asserts that no read failed and that they ran.
+    async fn finish_without_failures(self) {
+        let (ok, failed, first) = self.finish().await;
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} reads failed; first: {first:?}",
+            ok + failed
+        );
+        assert!(ok > 200, "the load ran ({ok} reads)");
+    }
+
     /// Stops the callers; (reads answered 200, reads failed, a first failure).
     async fn finish(self) -> (usize, usize, Option<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -309,14 +321,7 @@ async fn a_replica_killed_under_200_readers_fails_no_read_and_returns_when_resta
     assert!(before > 0, "replica 1 took reads before it was killed");
     cluster.replicas[0].kill();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, failed, first) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} reads failed; first: {first:?}",
-        ok + failed
-    );
-    assert!(ok > 200, "the load ran ({ok} reads)");
+    load.finish_without_failures().await;
     assert_eq!(series(&app, &serving("replica-1")).await, 0);
     assert!(
         series(&app, "middleway_mysql_read_retries_total").await > 0,
@@ -347,14 +352,7 @@ async fn the_primary_restarting_under_200_readers_fails_no_read() {
     cluster.primary.restart().await;
     wait_serving(&app, "primary", true, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failed, first) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} reads failed; first: {first:?}",
-        ok + failed
-    );
-    assert!(ok > 200, "the load ran ({ok} reads)");
+    load.finish_without_failures().await;
     // The replicas kept serving throughout.
     assert_eq!(series(&app, &serving("replica-1")).await, 1);
     assert_eq!(series(&app, &serving("replica-2")).await, 1);
@@ -559,14 +557,7 @@ async fn a_failover_that_moves_the_primarys_name_is_followed_with_no_failed_read
     // The heartbeat reaches the new writer by name.
     wait_serving(&app, "primary", true, Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failed, first) = load.finish().await;
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} reads failed; first: {first:?}",
-        ok + failed
-    );
-    assert!(ok > 200, "the load ran ({ok} reads)");
+    load.finish_without_failures().await;
 
     // A row written through the name after the failover is on the new
     // writer, and read.
