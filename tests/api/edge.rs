@@ -179,11 +179,9 @@ async fn stalled_and_trickled_bodies_get_408_and_upgrades_are_refused_at_once() 
 async fn edge_errors_carry_request_ids_and_are_not_logged_as_errors() {
     let (_db, url) = create_database(&mysql_admin_url()).await;
     let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
-    let admin_port = crate::helpers::free_port();
-    env.insert("ADMIN_BIND_ADDR".into(), format!("127.0.0.1:{admin_port}"));
     env.insert("RUST_LOG".into(), "info".into());
     let mut service = ServiceProcess::start_logged(env).await;
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let admin = service.admin.clone();
     let http = crate::helpers::http_client_builder().build().unwrap();
     let posted = http.post(format!("{admin}/metrics")).send().await.unwrap();
     assert_eq!(posted.headers()["allow"], "GET, HEAD");
@@ -241,9 +239,7 @@ async fn ten_thousand_waiters_on_ten_thousand_locks_keep_redis_connections_bound
     raise_fd_limit();
     let (_db, url) = create_database(&mysql_admin_url()).await;
     let prefix = format!("mwtest:{}:", random_suffix());
-    let mut env = base_env(&url, &redis_url(), &prefix);
-    let admin_port = crate::helpers::free_port();
-    env.insert("ADMIN_BIND_ADDR".into(), format!("127.0.0.1:{admin_port}"));
+    let env = base_env(&url, &redis_url(), &prefix);
     let service = ServiceProcess::start(env).await;
     let http = crate::helpers::client();
     const N: usize = 10_000;
@@ -277,7 +273,7 @@ async fn ten_thousand_waiters_on_ten_thousand_locks_keep_redis_connections_bound
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let admin = service.admin.clone();
     let queued = crate::helpers::eventually(Duration::from_secs(30), async || {
         metrics_text(&admin)
             .await

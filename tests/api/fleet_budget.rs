@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 
 use crate::helpers::{
     OwnRedis, Proxy, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
-    free_port, metrics_text, mysql_admin_url, random_suffix, redis_url,
+    metrics_text, mysql_admin_url, random_suffix, redis_url,
 };
 
 const ROWS: u64 = 2000;
@@ -37,12 +37,10 @@ struct Replica {
 async fn start_replicas(count: usize, env: &HashMap<String, String>) -> Vec<Replica> {
     let mut replicas = Vec::new();
     for _ in 0..count {
-        let mut env = env.clone();
-        let admin = format!("127.0.0.1:{}", free_port());
-        env.insert("ADMIN_BIND_ADDR".into(), admin.clone());
+        let service = ServiceProcess::start(env.clone()).await;
         replicas.push(Replica {
-            service: ServiceProcess::start(env).await,
-            admin: format!("http://{admin}"),
+            admin: service.admin.clone(),
+            service,
         });
     }
     replicas

@@ -345,8 +345,6 @@ async fn sighup_reloads_the_file_and_a_bad_file_at_startup_is_exit_2() {
     let (_db, url) = create_database(&mysql_admin_url()).await;
     let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
     env.insert("AUTH_FILE".into(), file.path().display().to_string());
-    let admin = format!("127.0.0.1:{}", crate::helpers::free_port());
-    env.insert("ADMIN_BIND_ADDR".into(), admin.clone());
 
     // Startup refusals first: exit 2, one line naming AUTH_FILE, no key in it.
     for (text, why) in [
@@ -379,7 +377,7 @@ async fn sighup_reloads_the_file_and_a_bad_file_at_startup_is_exit_2() {
     let service = ServiceProcess::start(env).await;
     let loaded = || async {
         series_value(
-            &metrics_text(&format!("http://{admin}")).await,
+            &metrics_text(&service.admin).await,
             r#"middleway_auth_reloads_total{outcome="loaded"}"#,
         )
     };

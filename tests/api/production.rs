@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    ServiceProcess, TEST_KEY, base_env, client, create_database, eventually, free_port,
-    mysql_admin_url, random_suffix, redis_url, scratch_dir, spawn_app, spawn_app_with,
+    ServiceProcess, TEST_KEY, base_env, client, create_database, eventually, mysql_admin_url,
+    random_suffix, redis_url, scratch_dir, spawn_app, spawn_app_with,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -411,11 +411,10 @@ async fn ten_thousand_keep_alive_connections_all_get_answers_in_bounded_memory()
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).unwrap();
     let (_db, url) = create_database(&mysql_admin_url()).await;
-    let port = free_port();
-    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
-    env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
+    let env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
     // The child inherits the raised descriptor limit.
-    let service = crate::helpers::ServiceProcess::start_on(env, port).await;
+    let service = crate::helpers::ServiceProcess::start(env).await;
+    let port = service.port();
 
     const CONNECTIONS: usize = 10_000;
     let request = b"GET /healthz HTTP/1.1\r\nHost: middleway\r\n\r\n";

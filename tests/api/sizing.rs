@@ -14,7 +14,7 @@ use sqlx::Connection;
 
 use crate::helpers::{
     NewRow, OwnMariaDb, OwnRedis, ServiceProcess, base_env, client_list, create_database,
-    free_port, metrics_text, random_suffix, redis_url, spawn_app_on,
+    metrics_text, random_suffix, redis_url, spawn_app_on,
 };
 
 /// The value of an unlabelled metric in a scrape.
@@ -195,11 +195,9 @@ async fn by_default_workers_follow_the_cgroup_cpu_quota_not_the_cores() {
     assert!(cores >= 2, "this test needs a machine with 2 cores or more");
     let cgroup = OneCpuCgroup::create();
     let (_db_name, url) = create_database(&crate::helpers::mysql_admin_url()).await;
-    let admin = format!("127.0.0.1:{}", free_port());
-    let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
-    env.insert("ADMIN_BIND_ADDR".into(), admin.clone());
+    let env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
     let mut service = ServiceProcess::start_in_cgroup(env, &cgroup.procs()).await;
-    let scrape = metrics_text(&format!("http://{admin}")).await;
+    let scrape = metrics_text(&service.admin).await;
     assert_eq!(metric(&scrape, "middleway_http_workers"), Some(1.0));
     service.process.kill();
     drop(cgroup);

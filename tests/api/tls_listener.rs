@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{
     IssuedPair, MountedSecret, ServiceProcess, TEST_KEY, TestCa, base_env, create_database,
-    eventually, failed_start, free_port, metrics_text, mysql_admin_url, random_suffix, redis_url,
+    eventually, failed_start, metrics_text, mysql_admin_url, random_suffix, redis_url,
 };
 
 /// The service's environment, serving HTTPS with `secret`'s files.
@@ -25,15 +25,7 @@ async fn https_env(secret: &MountedSecret) -> HashMap<String, String> {
         "TLS_KEY_FILE".into(),
         secret.key_file().display().to_string(),
     );
-    env.insert(
-        "ADMIN_BIND_ADDR".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
     env
-}
-
-fn port_of(base: &str) -> u16 {
-    base.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// The certificate a new connection is served (DER).
@@ -78,10 +70,10 @@ async fn https_with_h2_and_http1_tls_1_2_and_1_3_and_plain_http_is_refused() {
     let pair = ca.issue_valid();
     let secret = MountedSecret::new(&pair);
     let env = https_env(&secret).await;
-    let admin = format!("http://{}", env["ADMIN_BIND_ADDR"]);
     let service = ServiceProcess::start_https(env, &ca).await;
+    let admin = service.admin.clone();
 
-    let port = port_of(&service.base);
+    let port = service.port();
 
     // The API works over it (HTTP/1.1 here).
     let acquire = r#"{"op":"acquire","name":"over-tls"}"#;
@@ -172,9 +164,9 @@ async fn a_renewed_certificate_is_served_within_seconds_open_connections_carry_o
     let first = ca.issue_valid();
     let mut secret = MountedSecret::new(&first);
     let env = https_env(&secret).await;
-    let admin = format!("http://{}", env["ADMIN_BIND_ADDR"]);
     let service = ServiceProcess::start_https(env, &ca).await;
-    let port = port_of(&service.base);
+    let admin = service.admin.clone();
+    let port = service.port();
     assert_eq!(served_certificate(&ca, port).await, first.der);
     let mut open = ca
         .connect(port, rustls::ALL_VERSIONS, &[b"http/1.1"])

@@ -102,17 +102,13 @@ async fn traced_service(endpoint: &str) -> (ServiceProcess, String, String) {
         .expect("run seed");
     assert!(seeded.status.success());
     let mut env = base_env(&url, &redis_url(), &format!("mwtest:{}:", random_suffix()));
-    let admin = format!("127.0.0.1:{}", free_port());
-    env.insert("ADMIN_BIND_ADDR".into(), admin.clone());
     env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint.into());
     env.insert("OTEL_TRACES_SAMPLER".into(), "always_on".into());
     env.insert("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into());
     env.insert("OTEL_SERVICE_NAME".into(), "middleway-test".into());
-    (
-        ServiceProcess::start(env).await,
-        format!("http://{admin}"),
-        db_name,
-    )
+    let service = ServiceProcess::start(env).await;
+    let admin = service.admin.clone();
+    (service, admin, db_name)
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -9,7 +9,7 @@ use sqlx::mysql::MySqlPoolOptions;
 
 use crate::helpers::{
     NewRow, OwnMariaDb, ServiceProcess, TEST_KEY, base_env, client, create_database, eventually,
-    free_port, random_suffix, redis_url, spawn_app_on,
+    random_suffix, redis_url, spawn_app_on,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,15 +113,12 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
     }
     seed.close().await;
 
-    let port = free_port();
     let prefix = format!("mwtest:{}:", random_suffix());
     let mut env = base_env(&url, &redis_url(), &prefix);
-    let admin_port = free_port();
-    env.insert("ADMIN_BIND_ADDR".into(), format!("127.0.0.1:{admin_port}"));
     env.insert("DB_POOL_MAX".into(), "2".into());
     env.insert("DB_ACQUIRE_TIMEOUT_MS".into(), "20000".into());
     env.insert("SHUTDOWN_TIMEOUT_S".into(), "20".into());
-    let service = ServiceProcess::start_on(env, port).await;
+    let service = ServiceProcess::start(env).await;
     let base = service.base.clone();
     let http = client();
     let aborted_before = mysql.status("Aborted_clients").await;
@@ -146,7 +143,7 @@ async fn sigterm_lets_200_in_flight_requests_finish_and_aborts_no_mysql_connecti
             (response.status(), response.bytes().await.unwrap().len())
         });
     }
-    let metrics = format!("http://127.0.0.1:{admin_port}/metrics");
+    let metrics = format!("{}/metrics", service.admin);
     let all_in = eventually(Duration::from_secs(20), async || {
         let text = http
             .get(&metrics)

@@ -400,25 +400,38 @@ impl OwnRedis {
 pub struct ServiceProcess {
     pub process: OwnedProcess,
     pub base: String,
+    /// The admin listener, `http://127.0.0.1:PORT`.
+    pub admin: String,
+}
+
+/// How a service is launched: the command (built afresh for each attempt)
+/// and whether it speaks HTTPS.
+struct Launch<'a> {
+    command: &'a dyn Fn() -> Command,
+    /// Whether this helper picks the admin port (the test named none).
+    picks_admin: bool,
+    https: Option<&'a super::TestCa>,
 }
 
 impl ServiceProcess {
     /// Starts the binary with `env` on a free port and waits until /readyz is 200.
     pub async fn start(env: HashMap<String, String>) -> Self {
-        Self::start_on(env, free_port()).await
+        Self::launch(env, serve_command, None).await
     }
 
-    /// Starts the binary with `env` on `port` and waits until /readyz is 200.
-    pub async fn start_on(env: HashMap<String, String>, port: u16) -> Self {
-        Self::launch(env, port, None).await
-    }
-
-    /// Like [`Self::start`], with standard output and error kept for [`Self::logs`].
+    /// Like [`Self::start`]; kept for the tests that read [`Self::logs`]
+    /// (every service process keeps its output).
     pub async fn start_logged(env: HashMap<String, String>) -> Self {
-        Self::launch(env, free_port(), Some(scratch_dir("service"))).await
+        Self::start(env).await
     }
 
-    /// What the process wrote so far (see [`Self::start_logged`]).
+    /// The public listener's port.
+    pub fn port(&self) -> u16 {
+        let (_, port) = self.base.rsplit_once(':').expect("a base with a port");
+        port.parse().expect("a port")
+    }
+
+    /// What the process wrote so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.process.dir().join("service.log")).unwrap_or_default()
     }
@@ -427,76 +440,125 @@ impl ServiceProcess {
     /// `cgroup.procs` file is `procs` before the service runs (a shell
     /// writes its own pid there, then becomes the service).
     pub async fn start_in_cgroup(env: HashMap<String, String>, procs: &std::path::Path) -> Self {
-        let mut command = Command::new("/bin/sh");
-        command
-            .arg("-c")
-            .arg(r#"echo $$ > "$1" && exec "$0" serve"#)
-            .arg(env!("CARGO_BIN_EXE_middleway"))
-            .arg(procs);
-        Self::launch_command(command, env, free_port(), None).await
+        let command = || {
+            let mut command = Command::new("/bin/sh");
+            command
+                .arg("-c")
+                .arg(r#"echo $$ > "$1" && exec "$0" serve"#)
+                .arg(env!("CARGO_BIN_EXE_middleway"))
+                .arg(procs);
+            command
+        };
+        Self::launch(env, command, None).await
     }
 
-    /// Like [`Self::start_logged`] for a service speaking HTTPS
-    /// (`TLS_CERT_FILE` in `env`): readiness is asked through `https`, a
-    /// client that trusts its certificate; `base` is `https://127.0.0.1:PORT`.
+    /// Like [`Self::start`] for a service speaking HTTPS (`TLS_CERT_FILE` in
+    /// `env`): readiness is asked through `https`, a client that trusts its
+    /// certificate; `base` is `https://127.0.0.1:PORT`.
     pub async fn start_https(env: HashMap<String, String>, ca: &super::TestCa) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
-        command.arg("serve");
-        let dir = Some(scratch_dir("service"));
-        Self::launch_with(command, env, free_port(), dir, Some(ca)).await
+        Self::launch(env, serve_command, Some(ca)).await
     }
 
-    async fn launch(env: HashMap<String, String>, port: u16, dir: Option<PathBuf>) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
-        command.arg("serve");
-        Self::launch_command(command, env, port, dir).await
-    }
-
-    async fn launch_command(
-        command: Command,
+    /// Starts the service on ports picked here (the admin port too, unless
+    /// `env` names one) and waits for readiness. A port
+    /// picked here can be taken by another test's server between the pick
+    /// and the service's bind: then the service exits saying so, and it is
+    /// started again on new ports. Any other early exit, or no readiness in
+    /// 20 s, fails with the exit status and the service's output.
+    async fn launch(
         env: HashMap<String, String>,
-        port: u16,
-        dir: Option<PathBuf>,
-    ) -> Self {
-        Self::launch_with(command, env, port, dir, None).await
-    }
-
-    async fn launch_with(
-        mut command: Command,
-        mut env: HashMap<String, String>,
-        port: u16,
-        dir: Option<PathBuf>,
+        command: impl Fn() -> Command,
         https: Option<&super::TestCa>,
     ) -> Self {
+        let launch = Launch {
+            command: &command,
+            picks_admin: env
+                .get("ADMIN_BIND_ADDR")
+                .is_none_or(|address| address.ends_with(":0")),
+            https,
+        };
+        for _ in 0..5 {
+            let mut env = env.clone();
+            if launch.picks_admin {
+                env.insert(
+                    "ADMIN_BIND_ADDR".into(),
+                    format!("127.0.0.1:{}", free_port()),
+                );
+            }
+            match Self::attempt(&launch, env).await {
+                Ok(service) => return service,
+                Err(lost_port) => eprintln!("{lost_port}; starting again on other ports"),
+            }
+        }
+        panic!("the service lost a picked port to another server five times");
+    }
+
+    /// One start: the service, or what port it lost to another server.
+    async fn attempt(
+        launch: &Launch<'_>,
+        mut env: HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let port = free_port();
         env.insert("BIND_ADDR".into(), format!("127.0.0.1:{port}"));
         env.entry("RUST_LOG".into())
             .or_insert_with(|| "warn".into());
-        command.env_clear().envs(&env);
-        let process = match dir {
-            Some(dir) => {
-                let log = std::fs::File::create(dir.join("service.log")).expect("log file");
-                command
-                    .stdout(log.try_clone().expect("log file"))
-                    .stderr(log);
-                let mut process = OwnedProcess::in_dir(dir);
-                process.start(&mut command);
-                process
-            }
-            None => OwnedProcess::spawn(command.stdout(Stdio::null()).stderr(Stdio::null())),
-        };
+        let admin = format!("http://{}", env["ADMIN_BIND_ADDR"]);
+        let dir = scratch_dir("service");
+        let log = std::fs::File::create(dir.join("service.log")).expect("log file");
+        let mut command = (launch.command)();
+        command
+            .env_clear()
+            .envs(&env)
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let mut process = OwnedProcess::in_dir(dir);
+        process.start(&mut command);
         let http = client();
-        let base = match https {
+        let base = match launch.https {
             Some(_) => format!("https://127.0.0.1:{port}"),
             None => format!("http://127.0.0.1:{port}"),
         };
-        let ready = eventually(Duration::from_secs(20), async || match https {
-            Some(ca) => matches!(ca.https_request(port, "GET /readyz HTTP/1.1", "").await, Ok((200, _))),
-            None => matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK),
+        let mut exited = None;
+        let ready = eventually(Duration::from_secs(20), async || {
+            exited = process.child().try_wait().expect("wait");
+            exited.is_some()
+                || match launch.https {
+                    Some(ca) => matches!(ca.https_request(port, "GET /readyz HTTP/1.1", "").await, Ok((200, _))),
+                    None => matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK),
+                }
         })
         .await;
-        assert!(ready, "service process became ready");
-        Self { process, base }
+        let service = Self {
+            process,
+            base,
+            admin,
+        };
+        let logs = service.logs();
+        match exited {
+            None if ready => Ok(service),
+            None => panic!("the service was not ready within 20 s; its output:\n{logs}"),
+            Some(_) if lost_a_picked_port(&logs, launch, &env) => Err(logs.trim().to_owned()),
+            Some(status) => panic!("the service exited at startup ({status}); its output:\n{logs}"),
+        }
     }
+}
+
+fn serve_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_middleway"));
+    command.arg("serve");
+    command
+}
+
+/// Whether the service's output says that a listener it was given by this
+/// helper (not by the test) was already in use.
+fn lost_a_picked_port(logs: &str, launch: &Launch, env: &HashMap<String, String>) -> bool {
+    let in_use = |variable: &str| {
+        logs.contains(&format!(
+            "{variable} {}: Address already in use",
+            env[variable]
+        ))
+    };
+    in_use("BIND_ADDR") || (launch.picks_admin && in_use("ADMIN_BIND_ADDR"))
 }
 
 /// Runs `middleway serve` with `env`, expecting it to stop at startup: its
