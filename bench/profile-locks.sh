@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where a lock pair's service CPU goes: one replica under 64 callers of
+# Where a lock pair's service CPU goes: one replica under 64 callers (CALLERS=n) of
 # acquire + release on 1,000 names, sampled by perf for 5 s, the samples
 # summed by where they land (kernel, HTTP, the Redis client, ...).
 # Run after `bench/run.sh locks` (it builds the binaries). bench/README.md,
@@ -21,7 +21,7 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && b
 redis=(redis-cli -u "$REDIS_URL")
 "${redis[@]}" CONFIG RESETSTAT >/dev/null
 target/release/mwbench locks --service 127.0.0.1:18400 --admin 127.0.0.1:19400 --key "$key" \
-  --redis-url "$REDIS_URL" --strategies middleway --concurrency 64 --requests 100000 --names 1000 \
+  --redis-url "$REDIS_URL" --strategies middleway --concurrency "${CALLERS:-64}" --requests 100000 --names 1000 \
   --runs 1 --out /dev/null 2>&1 | tail -1 &
 load=$!
 sleep 2

@@ -39,17 +39,30 @@ if [ "$mode" = locks ]; then
   eval "$(scripts/services.sh env)"
   log "building (release)"
   mkdir -p .local
-  if [ -n "$baseline_rev" ]; then
-    # Built in the same target dir (dependencies compile once), then set aside.
-    rm -rf .local/baseline && git worktree prune
-    git worktree add --detach .local/baseline "$baseline_rev" >/dev/null
-    cargo build --release -q --manifest-path .local/baseline/Cargo.toml --target-dir target --bin middleway
-    cp target/release/middleway .local/middleway-baseline
-    git worktree remove --force .local/baseline
-  fi
+  # Both trees build in the same target dir (dependencies compile once). Cargo
+  # names a path package's artifacts by its path relative to its workspace,
+  # the same for both trees, and checks its sources' times by relative path
+  # too: a tree built after the other can look fresh and keep the other's
+  # binary. So the package is cleaned before each build, and two identical
+  # binaries stop the run.
+  cargo clean --release -q -p middleway
   cargo build --release -q --bin middleway
   cargo build --release -q --manifest-path bench/Cargo.toml --target-dir target
   cp target/release/middleway .local/middleway-current
+  if [ -n "$baseline_rev" ]; then
+    rm -rf .local/baseline && git worktree prune
+    git worktree add --detach .local/baseline "$baseline_rev" >/dev/null
+    cargo clean --release -q -p middleway
+    cargo build --release -q --manifest-path .local/baseline/Cargo.toml --target-dir target --bin middleway
+    cp target/release/middleway .local/middleway-baseline
+    git worktree remove --force .local/baseline
+    if cmp -s .local/middleway-current .local/middleway-baseline; then
+      log "the baseline ($baseline_rev) built to the same binary as the current tree: nothing to compare"
+      exit 1
+    fi
+    # target/release/middleway is the current tree's again (bench/profile-locks.sh runs it).
+    cp .local/middleway-current target/release/middleway
+  fi
   mysql_cli=(mariadb -N -h127.0.0.1 -P13306 -umiddleway -pmiddleway)
   "${mysql_cli[@]}" -e "CREATE DATABASE IF NOT EXISTS middleway_bench"
   export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"

@@ -131,14 +131,12 @@ impl LockEngine {
             permits: attempt.request.permits,
             lease_ms: attempt.request.lease_ms,
             wait_ms,
-            replica: &core.replica,
-            ticket: attempt.ticket(),
-            nonce: &attempt.nonce,
+            replica: core.replica.clone(),
+            ticket: attempt.ticket().to_owned(),
+            nonce: attempt.nonce.clone(),
             fence_floor: core.fences.floor(name),
         };
-        let call = &call;
-        let acquire = |mut conn| async move { core.store.acquire(&mut conn, name, call).await };
-        redis_call(&self.pool, acquire).await
+        self.calls.acquire(name, call).await
     }
 
     /// The answer to a first call that did not queue.

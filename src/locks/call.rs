@@ -46,27 +46,33 @@ where
     async move {
         match tokio::time::timeout(REDIS_CALL_TIMEOUT, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err((error, maybe_ran))) if is_not_replicated(&error) => {
-                tracing::warn!(%error, "lock change not confirmed by Redis replicas");
-                Err(CallFailed {
-                    error: LockError::NotReplicated,
-                    maybe_ran,
-                })
-            }
-            Ok(Err((error, maybe_ran))) => {
-                tracing::warn!(%error, "Redis call failed");
-                Err(CallFailed {
-                    error: LockError::RedisUnavailable,
-                    maybe_ran,
-                })
-            }
-            Err(_) => {
-                tracing::warn!("Redis call timed out");
-                Err(CallFailed {
-                    error: LockError::RedisUnavailable,
-                    maybe_ran: true,
-                })
-            }
+            Ok(Err((error, maybe_ran))) => Err(failed(&error, maybe_ran)),
+            Err(_) => Err(timed_out()),
         }
+    }
+}
+
+/// A Redis error, as the lock reports it.
+pub(crate) fn failed(error: &redis::RedisError, maybe_ran: bool) -> CallFailed {
+    if is_not_replicated(error) {
+        tracing::warn!(%error, "lock change not confirmed by Redis replicas");
+        return CallFailed {
+            error: LockError::NotReplicated,
+            maybe_ran,
+        };
+    }
+    tracing::warn!(%error, "Redis call failed");
+    CallFailed {
+        error: LockError::RedisUnavailable,
+        maybe_ran,
+    }
+}
+
+/// A call with no answer within [`REDIS_CALL_TIMEOUT`] (it may have run).
+pub(crate) fn timed_out() -> CallFailed {
+    tracing::warn!("Redis call timed out");
+    CallFailed {
+        error: LockError::RedisUnavailable,
+        maybe_ran: true,
     }
 }

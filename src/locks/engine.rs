@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::background::run_worker;
+use super::batch::CallBatcher;
 use super::call::redis_call;
 use super::core::Core;
 use super::domain::{
@@ -46,6 +47,8 @@ pub(crate) struct LockEngine {
     pub(super) core: Arc<Core>,
     /// Connections for the calls of requests, owned by this HTTP worker.
     pub(super) pool: RedisPool,
+    /// Acquires and releases of requests, sent together through `pool`.
+    pub(super) calls: CallBatcher,
     /// True once shutdown began.
     pub(super) draining: watch::Receiver<bool>,
     /// Stops the background tasks when the last copy of the engine goes.
@@ -100,6 +103,7 @@ impl LockEngine {
                 .abort_handle(),
         ];
         Self {
+            calls: CallBatcher::new(Arc::clone(&core), settings.background_pool.clone()),
             core,
             pool: settings.background_pool,
             draining: settings.draining,
@@ -110,6 +114,7 @@ impl LockEngine {
     /// The same engine, making the calls of requests through `pool`.
     pub(crate) fn for_worker(&self, pool: RedisPool) -> Self {
         Self {
+            calls: CallBatcher::new(Arc::clone(&self.core), pool.clone()),
             pool,
             ..self.clone()
         }
@@ -130,10 +135,7 @@ impl LockEngine {
         if !request.token.is_well_formed() {
             return Err(self.not_held("release", NotHeldReason::Unknown));
         }
-        let store = &self.core.store;
-        let (name, token) = (&request.name, &request.token);
-        let release = |mut conn| async move { store.release(&mut conn, name, token).await };
-        match redis_call(&self.pool, release).await? {
+        match self.calls.release(&request.name, &request.token).await? {
             Ok(()) => {
                 self.core.count("release", "released");
                 Ok(())

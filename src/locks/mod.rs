@@ -1,8 +1,9 @@
 //! Distributed locks on Redis (docs/locks.md). One way down:
 //! the route calls the engine (`engine`; an acquire's steps in `acquire`),
 //! which makes every Redis call through `call` (a pooled connection, a time
-//! bound, errors sorted), which runs one script of the `store` (replies read
-//! in one place). What happens away from requests, the background worker
+//! bound, errors sorted; a request's acquires and releases through `batch`,
+//! which sends those of concurrent requests together), which runs one script
+//! of the `store` (replies read in one place). What happens away from requests, the background worker
 //! (`background`) does, told by messages (`events`) from the wake connection
 //! (`wake`), the alarm clock (`alarms`) and requests. `core` is what they
 //! share: the waiters here (`waiters`) and the fences seen (`fences`).
@@ -12,6 +13,7 @@
 mod acquire;
 mod alarms;
 mod background;
+mod batch;
 mod call;
 mod core;
 mod domain;

@@ -240,6 +240,12 @@ enum Link {
 }
 
 impl RedisConnection {
+    /// Whether this is a cluster connection: commands that name several keys
+    /// must keep them in one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+
     /// Whether Redis can serve: the server answers PING; a cluster answers
     /// `CLUSTER INFO` with `cluster_state:ok` (every slot has a primary).
     pub async fn serves(&mut self) -> bool {

@@ -5,6 +5,7 @@ mod edge;
 mod fleet_budget;
 mod health;
 mod helpers;
+mod lock_batches;
 mod lock_data_loss;
 mod lock_engine;
 mod lock_failover;

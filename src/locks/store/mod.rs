@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use redis::aio::ConnectionLike;
+use redis::cluster_routing::Slot;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -36,13 +37,12 @@ pub(crate) fn is_not_replicated(error: &redis::RedisError) -> bool {
         .is_some_and(|d| d.starts_with(NOT_REPLICATED))
 }
 
-/// A script: `common.lua`, then the script's own file.
+/// A script: `common.lua`, then the script's own files.
 macro_rules! lock_script {
-    ($file:literal) => {
+    ($($file:literal),+) => {
         script(concat!(
             include_str!("scripts/common.lua"),
-            "\n",
-            include_str!(concat!("scripts/", $file))
+            $("\n", include_str!(concat!("scripts/", $file))),+
         ))
     };
 }
@@ -91,25 +91,66 @@ pub struct LockKeys {
     keys: [String; 5],
 }
 
+impl LockKeys {
+    /// The lock's `meta` hash (the key a lock's WAIT is routed by).
+    pub(crate) fn meta(&self) -> &str {
+        &self.keys[0]
+    }
+}
+
 /// 64 random bits as 16 hex digits: nonces, tickets, incarnations, replica ids.
 pub(crate) fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// What the acquire script needs besides the keys.
-pub(crate) struct AcquireCall<'a> {
+/// What an acquire needs besides the lock's keys.
+pub(crate) struct AcquireCall {
     pub permits: u32,
     pub lease_ms: u64,
     /// Time left to wait (0: try once).
     pub wait_ms: u64,
     /// The replica the ticket belongs to (its wake channel is named after it).
-    pub replica: &'a str,
+    pub replica: String,
     /// The ticket the waiter would queue under.
-    pub ticket: &'a str,
+    pub ticket: String,
     /// Ends the token of the grant, so the grant can be found again.
-    pub nonce: &'a str,
+    pub nonce: String,
     /// Fences granted now are above this (the highest this replica has seen).
     pub fence_floor: u64,
+}
+
+/// One call of `batch.lua`: many requests' acquires and releases go to
+/// Redis in one script run (see `locks::batch`).
+pub(crate) enum LockCall {
+    Acquire(LockName, AcquireCall),
+    Release(LockName, LockToken),
+}
+
+impl LockCall {
+    /// The lock the call is on.
+    pub(crate) fn name(&self) -> &LockName {
+        match self {
+            Self::Acquire(name, _) | Self::Release(name, _) => name,
+        }
+    }
+}
+
+/// What one call of a batch answered.
+#[derive(Debug)]
+pub(crate) enum LockReply {
+    Acquire(AcquireOutcome),
+    Release(Result<(), NotHeldReason>),
+}
+
+impl LockReply {
+    /// Whether it changed the lock in a way `LOCK_REPLICA_ACKS` must confirm
+    /// (a grant made, a grant ended); refusals need no confirmation.
+    pub(crate) fn changed_the_lock(&self) -> bool {
+        matches!(
+            self,
+            Self::Acquire(AcquireOutcome::Granted(_)) | Self::Release(Ok(()))
+        )
+    }
 }
 
 /// One local waiter, as `sync` re-checks it.
@@ -138,12 +179,11 @@ pub struct LockStore {
 }
 
 struct Scripts {
-    acquire: Script,
+    batch: Script,
     claim: Script,
     cancel: Script,
     forget: Script,
     decline: Script,
-    release: Script,
     extend: Script,
     reap: Script,
     sync: Script,
@@ -153,12 +193,11 @@ struct Scripts {
 impl Scripts {
     fn load() -> Self {
         Self {
-            acquire: lock_script!("acquire.lua"),
+            batch: lock_script!("acquire.lua", "release.lua", "batch.lua"),
             claim: lock_script!("claim.lua"),
             cancel: lock_script!("cancel.lua"),
             forget: lock_script!("forget.lua"),
             decline: lock_script!("decline.lua"),
-            release: lock_script!("release.lua"),
             extend: lock_script!("extend.lua"),
             reap: lock_script!("reap.lua"),
             sync: lock_script!("sync.lua"),
@@ -190,6 +229,11 @@ impl LockStore {
         }
     }
 
+    /// The Redis Cluster hash slot of lock `name` (all its keys share it).
+    pub(crate) fn slot(&self, name: &LockName) -> Slot {
+        Slot::for_key(&self.keys(name).keys[0])
+    }
+
     /// The Pub/Sub channel of replica `id`: its offers, alarms and skipped tickets.
     pub(crate) fn wake_channel(&self, id: &str) -> String {
         format!("{}wake:{id}", self.prefix)
@@ -209,12 +253,28 @@ impl LockStore {
         conn: &mut C,
         keys: &LockKeys,
     ) -> RedisResult<()> {
+        self.confirm_replicated(conn, &keys.keys[0]).await
+    }
+
+    /// Whether changes must be confirmed by replicas (`LOCK_REPLICA_ACKS`).
+    pub(crate) fn confirms_changes(&self) -> bool {
+        self.acks.replicas > 0
+    }
+
+    /// With replica acknowledgements on, waits until enough replicas have
+    /// every write this connection made to the node of `key` (see
+    /// [`Self::replicated`]).
+    pub(crate) async fn confirm_replicated<C: WaitForReplicas>(
+        &self,
+        conn: &mut C,
+        key: &str,
+    ) -> RedisResult<()> {
         if self.acks.replicas == 0 {
             return Ok(());
         }
         let timeout_ms = self.acks.timeout.as_millis() as u64;
         let acked = conn
-            .wait_for_replicas(&keys.keys[0], self.acks.replicas, timeout_ms)
+            .wait_for_replicas(key, self.acks.replicas, timeout_ms)
             .await?;
         if acked >= self.acks.replicas {
             return Ok(());
@@ -240,32 +300,89 @@ impl LockStore {
         invocation
     }
 
+    /// Runs `calls` in one script run (`batch.lua`): what each answered,
+    /// in order, or the Redis error of that call alone. Changes are not
+    /// confirmed by replicas here: see [`Self::confirm_replicated`].
+    pub(crate) async fn batch<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        calls: &[&LockCall],
+    ) -> RedisResult<Vec<RedisResult<LockReply>>> {
+        let mut invocation = self.scripts.batch.prepare_invoke();
+        for call in calls {
+            for key in &self.keys(call.name()).keys {
+                invocation.key(key);
+            }
+            match call {
+                LockCall::Acquire(name, a) => invocation
+                    .arg("a")
+                    .arg(name.as_str())
+                    .arg(a.permits)
+                    .arg(a.lease_ms)
+                    .arg(a.wait_ms)
+                    .arg(&a.replica)
+                    .arg(&a.ticket)
+                    .arg(&a.nonce)
+                    .arg(a.fence_floor),
+                LockCall::Release(name, token) => {
+                    invocation.arg("r").arg(name.as_str()).arg(token.as_str())
+                }
+            };
+        }
+        let first = calls.first().map(|call| call.name());
+        let reply: Value = match first {
+            Some(name) => invocation.invoke_async(conn).traced("batch", name).await?,
+            None => return Ok(Vec::new()),
+        };
+        let Value::Array(replies) = reply else {
+            return Err(replies::unexpected("batch", &reply));
+        };
+        if replies.len() != calls.len() {
+            return Err(replies::unexpected("batch", &Value::Array(replies)));
+        }
+        Ok(calls
+            .iter()
+            .zip(&replies)
+            .map(|(call, reply)| {
+                replies::call_failure(reply)?;
+                match call {
+                    LockCall::Acquire(..) => replies::acquire(reply).map(LockReply::Acquire),
+                    LockCall::Release(..) => replies::release(reply).map(LockReply::Release),
+                }
+            })
+            .collect())
+    }
+
+    /// One call alone (a batch of one), its change confirmed by replicas
+    /// when `LOCK_REPLICA_ACKS` asks for it.
+    async fn single<C: WaitForReplicas>(
+        &self,
+        conn: &mut C,
+        call: LockCall,
+    ) -> RedisResult<LockReply> {
+        let reply = self.batch(conn, &[&call]).await?.pop();
+        let reply = reply.unwrap_or_else(|| Err(replies::unexpected("batch", &Value::Nil)))?;
+        if reply.changed_the_lock() {
+            self.replicated(conn, &self.keys(call.name())).await?;
+        }
+        Ok(reply)
+    }
+
     /// Creates the lock if needed, checks permits, grants at once when a slot
     /// is free and nobody waits, else queues the ticket (when waiting).
     pub(crate) async fn acquire<C: WaitForReplicas>(
         &self,
         conn: &mut C,
         name: &LockName,
-        call: &AcquireCall<'_>,
+        call: AcquireCall,
     ) -> RedisResult<AcquireOutcome> {
-        let keys = self.keys(name);
-        let reply: Value = self
-            .invocation(&self.scripts.acquire, &keys, name)
-            .arg(call.permits)
-            .arg(call.lease_ms)
-            .arg(call.wait_ms)
-            .arg(call.replica)
-            .arg(call.ticket)
-            .arg(call.nonce)
-            .arg(call.fence_floor)
-            .invoke_async(conn)
-            .traced("acquire", name)
-            .await?;
-        let outcome = replies::acquire(&reply)?;
-        if matches!(outcome, AcquireOutcome::Granted(_)) {
-            self.replicated(conn, &keys).await?;
+        match self
+            .single(conn, LockCall::Acquire(name.clone(), call))
+            .await?
+        {
+            LockReply::Acquire(outcome) => Ok(outcome),
+            LockReply::Release(_) => Err(replies::unexpected("acquire", &Value::Nil)),
         }
-        Ok(outcome)
     }
 
     /// The simplest use, for the benchmark's direct strategy: a slot now or `None`.
@@ -280,12 +397,12 @@ impl LockStore {
             permits,
             lease_ms: lease.as_millis() as u64,
             wait_ms: 0,
-            replica: "direct",
-            ticket: "",
-            nonce: &random_id(),
+            replica: "direct".into(),
+            ticket: String::new(),
+            nonce: random_id(),
             fence_floor: 0,
         };
-        Ok(match self.acquire(conn, name, &call).await? {
+        Ok(match self.acquire(conn, name, call).await? {
             AcquireOutcome::Granted(grant) => Some(grant),
             _ => None,
         })
@@ -386,18 +503,13 @@ impl LockStore {
         name: &LockName,
         token: &LockToken,
     ) -> RedisResult<Result<(), NotHeldReason>> {
-        let keys = self.keys(name);
-        let reply: Value = self
-            .invocation(&self.scripts.release, &keys, name)
-            .arg(token.as_str())
-            .invoke_async(conn)
-            .traced("release", name)
-            .await?;
-        let released = replies::release(&reply)?;
-        if released.is_ok() {
-            self.replicated(conn, &keys).await?;
+        match self
+            .single(conn, LockCall::Release(name.clone(), token.clone()))
+            .await?
+        {
+            LockReply::Release(released) => Ok(released),
+            LockReply::Acquire(_) => Err(replies::unexpected("release", &Value::Nil)),
         }
-        Ok(released)
     }
 
     /// Moves a live grant's deadline to now + `lease_ms`; the new deadline.

@@ -87,6 +87,25 @@ pub(super) fn unexpected(what: &str, value: &Value) -> redis::RedisError {
     ))
 }
 
+/// The error of one call of `batch.lua` that failed in Redis (its reply is
+/// `{'error', message}`), or `Ok` for any other reply.
+pub(super) fn call_failure(value: &Value) -> RedisResult<()> {
+    match value {
+        Value::Array(items) if items.len() == 2 && is_word(&items[0], "error") => {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "lock script call failed",
+                redis::from_redis_value_ref::<String>(&items[1]).unwrap_or_default(),
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_word(value: &Value, word: &str) -> bool {
+    matches!(value, Value::BulkString(bytes) if bytes == word.as_bytes())
+}
+
 /// A script's array reply, its first element a word saying what happened.
 struct Reply<'a> {
     script: &'static str,

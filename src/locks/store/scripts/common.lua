@@ -31,6 +31,14 @@
 local meta, held, queue, ended, gone = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local name = ARGV[1]
 
+-- batch.lua runs many calls, each on its own lock: it points the functions
+-- below at the lock of the call (its five keys from KEYS[first], and its name).
+local function use_lock(first, lock_name)
+  meta, held, queue, ended, gone = KEYS[first], KEYS[first + 1], KEYS[first + 2], KEYS[first + 3],
+    KEYS[first + 4]
+  name = lock_name
+end
+
 -- An idle lock's keys vanish a day after its last use (plus the longest lease).
 local IDLE_TTL_MS = 90000000
 -- The TTLs are pushed back at most this often (and when a key is created).
@@ -143,7 +151,7 @@ local function create(permits, inc, floor, now)
   redis.call('ZADD', held, 'inf', SENTINEL)
   redis.call('ZADD', queue, 'inf', SENTINEL)
   redis.call('SETBIT', ended, 0, 0)
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+  for _, key in ipairs({meta, held, queue, ended}) do redis.call('PEXPIRE', key, IDLE_TTL_MS) end
   announce('c|' .. name)
   return {inc = inc, permits = permits, fence = fence, seq = 0, arr = 0, w = {}, d = {}, x = now.ms,
     held = 0, waiting = 0}
@@ -346,7 +354,7 @@ local function finish(s, now)
     if d then redis.call('HSET', meta, 'd', d) else redis.call('HDEL', meta, 'd') end
   end
   if not s.x or now.ms - s.x >= REFRESH_MS then
-    for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], IDLE_TTL_MS) end
+    for _, key in ipairs({meta, held, queue, ended}) do redis.call('PEXPIRE', key, IDLE_TTL_MS) end
     redis.call('HSET', meta, 'x', int(now.ms))
   end
   return e
