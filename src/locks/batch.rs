@@ -5,20 +5,27 @@
 //! A script run's fixed costs in Redis (reading the command, finding the
 //! script, running `common.lua`'s prelude, the reply, the syscalls) were most
 //! of an uncontended acquire's cost; paid once per batch they shrink with
-//! load. Nothing waits on purpose: a call made while the worker has no call
-//! on its way goes alone and at once, so batching costs no latency when idle
-//! (group commit, as the read path's `transcriptions::batcher`).
+//! load. Nothing waits on purpose: a call made while the worker has fewer
+//! than [`MAX_RUNS_IN_FLIGHT`] runs on their way and none queued goes alone
+//! and at once, from its caller's own task, so batching costs no latency
+//! when idle (group commit, as the read path's `transcriptions::batcher`).
 //!
 //! Each call's caller waits at most [`REDIS_CALL_TIMEOUT`] from the moment it
 //! queued, whatever Redis does. A caller that left before its call was sent
 //! takes it out (its request's clean-up covers the rest). With
 //! `LOCK_REPLICA_ACKS`, the calls that changed a lock wait for the replicas'
 //! confirmation in a task of their own; the others are answered at once.
+//!
+//! On a Redis Cluster every call goes alone, at once: calls rarely share a
+//! hash slot (a script's keys must), the cluster connection already keeps
+//! many in flight per node, and a run waiting on a node that is failing
+//! over must not hold up calls to the others.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::call::{CallFailed, REDIS_CALL_TIMEOUT, failed, timed_out};
 use super::core::Core;
@@ -26,6 +33,7 @@ use super::domain::{LockName, LockToken, NotHeldReason};
 use super::error::LockError;
 use super::store::{AcquireCall, AcquireOutcome, LockCall, LockReply};
 use crate::pools::redis::{RedisConnection, RedisPool};
+use crate::telemetry::otel;
 
 /// Most calls in one script run: a run blocks Redis while it lasts, and 64
 /// uncontended calls take well under a millisecond.
@@ -61,6 +69,9 @@ struct State {
 struct Pending {
     call: LockCall,
     caller: Caller,
+    /// The caller's span, when traces are exported: a run's span is a child
+    /// of its first call's request.
+    span: Option<tracing::Span>,
 }
 
 /// Where a call's answer goes, typed by the kind of call.
@@ -123,8 +134,12 @@ impl CallBatcher {
         call: AcquireCall,
     ) -> Result<AcquireOutcome, CallFailed> {
         let (tx, rx) = oneshot::channel();
-        self.queue(LockCall::Acquire(name.clone(), call), Caller::Acquire(tx));
-        answer_of(rx).await
+        self.call(
+            LockCall::Acquire(name.clone(), call),
+            Caller::Acquire(tx),
+            rx,
+        )
+        .await
     }
 
     /// The release script's outcome for `token` on `name`.
@@ -134,33 +149,57 @@ impl CallBatcher {
         token: &LockToken,
     ) -> Result<Result<(), NotHeldReason>, CallFailed> {
         let (tx, rx) = oneshot::channel();
-        self.queue(
-            LockCall::Release(name.clone(), token.clone()),
-            Caller::Release(tx),
-        );
-        answer_of(rx).await
+        let call = LockCall::Release(name.clone(), token.clone());
+        self.call(call, Caller::Release(tx), rx).await
     }
 
-    fn queue(&self, call: LockCall, caller: Caller) {
-        let mut state = self.inner.state();
-        state.queue.push_back(Pending { call, caller });
-        if state.senders < MAX_RUNS_IN_FLIGHT {
-            state.senders += 1;
-            tokio::spawn(Arc::clone(&self.inner).send_while_queued());
+    /// Sends `call` and waits for its answer (through `rx`), within
+    /// [`REDIS_CALL_TIMEOUT`]. When the worker has a run to spare and no
+    /// call queued, the call goes at once, alone, from the caller's own task
+    /// (no hop through another task: an idle service answers as fast as
+    /// without batching); otherwise it queues for the next run.
+    async fn call<T>(
+        &self,
+        call: LockCall,
+        caller: Caller,
+        rx: oneshot::Receiver<Result<T, CallFailed>>,
+    ) -> Result<T, CallFailed> {
+        let deadline = tokio::time::Instant::now() + REDIS_CALL_TIMEOUT;
+        let span = otel::enabled().then(tracing::Span::current);
+        let pending = Pending { call, caller, span };
+        let alone = {
+            let mut state = self.inner.state();
+            if self.inner.pool.is_cluster() {
+                // Each call alone: see the module documentation.
+                state.senders += 1;
+                Some(pending)
+            } else if state.queue.is_empty() && state.senders < MAX_RUNS_IN_FLIGHT {
+                state.senders += 1;
+                Some(pending)
+            } else {
+                state.queue.push_back(pending);
+                self.inner.start_sender(&mut state);
+                None
+            }
+        };
+        if let Some(pending) = alone {
+            // The run slot is given back as soon as the script answered (a
+            // WAIT that follows does not hold it), or if this caller leaves.
+            let _slot = RunSlot(&self.inner);
+            let sent = self.inner.send(vec![pending]);
+            if tokio::time::timeout_at(deadline, sent).await.is_err() {
+                return Err(timed_out());
+            }
         }
-    }
-}
-
-/// The answer, within [`REDIS_CALL_TIMEOUT`] of the call being queued.
-async fn answer_of<T>(rx: oneshot::Receiver<Result<T, CallFailed>>) -> Result<T, CallFailed> {
-    match tokio::time::timeout(REDIS_CALL_TIMEOUT, rx).await {
-        Ok(Ok(answer)) => answer,
-        // The sender task ended without answering (its runtime is stopping).
-        Ok(Err(_)) => Err(CallFailed {
-            error: LockError::RedisUnavailable,
-            maybe_ran: true,
-        }),
-        Err(_) => Err(timed_out()),
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => answer,
+            // The sender task ended without answering (its runtime is stopping).
+            Ok(Err(_)) => Err(CallFailed {
+                error: LockError::RedisUnavailable,
+                maybe_ran: true,
+            }),
+            Err(_) => Err(timed_out()),
+        }
     }
 }
 
@@ -168,6 +207,18 @@ impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding it leaves a consistent queue: keep using it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a sender task for the queue, if the worker has a run to spare.
+    fn start_sender(self: &Arc<Self>, state: &mut State) {
+        if state.queue.is_empty() || state.senders >= MAX_RUNS_IN_FLIGHT {
+            return;
+        }
+        // No runtime: it is gone, and its callers with it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            state.senders += 1;
+            runtime.spawn(Arc::clone(self).send_while_queued());
+        }
     }
 
     /// One sender: runs what is queued, one script run at a time, until
@@ -201,8 +252,7 @@ impl Inner {
         Some(batch)
     }
 
-    /// Sends `batch`: one script run, or on a Redis Cluster one per hash
-    /// slot (a script's keys must share one), all at once.
+    /// Sends `batch` in one script run.
     async fn send(&self, batch: Vec<Pending>) {
         let conn = match tokio::time::timeout(REDIS_CALL_TIMEOUT, self.pool.connection()).await {
             Ok(Ok(conn)) => conn,
@@ -218,26 +268,16 @@ impl Inner {
                 );
             }
         };
-        if !conn.is_cluster() {
-            return self.run(conn, batch).await;
-        }
-        let mut by_slot = HashMap::<_, Vec<Pending>>::new();
-        for pending in batch {
-            let slot = self.core.store.slot(pending.call.name());
-            by_slot.entry(slot).or_default().push(pending);
-        }
-        let runs = by_slot
-            .into_values()
-            .map(|part| self.run(conn.clone(), part));
-        futures_util::future::join_all(runs).await;
+        self.run(conn, batch).await;
     }
 
     /// One script run of `batch` on `conn`, and its answers.
     async fn run(&self, mut conn: RedisConnection, batch: Vec<Pending>) {
         let store = &self.core.store;
         let calls: Vec<&LockCall> = batch.iter().map(|p| &p.call).collect();
-        let replies =
-            tokio::time::timeout(REDIS_CALL_TIMEOUT, store.batch(&mut conn, &calls)).await;
+        let span = batch[0].span.clone().unwrap_or_else(tracing::Span::none);
+        let running = store.batch(&mut conn, &calls).instrument(span);
+        let replies = tokio::time::timeout(REDIS_CALL_TIMEOUT, running).await;
         let replies = match replies {
             Ok(Ok(replies)) => replies,
             Ok(Err(error)) => return answer_all(batch, failed(&error, true)),
@@ -280,6 +320,19 @@ async fn confirm(core: Arc<Core>, mut conn: RedisConnection, changed: Vec<(Pendi
 fn answer_all(batch: impl IntoIterator<Item = Pending>, failure: CallFailed) {
     for pending in batch {
         pending.caller.answer(Err(failure));
+    }
+}
+
+/// A call sent alone, counted in `State::senders` while its script runs:
+/// when it ends (answered, timed out, or its caller gone) the slot goes back,
+/// and the calls that queued meanwhile get a sender.
+struct RunSlot<'a>(&'a Arc<Inner>);
+
+impl Drop for RunSlot<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.senders -= 1;
+        self.0.start_sender(&mut state);
     }
 }
 

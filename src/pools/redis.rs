@@ -112,6 +112,11 @@ impl RedisPool {
         Ok(object.clone())
     }
 
+    /// Whether its connections are to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.pool.manager().maker, Maker::Cluster(_))
+    }
+
     /// Drops the idle connections and refuses new checkouts.
     pub fn close(&self) {
         self.pool.close();
@@ -240,12 +245,6 @@ enum Link {
 }
 
 impl RedisConnection {
-    /// Whether this is a cluster connection: commands that name several keys
-    /// must keep them in one hash slot.
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.link, Link::Cluster(_))
-    }
-
     /// Whether Redis can serve: the server answers PING; a cluster answers
     /// `CLUSTER INFO` with `cluster_state:ok` (every slot has a primary).
     pub async fn serves(&mut self) -> bool {

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use redis::aio::ConnectionLike;
-use redis::cluster_routing::Slot;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
@@ -227,11 +226,6 @@ impl LockStore {
         LockKeys {
             keys: ["meta", "held", "queue", "ended", "gone"].map(|k| format!("{base}:{k}")),
         }
-    }
-
-    /// The Redis Cluster hash slot of lock `name` (all its keys share it).
-    pub(crate) fn slot(&self, name: &LockName) -> Slot {
-        Slot::for_key(&self.keys(name).keys[0])
     }
 
     /// The Pub/Sub channel of replica `id`: its offers, alarms and skipped tickets.
