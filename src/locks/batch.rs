@@ -41,6 +41,8 @@ const MAX_CALLS_PER_RUN: usize = 64;
 
 /// Script runs one worker keeps on their way at once: two, so that one run
 /// fills while the other is out, and calls never wait for more than one.
+/// (Measured against one and four in `bench/run.sh locks`: four batched
+/// less and lost 7–14 % of pairs/s; one was level within the noise.)
 const MAX_RUNS_IN_FLIGHT: usize = 2;
 
 /// One worker's lock calls, sent in as few script runs as its load allows.

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Where one lock cell's CPU goes, per pair: the service, Redis and the load
+# generator, and how many script runs Redis served (calls per run shows how
+# much the service batched). One replica, 30,000 acquire + release pairs on
+# 1,000 names. Run after `bench/run.sh locks` (it builds the binaries).
+#   bench/lock-cpu.sh [BINARY] [CALLERS] [STRATEGY]
+#   BINARY defaults to target/release/middleway, CALLERS to 64, STRATEGY to
+#   middleway (direct-scripts: the same scripts straight to Redis, no service)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+binary=${1:-target/release/middleway} callers=${2:-64} strategy=${3:-middleway}
+scripts/services.sh start >/dev/null
+eval "$(scripts/services.sh env)"
+export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"
+key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:18400 ADMIN_BIND_ADDR=127.0.0.1:19400 \
+  REDIS_KEY_PREFIX="mwcpu-$RANDOM:" RUST_LOG=warn "$binary" serve >/dev/null 2>&1 &
+service=$!
+trap 'kill $service 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && break; sleep 0.1; done
+ticks=$(getconf CLK_TCK)
+cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
+redis=(redis-cli -u "$REDIS_URL")
+redis_pid=$("${redis[@]}" INFO server | tr -d '\r' | sed -n 's/^process_id://p')
+"${redis[@]}" CONFIG RESETSTAT >/dev/null
+out=$(mktemp)
+s0=$(cpu_of "$service"); r0=$(cpu_of "$redis_pid")
+load=$( { /usr/bin/time -f "%U %S" target/release/mwbench locks --service 127.0.0.1:18400 \
+  --admin 127.0.0.1:19400 --key "$key" --redis-url "$REDIS_URL" --strategies "$strategy" \
+  --concurrency "$callers" --requests 30000 --names 1000 --runs 1 --out "$out" >/dev/null; } 2>&1 | tail -1)
+s1=$(cpu_of "$service"); r1=$(cpu_of "$redis_pid")
+runs=$("${redis[@]}" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p')
+python3 - "$out" "$s0" "$s1" "$r0" "$r1" "$load" "${runs:-0}" "$strategy" <<'PY'
+import json, sys
+out, s0, s1, r0, r1, load, runs, strategy = sys.argv[1:]
+cell = json.loads(open(out).read().splitlines()[-1])
+pairs = 30000
+per_pair = lambda seconds: seconds * 1e6 / pairs
+service = f"{per_pair(float(s1) - float(s0)):.0f} µs" if strategy == "middleway" else "-"
+print(f"{strategy} callers={cell['concurrency']} pairs/s={cell['throughput']:.0f} p50={cell['p50_ms']:.2f}ms "
+      f"CPU per pair: service {service}, Redis {per_pair(float(r1) - float(r0)):.0f} µs, "
+      f"load generator {per_pair(sum(map(float, load.split()))):.0f} µs; "
+      f"script runs {runs} ({2 * pairs / max(int(runs), 1):.1f} calls per run)")
+PY
