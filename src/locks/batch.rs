@@ -36,13 +36,13 @@ use crate::pools::redis::{RedisConnection, RedisPool};
 use crate::telemetry::otel;
 
 /// Most calls in one script run: a run blocks Redis while it lasts, and 64
-/// uncontended calls take well under a millisecond.
+/// uncontended calls take about a millisecond of script time (20 µs each).
 const MAX_CALLS_PER_RUN: usize = 64;
 
 /// Script runs one worker keeps on their way at once: two, so that one run
 /// fills while the other is out, and calls never wait for more than one.
-/// (Measured against one and four in `bench/run.sh locks`: four batched
-/// less and lost 7–14 % of pairs/s; one was level within the noise.)
+/// (Measured against one and four in `bench/run.sh locks`: four lost 7–14 %
+/// of pairs/s; one was level within the noise.)
 const MAX_RUNS_IN_FLIGHT: usize = 2;
 
 /// One worker's lock calls, sent in as few script runs as its load allows.
