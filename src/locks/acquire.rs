@@ -202,7 +202,7 @@ impl LockEngine {
         let (name, ticket, lease_ms) = (attempt.name, attempt.ticket(), attempt.request.lease_ms);
         let cancel =
             |mut conn| async move { core.store.cancel(&mut conn, name, ticket, lease_ms).await };
-        match redis_call(&self.pool, cancel).await? {
+        match redis_call(&self.pool, core.store.checkout_for_changes(), cancel).await? {
             Claimed::Granted(grant) => Ok(self.granted(attempt, grant)),
             Claimed::Nothing => {
                 attempt.settled();

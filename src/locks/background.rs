@@ -18,7 +18,7 @@ use super::error::LockError;
 use super::events::{Cleanup, Event};
 use super::store::{Claimed, Reaped, SyncCall, TicketState};
 use super::waiters::{OfferFor, Waiter};
-use crate::pools::redis::RedisPool;
+use crate::pools::redis::{Checkout, RedisPool};
 
 /// Between two tries of a call that failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -217,14 +217,14 @@ impl Jobs {
                 )
                 .await
         };
-        Ok(redis_call(&self.pool, claim).await?)
+        Ok(redis_call(&self.pool, self.core.store.checkout_for_changes(), claim).await?)
     }
 
     /// Passes on an offer nobody here takes (a claimed grant is never touched).
     async fn decline(self, name: LockName, ticket: String, token: LockToken) {
         let (store, name, ticket, token) = (&self.core.store, &name, &ticket, &token);
         let decline = || {
-            redis_call(&self.pool, move |mut conn| async move {
+            redis_call(&self.pool, Checkout::Shared, move |mut conn| async move {
                 store.decline(&mut conn, name, ticket, token).await
             })
         };
@@ -246,7 +246,7 @@ impl Jobs {
             };
             let (name, call) = (&name, &call);
             let sync = || {
-                redis_call(&self.pool, move |mut conn| async move {
+                redis_call(&self.pool, Checkout::Shared, move |mut conn| async move {
                     core.store.sync(&mut conn, name, call).await
                 })
             };
@@ -285,7 +285,7 @@ impl Jobs {
         let core = &self.core;
         let named = &name;
         let reap = |mut conn| async move { core.store.reap(&mut conn, named, &core.replica).await };
-        let event = match redis_call(&self.pool, reap).await {
+        let event = match redis_call(&self.pool, Checkout::Shared, reap).await {
             Ok(Reaped::Reaped { expired, next_in }) => {
                 core.metrics.lock_expiries.inc_by(expired);
                 let Some(after) = next_in else { return };
@@ -308,6 +308,11 @@ impl Jobs {
         let core = &self.core;
         let give_up = Instant::now() + CLEANUP_PATIENCE;
         let mut pause = Duration::from_millis(50);
+        // Only a release is confirmed by replicas (WAIT).
+        let checkout = match cleanup {
+            Cleanup::Forget { .. } => Checkout::Shared,
+            Cleanup::Release { .. } => core.store.checkout_for_changes(),
+        };
         loop {
             let cleanup = &cleanup;
             let attempt = |mut conn| async move {
@@ -327,7 +332,8 @@ impl Jobs {
                     }
                 }
             };
-            if redis_call(&self.pool, attempt).await.is_ok() || Instant::now() >= give_up {
+            if redis_call(&self.pool, checkout, attempt).await.is_ok() || Instant::now() >= give_up
+            {
                 break;
             }
             tokio::time::sleep(pause).await;

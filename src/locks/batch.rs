@@ -256,7 +256,8 @@ impl Inner {
 
     /// Sends `batch` in one script run.
     async fn send(&self, batch: Vec<Pending>) {
-        let conn = match tokio::time::timeout(REDIS_CALL_TIMEOUT, self.pool.connection()).await {
+        let checkout = self.pool.checkout(self.core.store.checkout_for_changes());
+        let conn = match tokio::time::timeout(REDIS_CALL_TIMEOUT, checkout).await {
             Ok(Ok(conn)) => conn,
             // No connection: nothing reached Redis.
             Ok(Err(error)) => return answer_all(batch, failed(&error, false)),

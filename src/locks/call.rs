@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::error::LockError;
 use super::store::is_not_replicated;
-use crate::pools::redis::{RedisConnection, RedisPool};
+use crate::pools::redis::{Checkout, RedisConnection, RedisPool};
 
 /// A bound on every Redis call a request or a task makes: past it Redis
 /// counts as unreachable for that call.
@@ -28,19 +28,21 @@ impl From<CallFailed> for LockError {
     }
 }
 
-/// Runs `op` on a connection of `pool` (which `op` moves into its future),
-/// within [`REDIS_CALL_TIMEOUT`]. The call is boxed before the returned
-/// future exists: Redis client futures are kilobytes, and inlined they would
-/// size every waiting request's future (held up to `wait_ms`) to match.
+/// Runs `op` on a connection of `pool` taken as `checkout` says (`op` moves
+/// it into its future), within [`REDIS_CALL_TIMEOUT`]. The call is boxed
+/// before the returned future exists: Redis client futures are kilobytes,
+/// and inlined they would size every waiting request's future (held up to
+/// `wait_ms`) to match.
 pub(crate) fn redis_call<'a, T: 'a, F>(
     pool: &'a RedisPool,
+    checkout: Checkout,
     op: impl FnOnce(RedisConnection) -> F + 'a,
 ) -> impl Future<Output = Result<T, CallFailed>> + 'a
 where
     F: Future<Output = redis::RedisResult<T>> + 'a,
 {
     let call = Box::pin(async move {
-        let conn = pool.connection().await.map_err(|e| (e, false))?;
+        let conn = pool.checkout(checkout).await.map_err(|e| (e, false))?;
         op(conn).await.map_err(|e| (e, true))
     });
     async move {

@@ -21,7 +21,7 @@ use super::events::{Cleanup, Event, Events};
 use super::store::LockStore;
 use super::wake::{WakeLoop, WakeSource};
 use crate::metrics::Metrics;
-use crate::pools::redis::RedisPool;
+use crate::pools::redis::{Checkout, RedisPool};
 
 /// What an engine starts with.
 pub(crate) struct EngineSettings {
@@ -157,7 +157,7 @@ impl LockEngine {
         let (name, token) = (&request.name, &request.token);
         let lease_ms = request.lease_ms;
         let extend = |mut conn| async move { store.extend(&mut conn, name, token, lease_ms).await };
-        match redis_call(&self.pool, extend).await? {
+        match redis_call(&self.pool, store.checkout_for_changes(), extend).await? {
             Ok(deadline_ms) => {
                 self.core.count("extend", "extended");
                 self.core.fences.saw(name, fence);
@@ -177,14 +177,16 @@ impl LockEngine {
         let token = request.token.as_ref();
         let name = &request.name;
         let inspect = |mut conn| async move { store.inspect(&mut conn, name, token, true).await };
-        Ok(redis_call(&self.pool, inspect).await?)
+        Ok(redis_call(&self.pool, Checkout::Shared, inspect).await?)
     }
 
     /// How many requests wait on `name`, fleet-wide (O(log n), whatever the permits).
     pub(crate) async fn waiting(&self, name: &LockName) -> Result<u64, LockError> {
         let store = &self.core.store;
         let count = |mut conn| async move { store.inspect(&mut conn, name, None, false).await };
-        Ok(redis_call(&self.pool, count).await?.waiting)
+        Ok(redis_call(&self.pool, Checkout::Shared, count)
+            .await?
+            .waiting)
     }
 
     /// Resolves once the work requests left behind is done (a draining

@@ -23,6 +23,11 @@
 //!   hop between threads costs two wake-ups per call. Each pool is used from
 //!   one runtime only, so its calls never leave the thread that made them,
 //!   and its connections end with their worker.
+//!
+//! A call that ends in WAIT (`LOCK_REPLICA_ACKS`) holds its connection
+//! instead of sharing it ([`Checkout::Held`]): Redis reads nothing more from
+//! a connection blocked in WAIT, so the other calls take other connections
+//! of the same pool (the same `REDIS_POOL_MAX` bound).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -104,12 +109,21 @@ impl RedisPool {
 
     /// A handle on a live connection, shared with other callers.
     pub async fn connection(&self) -> RedisResult<RedisConnection> {
+        self.checkout(Checkout::Shared).await
+    }
+
+    /// A handle on a live connection, shared or held (see [`Checkout`]).
+    pub async fn checkout(&self, how: Checkout) -> RedisResult<RedisConnection> {
         let object = self
             .pool
             .get()
             .await
             .map_err(|e| RedisError::from((ErrorKind::Io, "Redis pool", e.to_string())))?;
-        Ok(object.clone())
+        let mut conn = object.clone();
+        if how == Checkout::Held {
+            conn.held = Some(Arc::new(object));
+        }
+        Ok(conn)
     }
 
     /// Whether its connections are to a Redis Cluster.
@@ -229,12 +243,28 @@ impl RedisPools {
     }
 }
 
+/// How a call uses its pooled connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkout {
+    /// Back in the pool at once: other calls use the connection meanwhile,
+    /// their commands pipelined with this one's.
+    Shared,
+    /// Out of the pool until the handle (and its clones) drop: for a change
+    /// followed by WAIT. Redis reads nothing more from a connection blocked
+    /// in WAIT until the replicas confirm or the timeout passes, so a shared
+    /// connection would hold up every other call on it for that long.
+    Held,
+}
+
 /// A handle on a pooled multiplexed connection. Clones share the socket and
 /// report how their calls went, so the pool knows when to replace it.
 #[derive(Clone)]
 pub struct RedisConnection {
     link: Link,
     health: Arc<Health>,
+    /// For a [`Checkout::Held`] handle: the pool object, out of the pool
+    /// while this lives.
+    held: Option<Arc<managed::Object<RedisManager>>>,
 }
 
 /// The connection itself: to one server, or to a cluster.
@@ -414,6 +444,7 @@ impl managed::Manager for RedisManager {
         Ok(RedisConnection {
             link,
             health: Arc::new(Health::answered_now()),
+            held: None,
         })
     }
 

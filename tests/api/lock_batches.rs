@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::helpers::{
-    OwnRedis, TestApp, eventually, lock_key, metrics_text, series_value, spawn_app_with,
-    stall_redis,
+    OwnRedis, TestApp, eventually, lock_key, metrics_text, pause_redis_writes, series_value,
+    spawn_app_with, stall_redis,
 };
 
 /// A service with one HTTP worker (so every call meets in one batcher) on
@@ -193,9 +193,9 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
     // A stopped replica confirms nothing: every grant waits the full 3 s.
     replica.signal(Signal::SIGSTOP);
 
-    let url = primary.url();
-    let stall = tokio::spawn(async move { stall_redis(&url, 1.5).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Writes (the scripts) wait 1.5 s; connections can still be opened, and
+    // with replica acks each run holds one of its own.
+    pause_redis_writes(&primary.url(), 1500).await;
     let in_flight = || async {
         series_value(
             &metrics_text(&app.admin_address).await,
@@ -235,10 +235,72 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
     for filler in fillers {
         assert_eq!(filler.await.unwrap().status, Some(StatusCode::LOCKED));
     }
-    stall.await.unwrap();
     replica.signal(Signal::SIGCONT);
     assert_eq!(
         app.release("taken", &held["token"]).await.status(),
         StatusCode::OK
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_replica_acks_a_grant_waiting_for_its_confirmation_holds_up_no_other_call() {
+    let primary = OwnRedis::start().await;
+    let replica = OwnRedis::start_replica_of(&primary).await;
+    let app = one_worker_on(
+        &primary,
+        &[
+            ("LOCK_REPLICA_ACKS", "1"),
+            ("LOCK_REPLICA_ACK_TIMEOUT_MS", "5000"),
+        ],
+    )
+    .await;
+    let held = app.grant("taken", 0, 60_000).await;
+    // A stopped replica confirms nothing: the next grant's WAIT lasts 5 s.
+    replica.signal(Signal::SIGSTOP);
+    let grant = app.lock_in_background(
+        serde_json::json!({"op": "acquire", "name": "free", "wait_ms": 0, "lease_ms": 60_000}),
+    );
+    let blocked = eventually(Duration::from_secs(2), async || {
+        blocked_clients(&primary).await >= 1
+    })
+    .await;
+    assert!(blocked, "the grant's WAIT is blocked in Redis");
+
+    // Calls of the same worker that need no confirmation go on other
+    // connections: an inspect, and an acquire that is refused.
+    let started = std::time::Instant::now();
+    assert_eq!(app.inspect("taken").await["held"], 1);
+    let refused = app.acquire("taken", 0, 60_000).await;
+    assert_eq!(refused.status(), StatusCode::LOCKED);
+    assert!(
+        !grant.is_finished() && started.elapsed() < Duration::from_millis(2500),
+        "answered in {:?}, while the grant still waited for the replica",
+        started.elapsed()
+    );
+    let unconfirmed = grant.await.unwrap();
+    assert_eq!(
+        unconfirmed.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{}",
+        unconfirmed.body
+    );
+    replica.signal(Signal::SIGCONT);
+    assert_eq!(
+        app.release("taken", &held["token"]).await.status(),
+        StatusCode::OK
+    );
+}
+
+/// Clients of `redis` blocked in a command (here: WAIT).
+async fn blocked_clients(redis: &OwnRedis) -> u64 {
+    let mut conn = redis.connection().await.expect("redis");
+    let info: String = redis::cmd("INFO")
+        .arg("clients")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO clients");
+    info.lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
 }

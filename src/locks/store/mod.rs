@@ -24,7 +24,7 @@ pub use self::replies::AcquireOutcome;
 pub(crate) use self::replies::{Claimed, Reaped, Synced, TicketState};
 use super::domain::{Grant, LockName, LockState, LockToken, NotHeldReason};
 use crate::config::ReplicaAcks;
-use crate::pools::redis::WaitForReplicas;
+use crate::pools::redis::{Checkout, WaitForReplicas};
 
 /// The detail of the error a call fails with when too few replicas confirmed it.
 const NOT_REPLICATED: &str = "too few Redis replicas acknowledged the change";
@@ -253,6 +253,16 @@ impl LockStore {
     /// Whether changes must be confirmed by replicas (`LOCK_REPLICA_ACKS`).
     pub(crate) fn confirms_changes(&self) -> bool {
         self.acks.replicas > 0
+    }
+
+    /// How a call that may change a lock takes its connection: held when a
+    /// WAIT follows the change, so the WAIT holds up no other call.
+    pub(crate) fn checkout_for_changes(&self) -> Checkout {
+        if self.confirms_changes() {
+            Checkout::Held
+        } else {
+            Checkout::Shared
+        }
     }
 
     /// With replica acknowledgements on, waits until enough replicas have

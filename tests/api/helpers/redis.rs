@@ -54,3 +54,21 @@ pub async fn stall_redis(url: &str, seconds: f64) {
         .await
         .expect("DEBUG SLEEP (the server runs with --enable-debug-command yes)");
 }
+
+/// Makes the Redis at `url` hold every command that may write (scripts
+/// included) for `ms`, and returns at once. Unlike [`stall_redis`] it still
+/// accepts connections and answers reads meanwhile.
+pub async fn pause_redis_writes(url: &str, ms: u64) {
+    let client = redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: String = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT PAUSE");
+}
