@@ -3,6 +3,7 @@
 #   bench/backends.sh          prints the numbers bench/README.md "Production backends" quotes
 #   REQUESTS=5000 bench/backends.sh   a shorter run
 #   ONLY=locks bench/backends.sh      (or ONLY=reads) one half
+#   MW=.local/middleway-baseline bench/backends.sh   another build of the service
 #
 # Locks: acquire+release pairs/s (64 callers over 1,000 names, best of 2) and
 # hand-off latency (100 waiters on one name) against
@@ -23,7 +24,7 @@ eval "$(scripts/services.sh env)"
 log "building (release)"
 cargo build --release -q --bin middleway
 cargo build --release -q --manifest-path bench/Cargo.toml --target-dir target
-mw=$root/target/release/middleway
+mw=${MW:-$root/target/release/middleway}  # MW=path: another build of the service
 mwbench=$root/target/release/mwbench
 requests=${REQUESTS:-50000}
 
