@@ -39,11 +39,13 @@ use crate::telemetry::otel;
 /// uncontended calls take about a millisecond of script time (20 µs each).
 const MAX_CALLS_PER_RUN: usize = 64;
 
-/// Script runs one worker keeps on their way at once: two, so that one run
-/// fills while the other is out, and calls never wait for more than one.
-/// (Measured against one and four in `bench/run.sh locks`: four lost 7–14 %
-/// of pairs/s; one was level within the noise.)
-const MAX_RUNS_IN_FLIGHT: usize = 2;
+/// Script runs one worker keeps on their way at once: one, so the calls made
+/// while it is out all go in the next, and none waits for more than one run.
+/// (Measured against two in `bench/lock-cpu.sh`, three paired rounds: one
+/// gave 10–23 % more pairs/s at 10 callers, 4–6 % at 64, 1–16 % at 250,
+/// with 2.4 calls per run at 10 callers instead of 1.5; four lost 7–14 %
+/// against two in `bench/run.sh locks`.)
+const MAX_RUNS_IN_FLIGHT: usize = 1;
 
 /// One worker's lock calls, sent in as few script runs as its load allows.
 #[derive(Clone)]

@@ -202,8 +202,8 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
             "middleway_http_requests_in_flight",
         )
     };
-    // Two refusals take the worker's two runs on their way (a refusal
-    // changes nothing, so no WAIT follows it on the connection) ...
+    // Two refusals go first and hold the worker's run, paused by Redis (a
+    // refusal changes nothing, so no WAIT follows it) ...
     let fillers: Vec<_> = (0..2)
         .map(|_| {
             app.lock_in_background(serde_json::json!(
@@ -212,7 +212,7 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
         .collect();
     let sent = eventually(Duration::from_secs(1), async || in_flight().await >= 2).await;
     assert!(sent, "the two first acquires are in flight");
-    // ... so a grant and a refusal queue behind them and share the next run.
+    // ... so a grant and a refusal made now queue and share a later run.
     let grant = app.lock_in_background(
         serde_json::json!({"op": "acquire", "name": "free", "wait_ms": 0, "lease_ms": 60_000}),
     );
