@@ -268,14 +268,13 @@ async fn with_replica_acks_a_grant_waiting_for_its_confirmation_holds_up_no_othe
 
     // Calls of the same worker that need no confirmation go on other
     // connections: an inspect, and an acquire that is refused.
-    let started = std::time::Instant::now();
+    // (Queued behind the WAIT, the inspect would fail: 503 after 2 s.)
     assert_eq!(app.inspect("taken").await["held"], 1);
     let refused = app.acquire("taken", 0, 60_000).await;
     assert_eq!(refused.status(), StatusCode::LOCKED);
     assert!(
-        !grant.is_finished() && started.elapsed() < Duration::from_millis(2500),
-        "answered in {:?}, while the grant still waited for the replica",
-        started.elapsed()
+        !grant.is_finished(),
+        "both were answered while the grant still waited for the replica"
     );
     let unconfirmed = grant.await.unwrap();
     assert_eq!(
