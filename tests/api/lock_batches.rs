@@ -36,12 +36,7 @@ async fn one_worker_on(redis: &OwnRedis, extra: &[(&str, &str)]) -> TestApp {
 /// How many scripts `redis` ran since the last reset: EVALSHA calls, less
 /// those that failed (a script's first call on a new server is NOSCRIPT).
 async fn script_runs(redis: &OwnRedis) -> u64 {
-    let mut conn = redis.connection().await.expect("redis");
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let info = info(redis, "commandstats").await;
     let Some(stats) = info
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
@@ -55,6 +50,72 @@ async fn script_runs(redis: &OwnRedis) -> u64 {
             .map_or(0, |v| v.trim().parse().unwrap())
     };
     field("calls") - field("failed_calls")
+}
+
+/// One section of `redis`'s INFO.
+async fn info(redis: &OwnRedis, section: &str) -> String {
+    let mut conn = redis.connection().await.expect("redis");
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut conn)
+        .await
+        .expect("INFO")
+}
+
+/// Clients of `redis` blocked in a command (here: WAIT).
+async fn blocked_clients(redis: &OwnRedis) -> u64 {
+    info(redis, "clients")
+        .await
+        .lines()
+        .find_map(|line| line.strip_prefix("blocked_clients:"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A primary whose replica is stopped (it confirms nothing) and a service
+/// with one worker that waits up to `ack_timeout_ms` for it; `taken` was
+/// granted (and confirmed) before the replica stopped.
+struct StoppedReplica {
+    primary: OwnRedis,
+    replica: OwnRedis,
+    app: TestApp,
+    taken: Value,
+}
+
+impl StoppedReplica {
+    async fn start(ack_timeout_ms: u64) -> Self {
+        let primary = OwnRedis::start().await;
+        let replica = OwnRedis::start_replica_of(&primary).await;
+        let timeout = ack_timeout_ms.to_string();
+        let app = one_worker_on(
+            &primary,
+            &[
+                ("LOCK_REPLICA_ACKS", "1"),
+                ("LOCK_REPLICA_ACK_TIMEOUT_MS", timeout.as_str()),
+            ],
+        )
+        .await;
+        let taken = app.grant("taken", 0, 60_000).await;
+        replica.signal(Signal::SIGSTOP);
+        Self {
+            primary,
+            replica,
+            app,
+            taken,
+        }
+    }
+
+    /// The replica confirms again, and `taken` is released.
+    async fn resume(self) {
+        self.replica.signal(Signal::SIGCONT);
+        assert_eq!(
+            self.app
+                .release("taken", &self.taken["token"])
+                .await
+                .status(),
+            StatusCode::OK
+        );
+    }
 }
 
 async fn reset_stats(redis: &OwnRedis) {
@@ -179,19 +240,9 @@ async fn a_call_that_fails_in_redis_fails_alone_and_its_batch_is_answered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered_at_once() {
-    let primary = OwnRedis::start().await;
-    let replica = OwnRedis::start_replica_of(&primary).await;
-    let app = one_worker_on(
-        &primary,
-        &[
-            ("LOCK_REPLICA_ACKS", "1"),
-            ("LOCK_REPLICA_ACK_TIMEOUT_MS", "3000"),
-        ],
-    )
-    .await;
-    let held = app.grant("taken", 0, 60_000).await;
-    // A stopped replica confirms nothing: every grant waits the full 3 s.
-    replica.signal(Signal::SIGSTOP);
+    // Every grant's WAIT lasts the full 3 s.
+    let setup = StoppedReplica::start(3000).await;
+    let (primary, app) = (&setup.primary, &setup.app);
 
     // Writes (the scripts) wait 1.5 s; connections can still be opened, and
     // with replica acks each run holds one of its own.
@@ -235,33 +286,19 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
     for filler in fillers {
         assert_eq!(filler.await.unwrap().status, Some(StatusCode::LOCKED));
     }
-    replica.signal(Signal::SIGCONT);
-    assert_eq!(
-        app.release("taken", &held["token"]).await.status(),
-        StatusCode::OK
-    );
+    setup.resume().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_replica_acks_a_grant_waiting_for_its_confirmation_holds_up_no_other_call() {
-    let primary = OwnRedis::start().await;
-    let replica = OwnRedis::start_replica_of(&primary).await;
-    let app = one_worker_on(
-        &primary,
-        &[
-            ("LOCK_REPLICA_ACKS", "1"),
-            ("LOCK_REPLICA_ACK_TIMEOUT_MS", "5000"),
-        ],
-    )
-    .await;
-    let held = app.grant("taken", 0, 60_000).await;
-    // A stopped replica confirms nothing: the next grant's WAIT lasts 5 s.
-    replica.signal(Signal::SIGSTOP);
+    // The next grant's WAIT lasts 5 s.
+    let setup = StoppedReplica::start(5000).await;
+    let (primary, app) = (&setup.primary, &setup.app);
     let grant = app.lock_in_background(
         serde_json::json!({"op": "acquire", "name": "free", "wait_ms": 0, "lease_ms": 60_000}),
     );
     let blocked = eventually(Duration::from_secs(2), async || {
-        blocked_clients(&primary).await >= 1
+        blocked_clients(primary).await >= 1
     })
     .await;
     assert!(blocked, "the grant's WAIT is blocked in Redis");
@@ -283,23 +320,5 @@ async fn with_replica_acks_a_grant_waiting_for_its_confirmation_holds_up_no_othe
         "{}",
         unconfirmed.body
     );
-    replica.signal(Signal::SIGCONT);
-    assert_eq!(
-        app.release("taken", &held["token"]).await.status(),
-        StatusCode::OK
-    );
-}
-
-/// Clients of `redis` blocked in a command (here: WAIT).
-async fn blocked_clients(redis: &OwnRedis) -> u64 {
-    let mut conn = redis.connection().await.expect("redis");
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut conn)
-        .await
-        .expect("INFO clients");
-    info.lines()
-        .find_map(|line| line.strip_prefix("blocked_clients:"))
-        .and_then(|count| count.trim().parse().ok())
-        .unwrap_or(0)
+    setup.resume().await;
 }
