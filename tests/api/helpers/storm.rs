@@ -196,6 +196,7 @@ impl Storm {
             outcome.unwrap();
         }
         let mut recorder = self.recorder.lock().unwrap();
+        eprintln!("storm: {} critical sections ran", recorder.entries);
         recorder.check_incarnations();
         assert!(
             recorder.violations.is_empty(),
