@@ -9,10 +9,11 @@ use futures_util::future::join_all;
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::Value;
+use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    OwnRedis, TestApp, eventually, lock_key, metrics_text, pause_redis_writes, series_value,
-    spawn_app_with, stall_redis,
+    Outcome, OwnRedis, TestApp, eventually, lock_key, metrics_text, pause_redis_writes,
+    series_value, spawn_app_with, stall_redis,
 };
 
 /// A service with one HTTP worker (so every call meets in one batcher) on
@@ -103,6 +104,17 @@ impl StoppedReplica {
             app,
             taken,
         }
+    }
+
+    /// A grant the stopped replica never confirmed: 503 once its WAIT ends.
+    async fn unconfirmed(grant: JoinHandle<Outcome>) {
+        let unconfirmed = grant.await.unwrap();
+        assert_eq!(
+            unconfirmed.status,
+            Some(StatusCode::SERVICE_UNAVAILABLE),
+            "{}",
+            unconfirmed.body
+        );
     }
 
     /// The replica confirms again, and `taken` is released.
@@ -276,13 +288,7 @@ async fn with_replica_acks_a_refusal_batched_with_unconfirmed_grants_is_answered
         !grant.is_finished(),
         "the refusal was answered while its batch's grant still waited for the replica"
     );
-    let unconfirmed = grant.await.unwrap();
-    assert_eq!(
-        unconfirmed.status,
-        Some(StatusCode::SERVICE_UNAVAILABLE),
-        "{}",
-        unconfirmed.body
-    );
+    StoppedReplica::unconfirmed(grant).await;
     for filler in fillers {
         assert_eq!(filler.await.unwrap().status, Some(StatusCode::LOCKED));
     }
@@ -313,12 +319,6 @@ async fn with_replica_acks_a_grant_waiting_for_its_confirmation_holds_up_no_othe
         !grant.is_finished(),
         "both were answered while the grant still waited for the replica"
     );
-    let unconfirmed = grant.await.unwrap();
-    assert_eq!(
-        unconfirmed.status,
-        Some(StatusCode::SERVICE_UNAVAILABLE),
-        "{}",
-        unconfirmed.body
-    );
+    StoppedReplica::unconfirmed(grant).await;
     setup.resume().await;
 }
