@@ -21,7 +21,7 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && b
 redis=(redis-cli -u "$REDIS_URL")
 "${redis[@]}" CONFIG RESETSTAT >/dev/null
 target/release/mwbench locks --service 127.0.0.1:18400 --admin 127.0.0.1:19400 --key "$key" \
-  --redis-url "$REDIS_URL" --strategies middleway --concurrency "${CALLERS:-64}" --requests 100000 --names 1000 \
+  --redis-url "$REDIS_URL" --strategies "${STRATEGY:-middleway}" --concurrency "${CALLERS:-64}" --requests "${REQUESTS:-100000}" --names 1000 \
   --runs 1 --out /dev/null 2>&1 | tail -1 &
 load=$!
 sleep 2

@@ -8,10 +8,11 @@
 #                         faults injected, every operation recorded and checked;
 #                         --short (about 4 minutes) runs in CI, the long form lasts 24 minutes
 #   bench/run.sh locks [REV]
-#                         lock pairs/s (10, 64 and 250 callers over 1,000 names), the
-#                         service's and Redis' CPU per pair, hand-off latency (100 waiters
-#                         on one name), beside the same scripts sent straight to Redis
-#                         (direct-scripts); with a git revision, that revision is built too;
+#                         lock pairs/s (10, 64 and 250 callers over 1,000 names, NAMES=n
+#                         for others), the service's and Redis' CPU per pair, hand-off
+#                         latency (100 waiters on one name), beside the same scripts sent
+#                         straight to Redis (direct-scripts) and the HTTP floor (pairs of
+#                         GET /healthz); with a git revision, that revision is built too;
 #                         all measured in alternating rounds (ROUNDS=5; medians reported)
 #   bench/run.sh auth     the service's CPU per authenticated GET with an API key, a
 #                         cached JWT and a cached AWS IAM token, same run (bench/auth.sh)
@@ -89,16 +90,20 @@ if [ "$mode" = locks ]; then
     local label=$1 pid=$2 callers=$3; shift 3
     local service0 redis0; service0=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis0=$(redis_cpu)
     target/release/mwbench locks "$@" --redis-url "$REDIS_URL" --concurrency "$callers" --requests 30000 \
-      --names 1000 --runs 1 --out "$work/$label.jsonl" 2>/dev/null >/dev/null
+      --names "$names" --runs 1 --out "$work/$label.jsonl" 2>/dev/null >/dev/null
     local service1 redis1; service1=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis1=$(redis_cpu)
     echo "callers=$callers service_us=$(echo "($service1 - $service0) * 1000000 / 30000" | bc -l) redis_us=$(echo "($redis1 - $redis0) * 1000000 / 30000" | bc -l)" >> "$work/$label-cost.txt"
   }
   # Alternating rounds, so a drift of the machine touches all alike; each
   # round in the other order, so no binary always goes first. The same
   # scripts sent straight to Redis (direct-scripts: 32 multiplexed
-  # connections, no HTTP) are the baseline issue 27 measures against.
-  entries=("${!labels[@]}" direct)
+  # connections, no HTTP) are the baseline issue 27 measures against. The
+  # HTTP floor (two keep-alive GET /healthz of the current service per pair:
+  # no auth, no Redis, a constant body) is what no lock engine behind this
+  # HTTP stack can beat on this machine.
+  entries=("${!labels[@]}" direct floor)
   rounds=${ROUNDS:-5}
+  names=${NAMES:-1000}
   for round in $(seq 1 "$rounds"); do
     order=("${entries[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
     for i in "${order[@]}"; do
@@ -106,6 +111,13 @@ if [ "$mode" = locks ]; then
         log "round $round: direct-scripts"
         for callers in 10 64 250; do
           cell direct-scripts "" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies direct-scripts
+        done
+        continue
+      fi
+      if [ "$i" = floor ]; then
+        log "round $round: http-floor"
+        for callers in 10 64 250; do
+          cell http-floor "${pids[0]}" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies http-floor
         done
         continue
       fi
@@ -120,12 +132,12 @@ if [ "$mode" = locks ]; then
   done
   echo "Lock path, $(date -u +%F), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   [ -n "$baseline_rev" ] && echo "current: $(git rev-parse --short HEAD); baseline: $(git rev-parse --short "$baseline_rev")"
-  python3 - "$work" "${labels[@]}" direct-scripts <<'PY'
+  python3 - "$work" "$names" "${labels[@]}" direct-scripts http-floor <<'PY'
 import json, os, re, sys
-work, labels = sys.argv[1], sys.argv[2:]
+work, names, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 # Medians: the machine drifts over a run, and one lucky round should not decide.
 median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
-print(f"medians of the rounds; pairs = acquire + release on 1,000 names; CPU per pair at 64 callers")
+print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers")
 print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'hand-off p50/p99':>16}")
 for label in labels:
     cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
@@ -141,6 +153,12 @@ for label in labels:
     print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {handoff:>16}")
 # Paired by round (both measured within a minute of each other), the drift
 # of the machine cancels: the ratio of each round, and how often each won.
+def cells_of(label, concurrency):
+    return [json.loads(l) for l in open(f"{work}/{label}.jsonl") if json.loads(l)["concurrency"] == concurrency]
+# Issue 27's goal: pairs/s >= 1.0x direct-scripts at 64 and 250 callers, p50 at 10 <= 1.5x.
+for what, key, concurrency in [("pairs/s @64", "throughput", 64), ("pairs/s @250", "throughput", 250), ("p50 @10", "p50_ms", 10)]:
+    ratios = [c[key] / d[key] for c, d in zip(cells_of("current", concurrency), cells_of("direct-scripts", concurrency))]
+    print(f"current / direct-scripts, {what}: median of {len(ratios)} rounds {median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})")
 if "baseline" in labels:
     def per_round(label, concurrency):
         return [json.loads(l)["throughput"] for l in open(f"{work}/{label}.jsonl") if json.loads(l)["concurrency"] == concurrency]

@@ -253,6 +253,19 @@ pub async fn locks(
                     })
                     .await
                 }
+                "http-floor" => {
+                    let host = target.service.clone();
+                    best_of(runs, c, requests, None, move |_| {
+                        let host = host.clone();
+                        async move {
+                            HttpFloorPair {
+                                http: HttpConnection::warm(&host).await,
+                                host,
+                            }
+                        }
+                    })
+                    .await
+                }
                 "direct-scripts" => {
                     let mut pool = Vec::new();
                     for _ in 0..32 {

@@ -217,6 +217,38 @@ impl Worker for MiddlewayLockCycle {
     }
 }
 
+/// The floor of the HTTP hop: a pair of keep-alive `GET /healthz` (no Redis,
+/// no auth, a constant body), made like `MiddlewayLockCycle`'s pair. No lock
+/// engine behind this HTTP stack can make pairs faster than this on the same
+/// machine.
+pub struct HttpFloorPair {
+    pub http: HttpConnection,
+    pub host: String,
+}
+
+impl HttpFloorPair {
+    async fn get(&mut self) -> Result<(), Failure> {
+        let request = Request::builder()
+            .uri("/healthz")
+            .header("host", &self.host)
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        let (status, _) = self.http.send(request, true).await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(status_failure(status))
+        }
+    }
+}
+
+impl Worker for HttpFloorPair {
+    async fn run_once(&mut self) -> Result<(), Failure> {
+        self.get().await?;
+        self.get().await
+    }
+}
+
 /// The ceiling for locks: the same Lua scripts over a pool of Redis connections, no HTTP.
 pub struct DirectLockCycle {
     pub store: Arc<middleway::locks::LockStore>,
