@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Where a lock pair's service CPU goes: one replica under 64 callers (CALLERS=n) of
-# acquire + release on 1,000 names, sampled by perf for 5 s, the samples
-# summed by where they land (kernel, HTTP, the Redis client, ...).
+# acquire + release on 1,000 names (REQUESTS=n pairs, 100,000 by default), sampled
+# by perf for 5 s, the samples summed by where they land (kernel, HTTP, the Redis
+# client, ...). STRATEGY=http-floor profiles pairs of GET /healthz instead (give it
+# REQUESTS=500000: it must still run when perf starts).
 # Run after `bench/run.sh locks` (it builds the binaries). bench/README.md,
 # "Lock path against direct scripts", has a run of it.
 set -euo pipefail

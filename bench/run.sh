@@ -137,20 +137,21 @@ import json, os, re, sys
 work, names, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 # Medians: the machine drifts over a run, and one lucky round should not decide.
 median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
-print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers")
-print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'hand-off p50/p99':>16}")
+print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers, and the service's at 250")
+print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'service @250':>12} {'hand-off p50/p99':>16}")
 for label in labels:
     cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
     rate = {c: median([x["throughput"] for x in cells if x["concurrency"] == c]) for c in (10, 64, 250)}
     p50 = median([x["p50_ms"] for x in cells if x["concurrency"] == 10])
     costs = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-cost.txt")]
-    cpu = lambda k: median([float(c[k]) for c in costs if c["callers"] == "64"])
+    cpu = lambda k, callers="64": median([float(c[k]) for c in costs if c["callers"] == callers])
     service = f"{cpu('service_us'):.0f} µs" if label != "direct-scripts" else "-"
+    service_250 = f"{cpu('service_us', '250'):.0f} µs" if label != "direct-scripts" else "-"
     handoff = "-"
     if os.path.exists(f"{work}/{label}-handoff.txt"):
         rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
         handoff = "%.2f/%.2f ms" % tuple(median([float(r[k]) for r in rounds]) for k in ("p50_ms", "p99_ms"))
-    print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {handoff:>16}")
+    print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {service_250:>12} {handoff:>16}")
 # Paired by round (both measured within a minute of each other), the drift
 # of the machine cancels: the ratio of each round, and how often each won.
 def cells_of(label, concurrency):

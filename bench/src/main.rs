@@ -326,8 +326,16 @@ async fn main() -> anyhow::Result<()> {
             requests,
             label,
         } => {
-            read_path::fleet(&services, &key, &mysql_root_url, rows, concurrency, requests, &label)
-                .await
+            read_path::fleet(
+                &services,
+                &key,
+                &mysql_root_url,
+                rows,
+                concurrency,
+                requests,
+                &label,
+            )
+            .await
         }
         Command::Idle {
             target,

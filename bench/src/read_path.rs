@@ -216,7 +216,13 @@ pub async fn fleet(
         let (host, key) = (services[i % services.len()].clone(), key.clone());
         async move {
             let http = HttpConnection::warm(&host).await;
-            MiddlewayRead { http, host, key, rows, keep_alive: true }
+            MiddlewayRead {
+                http,
+                host,
+                key,
+                rows,
+                keep_alive: true,
+            }
         }
     };
     let cell = crate::scenarios::best_of(1, concurrency, requests, Some(&root), make).await;
