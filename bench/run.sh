@@ -9,7 +9,8 @@
 #                         --short (about 4 minutes) runs in CI, the long form lasts 24 minutes
 #   bench/run.sh locks [REV]
 #                         lock pairs/s (10, 64 and 250 callers over 1,000 names, NAMES=n
-#                         for others), the service's and Redis' CPU per pair, hand-off
+#                         for others), the service's, Redis' and the load generator's
+#                         CPU per pair, hand-off
 #                         latency (100 waiters on one name), beside the same scripts sent
 #                         straight to Redis (direct-scripts) and the HTTP floor (pairs of
 #                         GET /healthz); with a git revision, that revision is built too;
@@ -84,15 +85,25 @@ if [ "$mode" = locks ]; then
   ticks=$(getconf CLK_TCK)
   cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
   redis_cpu() { redis-cli -u "$REDIS_URL" INFO cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'; }
-  # cell LABEL PID CALLERS ARGS...: one mwbench locks cell; with a PID, the CPU
-  # that process and Redis spent on it, per pair, goes to LABEL-cost.txt.
+  # The CPU this shell's finished children have used, in seconds: bash's
+  # `times` (its second line), which must run in this shell (in a `$(...)`
+  # subshell it would count the subshell's children), then read from a file.
+  children_cpu() {
+    tail -n 1 "$work/times.txt" | tr 'ms' '  ' | awk '{printf "%.6f", $1 * 60 + $2 + $3 * 60 + $4}'
+  }
+  # cell LABEL PID CALLERS ARGS...: one mwbench locks cell; the CPU Redis,
+  # the load generator and (with a PID) that process spent on it, per pair,
+  # goes to LABEL-cost.txt.
   cell() {
     local label=$1 pid=$2 callers=$3; shift 3
-    local service0 redis0; service0=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis0=$(redis_cpu)
+    local service0 redis0 client0; service0=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis0=$(redis_cpu)
+    times > "$work/times.txt"; client0=$(children_cpu)
     target/release/mwbench locks "$@" --redis-url "$REDIS_URL" --concurrency "$callers" --requests 30000 \
       --names "$names" --runs 1 --out "$work/$label.jsonl" 2>/dev/null >/dev/null
+    local client1; times > "$work/times.txt"; client1=$(children_cpu)
     local service1 redis1; service1=$( [ -n "$pid" ] && cpu_of "$pid" || echo 0); redis1=$(redis_cpu)
-    echo "callers=$callers service_us=$(echo "($service1 - $service0) * 1000000 / 30000" | bc -l) redis_us=$(echo "($redis1 - $redis0) * 1000000 / 30000" | bc -l)" >> "$work/$label-cost.txt"
+    per_pair() { echo "($2 - $1) * 1000000 / 30000" | bc -l; }
+    echo "callers=$callers service_us=$(per_pair "$service0" "$service1") redis_us=$(per_pair "$redis0" "$redis1") client_us=$(per_pair "$client0" "$client1")" >> "$work/$label-cost.txt"
   }
   # Alternating rounds, so a drift of the machine touches all alike; each
   # round in the other order, so no binary always goes first. The same
@@ -137,8 +148,9 @@ import json, os, re, sys
 work, names, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 # Medians: the machine drifts over a run, and one lucky round should not decide.
 median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
-print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers, and the service's at 250")
-print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'service @250':>12} {'hand-off p50/p99':>16}")
+print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers")
+print(f"(service, Redis, the load generator: mwbench), and the service's at 250")
+print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'client CPU':>10} {'service @250':>12} {'hand-off p50/p99':>16}")
 for label in labels:
     cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
     rate = {c: median([x["throughput"] for x in cells if x["concurrency"] == c]) for c in (10, 64, 250)}
@@ -151,7 +163,7 @@ for label in labels:
     if os.path.exists(f"{work}/{label}-handoff.txt"):
         rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
         handoff = "%.2f/%.2f ms" % tuple(median([float(r[k]) for r in rounds]) for k in ("p50_ms", "p99_ms"))
-    print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {service_250:>12} {handoff:>16}")
+    print(f"{label:15} {rate[10]:>11,.0f} {p50:>6.2f}ms {rate[64]:>11,.0f} {rate[250]:>12,.0f} {service:>11} {cpu('redis_us'):>6.0f} µs {cpu('client_us'):>7.0f} µs {service_250:>12} {handoff:>16}")
 # Paired by round (both measured within a minute of each other), the drift
 # of the machine cancels: the ratio of each round, and how often each won.
 def cells_of(label, concurrency):
