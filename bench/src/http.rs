@@ -73,6 +73,15 @@ impl HttpConnection {
     }
 }
 
+/// 200 is a success; any other status, its failure kind.
+pub fn expect_ok(status: StatusCode) -> Result<(), Failure> {
+    if status == StatusCode::OK {
+        Ok(())
+    } else {
+        Err(status_failure(status))
+    }
+}
+
 /// Maps an unexpected status to its failure kind.
 pub fn status_failure(status: StatusCode) -> Failure {
     if status.is_server_error() {

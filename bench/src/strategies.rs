@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request};
 use rand::RngExt;
 use redis::aio::MultiplexedConnection;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool};
 use sqlx::{Connection, MySqlConnection};
 
-use crate::http::{HttpConnection, status_failure};
+use crate::http::{HttpConnection, expect_ok};
 use crate::load::{Failure, Worker};
 
 /// The lookup every MySQL strategy runs: the service's own query.
@@ -134,11 +134,7 @@ impl Worker for MiddlewayRead {
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         let (status, _) = self.http.send(request, self.keep_alive).await?;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(status_failure(status))
-        }
+        expect_ok(status)
     }
 }
 
@@ -168,11 +164,7 @@ impl Worker for MiddlewayBatchRead {
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         let (status, _) = self.http.send(request, true).await?;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(status_failure(status))
-        }
+        expect_ok(status)
     }
 }
 
@@ -200,9 +192,7 @@ impl MiddlewayLockCycle {
             .body(Full::new(Bytes::from(body.to_string())))
             .expect("valid request");
         let (status, body) = self.http.send(request, true).await?;
-        if status != StatusCode::OK {
-            return Err(status_failure(status));
-        }
+        expect_ok(status)?;
         serde_json::from_slice(&body).map_err(|_| Failure::Other)
     }
 }
@@ -234,11 +224,7 @@ impl HttpFloorPair {
             .body(Full::new(Bytes::new()))
             .expect("valid request");
         let (status, _) = self.http.send(request, true).await?;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(status_failure(status))
-        }
+        expect_ok(status)
     }
 }
 
