@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where a lock pair's service CPU goes: one replica under 64 callers (CALLERS=n) of
-# acquire + release on 1,000 names (REQUESTS=n pairs, 100,000 by default), sampled
+# acquire + release on 1,000 names (NAMES=n; REQUESTS=n pairs, 100,000 by default), sampled
 # by perf for 5 s, the samples summed by where they land (kernel, HTTP, the Redis
 # client, ...). STRATEGY=http-floor profiles pairs of GET /healthz instead (give it
 # REQUESTS=500000: it must still run when perf starts).
@@ -23,7 +23,7 @@ for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && b
 redis=(redis-cli -u "$REDIS_URL")
 "${redis[@]}" CONFIG RESETSTAT >/dev/null
 target/release/mwbench locks --service 127.0.0.1:18400 --admin 127.0.0.1:19400 --key "$key" \
-  --redis-url "$REDIS_URL" --strategies "${STRATEGY:-middleway}" --concurrency "${CALLERS:-64}" --requests "${REQUESTS:-100000}" --names 1000 \
+  --redis-url "$REDIS_URL" --strategies "${STRATEGY:-middleway}" --concurrency "${CALLERS:-64}" --requests "${REQUESTS:-100000}" --names "${NAMES:-1000}" \
   --runs 1 --out /dev/null 2>&1 | tail -1 &
 load=$!
 sleep 2
@@ -54,6 +54,10 @@ for line in open(sys.argv[1]):
 for name, share in shares.most_common():
     print(f"{share:5.1f} %  {name}")
 PY
+# By thread: the HTTP workers ("actix-server wo") against the main runtime
+# ("tokio-rt-worker"), where the background worker claims offers for waiters.
+perf report -i "$out/perf.data" --no-children --sort comm --stdio -g none 2>/dev/null \
+  | grep -E '^ +[0-9.]+%' | sed 's/^ */thread: /'
 per_call() { "${redis[@]}" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
 echo "Redis time per script call under that load: $(per_call) µs (INFO commandstats, EVALSHA)"
 # What every call pays before its own work: the call itself, and common.lua's
