@@ -18,7 +18,10 @@ out=$(mktemp -d)
 API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:18400 ADMIN_BIND_ADDR=127.0.0.1:19400 \
   REDIS_KEY_PREFIX="mwprofile-$RANDOM:" RUST_LOG=warn target/release/middleway serve >/dev/null 2>&1 &
 service=$!
-trap 'kill $service 2>/dev/null || true' EXIT
+# Deletes the keys matching $1 from the shared Redis: the lock keys a run
+# leaves live for a day, and millions of them slow every test that shares it.
+forget_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$1" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null; }
+trap 'kill $service 2>/dev/null || true; sleep 0.5; forget_keys "mwprofile-*"' EXIT
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && break; sleep 0.1; done
 redis=(redis-cli -u "$REDIS_URL")
 "${redis[@]}" CONFIG RESETSTAT >/dev/null

@@ -77,7 +77,10 @@ if [ "$mode" = locks ]; then
       REDIS_KEY_PREFIX="mwlocks-${labels[$i]}-$RANDOM:" RUST_LOG=warn .local/middleway-"${labels[$i]}" serve >/dev/null 2>&1 &
     pids+=($!)
   done
-  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+  # Deletes the keys matching $1 from the shared Redis: the lock keys a run
+  # leaves live for a day, and millions of them slow every test that shares it.
+  forget_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$1" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null; }
+  trap 'kill "${pids[@]}" 2>/dev/null || true; sleep 0.5; forget_keys "mwlocks-*"; forget_keys "mwbench:*"' EXIT
   for i in "${!labels[@]}"; do
     for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((18300 + i))/readyz" >/dev/null && break; sleep 0.1; done
   done

@@ -11,9 +11,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MountedSecret, ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually,
-    failed_start, metrics_text, mysql_admin_url, random_suffix, redis_command, redis_url,
-    scratch_dir, series_value, spawn_app_with_auth_file,
+    LOCK_KEY_PARTS, MountedSecret, ServiceProcess, TEST_KEY, TestApp, base_env, create_database,
+    eventually, failed_start, lock_key, metrics_text, mysql_admin_url, random_suffix,
+    redis_command, redis_url, scratch_dir, series_value, spawn_app_with_auth_file,
 };
 
 const BILLING: &str = "billing-key-0123456789";
@@ -110,12 +110,13 @@ async fn scopes_decide_per_principal_and_a_refused_request_touches_nothing() {
         StatusCode::FORBIDDEN,
         "every op is scoped"
     );
-    let keys: Vec<String> = redis_command(
-        &redis_url(),
-        &["KEYS", &format!("{}*ingest-9*", app.key_prefix)],
-    )
-    .await;
-    assert!(keys.is_empty(), "a refused request touched Redis: {keys:?}");
+    // Every key a lock has, by name: a KEYS scan of the shared Redis would
+    // block it for as long as its whole keyspace takes to walk.
+    let keys = LOCK_KEY_PARTS.map(|part| lock_key(&app.key_prefix, "ingest-9", part));
+    let mut exists = vec!["EXISTS"];
+    exists.extend(keys.iter().map(String::as_str));
+    let found: u64 = redis_command(&redis_url(), &exists).await;
+    assert_eq!(found, 0, "a refused request touched Redis: {keys:?}");
 
     let reads = get_as(&app, INGEST, "/transcriptions/1").await;
     assert_eq!(reads.status(), StatusCode::FORBIDDEN);
