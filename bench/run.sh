@@ -121,17 +121,13 @@ if [ "$mode" = locks ]; then
   for round in $(seq 1 "$rounds"); do
     order=("${entries[@]}"); [ $((round % 2)) = 0 ] && order=($(printf '%s\n' "${order[@]}" | tac))
     for i in "${order[@]}"; do
-      if [ "$i" = direct ]; then
-        log "round $round: direct-scripts"
+      # The reference cells: direct-scripts (no service, so no service CPU)
+      # and the HTTP floor (the current service's CPU).
+      if [ "$i" = direct ] || [ "$i" = floor ]; then
+        if [ "$i" = direct ]; then strategy=direct-scripts pid=""; else strategy=http-floor pid=${pids[0]}; fi
+        log "round $round: $strategy"
         for callers in 10 64 250; do
-          cell direct-scripts "" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies direct-scripts
-        done
-        continue
-      fi
-      if [ "$i" = floor ]; then
-        log "round $round: http-floor"
-        for callers in 10 64 250; do
-          cell http-floor "${pids[0]}" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies http-floor
+          cell "$strategy" "$pid" "$callers" --service 127.0.0.1:18300 --key "$key" --strategies "$strategy"
         done
         continue
       fi
