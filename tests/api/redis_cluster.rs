@@ -201,24 +201,30 @@ async fn a_storm_keeps_exclusion_through_a_service_kill_and_a_redis_primary_fail
             .await
             .is_some_and(|n| n.port != doomed.port)
     };
-    if !eventually(Duration::from_secs(12), took_over).await {
+    // Three node timeouts: an election on a quiet machine is done by then.
+    // Waiting longer cost the storm its critical sections (its callers pile
+    // up on m0 while the slot has no primary): 23 and 92 of 300 in two CI runs.
+    if !eventually(Duration::from_secs(6), took_over).await {
         // Redis' own election did not finish on this busy machine (it needs
         // a majority of primaries to agree within the node timeout): promote
         // the replica by hand, which is what an operator would do. What is
         // under test is the service through the change of primary.
         let nodes = cluster.nodes(survivor).await;
-        eprintln!("no automatic failover within 12 s; forcing it. Nodes: {nodes:#?}");
+        eprintln!("no automatic failover within 6 s; forcing it. Nodes: {nodes:#?}");
         let replica = nodes
             .iter()
             .find(|n| n.replica_of.as_deref() == Some(doomed.id.as_str()))
             .expect("the dead primary's replica");
         let mut conn = cluster.connection(replica.port).await.expect("replica");
-        let _: () = redis::cmd("CLUSTER")
+        let forced: redis::RedisResult<()> = redis::cmd("CLUSTER")
             .arg("FAILOVER")
             .arg("TAKEOVER")
             .query_async(&mut conn)
-            .await
-            .expect("CLUSTER FAILOVER TAKEOVER");
+            .await;
+        // Refused when the election promoted it meanwhile: the check below decides.
+        if let Err(error) = forced {
+            eprintln!("CLUSTER FAILOVER TAKEOVER refused: {error}");
+        }
     }
     assert!(
         eventually(Duration::from_secs(20), took_over).await,
