@@ -227,8 +227,11 @@ impl Identities {
             let aws = self.aws.as_ref().ok_or(Refusal::Unauthorized(
                 "AWS IAM authentication is not enabled (AUTH_AWS_AUDIENCE)",
             ))?;
+            // Boxed, as the OIDC one below: a verification's future is
+            // kilobytes, and inline it would make every request's future
+            // that large, keys' included (see `routes::locks`' size test).
             self.verified
-                .get_or_verify(digest, || self.counted("aws", aws.verify(token)))
+                .get_or_verify(digest, || Box::pin(self.counted("aws", aws.verify(token))))
                 .await?
         } else if oidc::looks_like_jwt(bearer) {
             if directory.issuers.is_empty() {
@@ -236,7 +239,7 @@ impl Identities {
             }
             self.verified
                 .get_or_verify(digest, || {
-                    self.counted("oidc", self.oidc.verify(bearer, &directory.issuers))
+                    Box::pin(self.counted("oidc", self.oidc.verify(bearer, &directory.issuers)))
                 })
                 .await?
         } else {

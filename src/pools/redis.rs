@@ -114,9 +114,10 @@ impl RedisPool {
 
     /// A handle on a live connection, shared or held (see [`Checkout`]).
     pub async fn checkout(&self, how: Checkout) -> RedisResult<RedisConnection> {
-        let object = self
-            .pool
-            .get()
+        // Boxed: deadpool's `get` future is about 7 KB (a whole connect and
+        // recycle, in place), and every future awaiting a checkout, up to the
+        // HTTP handler's, would be as large and copied whole at each move.
+        let object = Box::pin(self.pool.get())
             .await
             .map_err(|e| RedisError::from((ErrorKind::Io, "Redis pool", e.to_string())))?;
         let mut conn = object.clone();
