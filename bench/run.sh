@@ -142,22 +142,25 @@ if [ "$mode" = locks ]; then
   done
   echo "Lock path, $(date -u +%F), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   [ -n "$baseline_rev" ] && echo "current: $(git rev-parse --short HEAD); baseline: $(git rev-parse --short "$baseline_rev")"
-  python3 - "$work" "$names" "${labels[@]}" direct-scripts http-floor <<'PY'
+  python3 - "$work" "$names" "$(nproc)" "${labels[@]}" direct-scripts http-floor <<'PY'
 import json, os, re, sys
-work, names, labels = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+work, names, cores, labels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 # Medians: the machine drifts over a run, and one lucky round should not decide.
 median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
 print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers")
 print(f"(service, Redis, the load generator: mwbench), and the service's at 250")
 print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'client CPU':>10} {'service @250':>12} {'hand-off p50/p99':>16}")
+# A label's CPU per pair (key: service_us, redis_us or client_us) at that many callers.
+def cost(label, key, callers):
+    lines = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-cost.txt")]
+    return median([float(c[key]) for c in lines if c["callers"] == str(callers)])
 for label in labels:
     cells = [json.loads(l) for l in open(f"{work}/{label}.jsonl")]
     rate = {c: median([x["throughput"] for x in cells if x["concurrency"] == c]) for c in (10, 64, 250)}
     p50 = median([x["p50_ms"] for x in cells if x["concurrency"] == 10])
-    costs = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-cost.txt")]
-    cpu = lambda k, callers="64": median([float(c[k]) for c in costs if c["callers"] == callers])
+    cpu = lambda key, callers=64: cost(label, key, callers)
     service = f"{cpu('service_us'):.0f} µs" if label != "direct-scripts" else "-"
-    service_250 = f"{cpu('service_us', '250'):.0f} µs" if label != "direct-scripts" else "-"
+    service_250 = f"{cpu('service_us', 250):.0f} µs" if label != "direct-scripts" else "-"
     handoff = "-"
     if os.path.exists(f"{work}/{label}-handoff.txt"):
         rounds = [dict(re.findall(r"(\w+)=([\d.]+)", l)) for l in open(f"{work}/{label}-handoff.txt")]
@@ -171,6 +174,19 @@ def cells_of(label, concurrency):
 for what, key, concurrency in [("pairs/s @64", "throughput", 64), ("pairs/s @250", "throughput", 250), ("p50 @10", "p50_ms", 10)]:
     ratios = [c[key] / d[key] for c, d in zip(cells_of("current", concurrency), cells_of("direct-scripts", concurrency))]
     print(f"current / direct-scripts, {what}: median of {len(ratios)} rounds {median(ratios):.2f} (rounds {min(ratios):.2f}-{max(ratios):.2f})")
+# The service's budget: on these cores the service, Redis and the load
+# generator share, the goal leaves the service at most cores / (direct's
+# pairs/s) minus what Redis and the load generator spent on this build's
+# pair. (At 10 callers the goal is a p50; in a closed loop the p50 follows
+# 1 / pairs/s, so it allows 1.5x direct's time per pair.) Against the HTTP
+# floor's service CPU, this says whether any lock engine behind this HTTP
+# stack could meet the goal here.
+for callers, slack in [(10, 1.5), (64, 1.0), (250, 1.0)]:
+    direct = median([c["throughput"] for c in cells_of("direct-scripts", callers)])
+    others = cost("current", "redis_us", callers) + cost("current", "client_us", callers)
+    budget = cores * 1e6 * slack / direct - others
+    print(f"service CPU per pair the goal allows @{callers}: {budget:.0f} µs (Redis + load generator {others:.0f} µs of "
+          f"{cores * 1e6 * slack / direct:.0f}); current spends {cost('current', 'service_us', callers):.0f} µs, the HTTP floor {cost('http-floor', 'service_us', callers):.0f} µs")
 if "baseline" in labels:
     def per_round(label, concurrency):
         return [json.loads(l)["throughput"] for l in open(f"{work}/{label}.jsonl") if json.loads(l)["concurrency"] == concurrency]
