@@ -228,8 +228,9 @@ impl Identities {
                 "AWS IAM authentication is not enabled (AUTH_AWS_AUDIENCE)",
             ))?;
             // Boxed, as the OIDC one below: a verification's future is
-            // kilobytes, and inline it would make every request's future
-            // that large, keys' included (see `routes::locks`' size test).
+            // kilobytes, and inline it would make every authenticated
+            // request's future that large, API keys' included (the size test
+            // in `http::middleware::auth`).
             self.verified
                 .get_or_verify(digest, || Box::pin(self.counted("aws", aws.verify(token))))
                 .await?
