@@ -13,8 +13,9 @@ cd "$root"
 [ $# -ge 1 ] || { echo "usage: bench/handoff.sh BINARY [BINARY...]" >&2; exit 2; }
 scripts/services.sh start >/dev/null
 eval "$(scripts/services.sh env)"
+source bench/lib.sh
 export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"
-key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+key=$(bench_key)
 pids=()
 for i in $(seq 0 $(($# - 1))); do
   binary=${*:$((i + 1)):1}
@@ -22,12 +23,8 @@ for i in $(seq 0 $(($# - 1))); do
     REDIS_KEY_PREFIX="mwhandoff-$i-$RANDOM:" RUST_LOG=warn "$binary" serve >/dev/null 2>&1 &
   pids+=($!)
 done
-# Deletes the keys matching $1 from the shared Redis (lock keys live a day).
-forget_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$1" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null; }
 trap 'kill "${pids[@]}" 2>/dev/null || true; sleep 0.5; forget_keys "mwhandoff-*"' EXIT
-for i in "${!pids[@]}"; do
-  for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((18500 + i))/readyz" >/dev/null && break; sleep 0.1; done
-done
+for i in "${!pids[@]}"; do await_ready $((18500 + i)); done
 out=$(mktemp)
 for round in $(seq 1 "${ROUNDS:-6}"); do
   for i in "${!pids[@]}"; do

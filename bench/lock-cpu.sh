@@ -14,16 +14,14 @@ cd "$root"
 binary=${1:-target/release/middleway} callers=${2:-64} strategy=${3:-middleway}
 scripts/services.sh start >/dev/null
 eval "$(scripts/services.sh env)"
+source bench/lib.sh
 export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"
-key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+key=$(bench_key)
 API_KEYS="bench:$key" BIND_ADDR=127.0.0.1:18400 ADMIN_BIND_ADDR=127.0.0.1:19400 \
   REDIS_KEY_PREFIX="mwcpu-$RANDOM:" RUST_LOG=warn "$binary" serve >/dev/null 2>&1 &
 service=$!
-# Deletes the keys matching $1 from the shared Redis: the lock keys a run
-# leaves live for a day, and millions of them slow every test that shares it.
-forget_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$1" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null; }
 trap 'kill $service 2>/dev/null || true; sleep 0.5; forget_keys "mwcpu-*"; forget_keys "mwbench:*"' EXIT
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18400/readyz >/dev/null && break; sleep 0.1; done
+await_ready 18400
 ticks=$(getconf CLK_TCK)
 cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
 redis=(redis-cli -u "$REDIS_URL")

@@ -39,6 +39,7 @@ if [ "$mode" = locks ]; then
   baseline_rev=${2:-}
   scripts/services.sh start
   eval "$(scripts/services.sh env)"
+  source bench/lib.sh
   log "building (release)"
   mkdir -p .local
   # Both trees build in the same target dir (dependencies compile once). Cargo
@@ -69,7 +70,7 @@ if [ "$mode" = locks ]; then
   "${mysql_cli[@]}" -e "CREATE DATABASE IF NOT EXISTS middleway_bench"
   export DATABASE_URL="$TEST_MYSQL_ADMIN_URL/middleway_bench"
   .local/middleway-current migrate >/dev/null
-  key="bench-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  key=$(bench_key)
   labels=(current); [ -n "$baseline_rev" ] && labels+=(baseline)
   pids=()
   for i in "${!labels[@]}"; do
@@ -77,13 +78,8 @@ if [ "$mode" = locks ]; then
       REDIS_KEY_PREFIX="mwlocks-${labels[$i]}-$RANDOM:" RUST_LOG=warn .local/middleway-"${labels[$i]}" serve >/dev/null 2>&1 &
     pids+=($!)
   done
-  # Deletes the keys matching $1 from the shared Redis: the lock keys a run
-  # leaves live for a day, and millions of them slow every test that shares it.
-  forget_keys() { redis-cli -u "$REDIS_URL" --scan --pattern "$1" | xargs -r -n 1000 redis-cli -u "$REDIS_URL" UNLINK >/dev/null; }
   trap 'kill "${pids[@]}" 2>/dev/null || true; sleep 0.5; forget_keys "mwlocks-*"; forget_keys "mwbench:*"' EXIT
-  for i in "${!labels[@]}"; do
-    for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$((18300 + i))/readyz" >/dev/null && break; sleep 0.1; done
-  done
+  for i in "${!labels[@]}"; do await_ready $((18300 + i)); done
   work=$(mktemp -d)
   ticks=$(getconf CLK_TCK)
   cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
