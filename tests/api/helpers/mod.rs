@@ -30,7 +30,7 @@ mod storm;
 mod sts;
 mod tls;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -53,12 +53,25 @@ pub fn random_suffix() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
 }
 
-/// A free loopback port (bound then released).
+/// A free loopback port (bound then released) below the kernel's ephemeral
+/// range. A port from `bind(0)` comes from that range, where every outgoing
+/// connection and every `bind(0)` listener of every test picks its own port:
+/// any of them could take it before the server it was picked for binds it
+/// (an own mariadbd once exited so, failing its test). Below the range only
+/// another pick can, and the servers' helpers start again on a new port
+/// when that happens.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a: SocketAddr| a.port())
-        .expect("free port")
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let picked = 10_000..ephemeral_from.max(11_000);
+    loop {
+        let port = rand::random_range(picked.clone());
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A folder under target/ for test-owned server data.

@@ -128,13 +128,17 @@ impl OwnMariaDb {
 
     /// Like [`Self::start`], with more server options.
     pub async fn start_with(extra_args: Vec<String>) -> Self {
-        Self::start_at("127.0.0.1", free_port(), extra_args).await
+        Self::start_on(Port::Picked, "127.0.0.1", extra_args).await
     }
 
     /// Like [`Self::start_with`], listening on `address:port` (another
     /// loopback address lets two servers share a port, as the servers
     /// behind one DNS name do).
     pub async fn start_at(address: &str, port: u16, extra_args: Vec<String>) -> Self {
+        Self::start_on(Port::Given(port), address, extra_args).await
+    }
+
+    async fn start_on(port: Port, address: &str, extra_args: Vec<String>) -> Self {
         let process = OwnedProcess::in_dir(scratch_dir("mariadb"));
         // A temporary folder of its own: bootstraps running at once in the
         // shared /tmp collide on temporary table names and abort.
@@ -158,12 +162,22 @@ impl OwnMariaDb {
             .expect("mariadb-install-db runs");
         assert!(status.success(), "mariadb-install-db failed");
         let mut db = Self {
-            port,
+            port: port.first(),
             address: address.to_owned(),
             process,
             extra_args,
         };
-        db.restart().await;
+        let mut attempts = 0;
+        while let Err(lost) = db.start_server().await {
+            assert!(
+                port == Port::Picked,
+                "own mariadbd could not bind its given port: {lost}"
+            );
+            attempts += 1;
+            assert!(attempts < 5, "own mariadbd lost a picked port five times");
+            eprintln!("{lost}; starting again on another port");
+            db.port = free_port();
+        }
         let root = MySqlPoolOptions::new()
             .max_connections(1)
             .connect(&db.root_url())
@@ -184,9 +198,20 @@ impl OwnMariaDb {
         format!("mysql://root@{}:{}", self.address, self.port)
     }
 
-    /// Starts the server on its port and waits until it answers.
+    /// Starts the server again on its port and waits until it answers.
     pub async fn restart(&mut self) {
+        if let Err(lost) = self.start_server().await {
+            panic!("own mariadbd could not bind its port again: {lost}");
+        }
+    }
+
+    /// Starts the server and waits until it answers: `Err` with its log
+    /// when it exited because its port was in use; any other early exit,
+    /// or no answer in 30 s, fails with its exit status and log.
+    async fn start_server(&mut self) -> Result<(), String> {
         let dir = self.process.dir().to_owned();
+        // The log of this start only: a restart appends to the same file.
+        let earlier_log = self.error_log().len();
         let path = |name: &str| dir.join(name).display().to_string();
         self.process.start(
             Command::new("/usr/sbin/mariadbd")
@@ -209,22 +234,29 @@ impl OwnMariaDb {
                 .stderr(Stdio::null()),
         );
         let url = self.root_url();
-        let up = eventually(
-            Duration::from_secs(30),
-            async || match MySqlPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await
-            {
-                Ok(pool) => {
-                    pool.close().await;
-                    true
+        let mut exited = None;
+        let up = eventually(Duration::from_secs(30), async || {
+            exited = self.process.child().try_wait().expect("wait");
+            // Bounded: whatever took the port may accept and never answer.
+            let connect = MySqlPoolOptions::new().max_connections(1).connect(&url);
+            exited.is_some()
+                || match tokio::time::timeout(Duration::from_secs(1), connect).await {
+                    Ok(Ok(pool)) => {
+                        pool.close().await;
+                        true
+                    }
+                    _ => false,
                 }
-                Err(_) => false,
-            },
-        )
+        })
         .await;
-        assert!(up, "own mariadbd did not come up");
+        let whole_log = self.error_log();
+        let log = whole_log.get(earlier_log..).unwrap_or(&whole_log);
+        match exited {
+            None if up => Ok(()),
+            None => panic!("own mariadbd did not answer within 30 s; its log:\n{log}"),
+            Some(_) if log.contains("Address already in use") => Err(log.trim().to_owned()),
+            Some(status) => panic!("own mariadbd exited at startup ({status}); its log:\n{log}"),
+        }
     }
 
     /// Stops the server with SIGKILL and waits for it to exit.
@@ -253,6 +285,23 @@ impl OwnMariaDb {
         .expect("status");
         pool.close().await;
         value.parse().expect("numeric status")
+    }
+}
+
+/// Whether a server's port was given by the test or picked by its helper
+/// (which may then pick another when a different server took it first).
+#[derive(Clone, Copy, PartialEq)]
+enum Port {
+    Picked,
+    Given(u16),
+}
+
+impl Port {
+    fn first(self) -> u16 {
+        match self {
+            Port::Picked => free_port(),
+            Port::Given(port) => port,
+        }
     }
 }
 
@@ -312,6 +361,8 @@ impl OwnRedis {
         Self::start_with(args, Some(certs.ca.clone())).await
     }
 
+    /// Starts on a port picked here, and on another when a different server
+    /// took it first.
     async fn start_with(extra_args: Vec<String>, tls_ca: Option<PathBuf>) -> Self {
         let mut redis = Self {
             port: free_port(),
@@ -319,7 +370,16 @@ impl OwnRedis {
             tls_ca,
             extra_args,
         };
-        redis.restart().await;
+        let mut attempts = 0;
+        while let Err(lost) = redis.start_server().await {
+            attempts += 1;
+            assert!(
+                attempts < 5,
+                "own redis-server lost a picked port five times"
+            );
+            eprintln!("{lost}; starting again on another port");
+            redis.port = free_port();
+        }
         redis
     }
 
@@ -356,9 +416,22 @@ impl OwnRedis {
         client.get_multiplexed_async_connection().await.ok()
     }
 
-    /// Starts the server (empty: no persistence) and waits until it answers.
+    /// Starts the server again on its port (empty: no persistence) and waits
+    /// until it answers.
     pub async fn restart(&mut self) {
+        if let Err(lost) = self.start_server().await {
+            panic!("own redis-server could not bind its port again: {lost}");
+        }
+    }
+
+    /// Starts the server and waits until it answers: `Err` with its log
+    /// when it exited because its port was in use; any other early exit,
+    /// or no answer in 10 s, fails with its exit status and log.
+    async fn start_server(&mut self) -> Result<(), String> {
         let dir = self.process.dir().to_owned();
+        // A log per start: the one of an earlier start says nothing of this one.
+        let log_path = dir.join("redis.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
         let (plain_port, tls_port) = match self.tls_ca {
             Some(_) => (0, self.port),
             None => (self.port, 0),
@@ -373,16 +446,28 @@ impl OwnRedis {
                 .arg("--tls-port")
                 .arg(tls_port.to_string())
                 .arg("--dir")
-                .arg(dir)
+                .arg(&dir)
                 .args(&self.extra_args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log),
         );
+        let mut exited = None;
         let up = eventually(Duration::from_secs(10), async || {
-            self.connection().await.is_some()
+            exited = self.process.child().try_wait().expect("wait");
+            // Bounded: whatever took the port may accept and never answer.
+            let connect = tokio::time::timeout(Duration::from_secs(1), self.connection());
+            exited.is_some() || connect.await.is_ok_and(|connection| connection.is_some())
         })
         .await;
-        assert!(up, "own redis-server did not come up");
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        match exited {
+            None if up => Ok(()),
+            None => panic!("own redis-server did not answer within 10 s; its log:\n{log}"),
+            Some(_) if log.contains("Address already in use") => Err(log.trim().to_owned()),
+            Some(status) => {
+                panic!("own redis-server exited at startup ({status}); its log:\n{log}")
+            }
+        }
     }
 
     /// Sends `signal` to the server (SIGSTOP makes it a replica that never acknowledges).
