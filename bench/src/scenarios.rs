@@ -234,7 +234,13 @@ pub async fn locks(
     runs: usize,
     out: &str,
 ) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis_url)?;
+    // The baselines connect as the service does (TCP_NODELAY): with redis-rs'
+    // default, Nagle's algorithm, direct-scripts made up to 9 % fewer pairs/s
+    // at 10 and 64 callers (bench/README.md, 2026-12-05 third session).
+    let client = redis::Client::open(
+        redis::IntoConnectionInfo::into_connection_info(redis_url)?
+            .set_tcp_settings(middleway::pools::redis_target::tcp_settings()),
+    )?;
     for strategy in strategies {
         for &c in concurrency {
             let cell = match strategy.as_str() {

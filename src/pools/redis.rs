@@ -43,7 +43,7 @@ use redis::{
     RedisResult, TlsCertificates, TlsMode, Value,
 };
 
-use super::redis_target::{RedisTarget, invalid_redis_url};
+use super::redis_target::{RedisTarget, invalid_redis_url, tcp_settings};
 use crate::config::ConfigError;
 
 /// A connection that answered this recently is handed out without a PING:
@@ -149,6 +149,8 @@ impl RedisPool {
 /// seeds are `rediss://`, for the nodes it discovers too.
 fn cluster_client(seeds: &[ConnectionInfo], ca_pem: Option<&[u8]>) -> RedisResult<ClusterClient> {
     let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        // The seeds' own settings do not reach the nodes found from them.
+        .tcp_settings(tcp_settings())
         .connection_timeout(IO_TIMEOUT)
         .response_timeout(REPLY_TIMEOUT)
         // A failover takes the cluster a few seconds; the engine's own

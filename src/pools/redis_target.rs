@@ -2,6 +2,7 @@
 //! or a cluster's seed nodes (`REDIS_MODE=cluster`, `REDIS_URL` a comma-separated
 //! list), with `REDIS_TLS_CA_FILE`'s roots applied to every node.
 
+use redis::io::tcp::TcpSettings;
 use redis::{ConnectionInfo, IntoConnectionInfo, TlsCertificates};
 
 use crate::config::{ConfigError, Settings};
@@ -87,11 +88,21 @@ fn read_ca(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
     Ok(pem)
 }
 
+/// The socket options of every connection to Redis: `TCP_NODELAY`. A
+/// multiplexed connection writes a call while earlier ones await their
+/// replies; with Nagle's algorithm on (redis-rs' default) that write waits
+/// for the earlier ones' acknowledgement, up to a network round trip, or a
+/// delayed ACK's 40 ms while Redis is busy with a long script.
+pub fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// One node's connection details, with the CA's roots when given.
 fn node(url: &str, ca_pem: Option<&[u8]>) -> Result<ConnectionInfo, ConfigError> {
     let info = url
         .into_connection_info()
-        .map_err(|_| invalid_redis_url())?;
+        .map_err(|_| invalid_redis_url())?
+        .set_tcp_settings(tcp_settings());
     let Some(pem) = ca_pem else {
         return Ok(info);
     };

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     OwnCluster, ServiceProcess, Storm, TestApp, TestCertificates, assert_conserved, base_env,
-    create_database, eventually, mysql_admin_url, raise_fd_limit, random_suffix, spawn_app_on,
+    create_database, eventually, mysql_admin_url, own_connections_to, raise_fd_limit,
+    random_suffix, spawn_app_on,
 };
 
 fn cluster_env(cluster: &OwnCluster, prefix: &str, database_url: &str) -> HashMap<String, String> {
@@ -113,6 +114,17 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
             StatusCode::OK
         );
     }
+    // Each of the service's connections to the nodes sends without delay,
+    // the ones to nodes found from the seeds too.
+    let connections = own_connections_to(&cluster.ports());
+    assert!(
+        connections.len() >= 6,
+        "pooled connections to the three primaries, and the wake one: {connections:?}"
+    );
+    assert!(
+        connections.iter().all(|&(_, nodelay)| nodelay),
+        "every connection to the cluster has TCP_NODELAY: {connections:?}"
+    );
     // Bounded per node: REDIS_POOL_MAX=4 over 3 pools (2 workers and the
     // background) is one connection per pool and node, plus this test's
     // own; one wake subscription for the whole replica.

@@ -4,8 +4,12 @@
 use std::time::Duration;
 
 use middleway::pools::redis::{RedisConnection, RedisPool};
+use reqwest::StatusCode;
+use serde_json::json;
 
-use crate::helpers::{OwnRedis, redis_connection, redis_url};
+use crate::helpers::{
+    OwnRedis, eventually, own_connections_to, redis_connection, redis_url, spawn_app_with,
+};
 
 async fn client_id(conn: &mut RedisConnection) -> redis::RedisResult<i64> {
     redis::cmd("CLIENT").arg("ID").query_async(conn).await
@@ -100,4 +104,42 @@ async fn an_idle_connection_that_died_is_checked_and_replaced_before_use() {
         .await
         .expect("a stale connection is checked before it is handed out");
     assert_ne!(id, dead);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_connection_the_service_opens_to_redis_sends_without_delay() {
+    let redis = OwnRedis::start().await;
+    let app = spawn_app_with(|env| {
+        env.insert("REDIS_URL".into(), redis.url());
+    })
+    .await;
+    // A hand-off uses every kind of connection: the HTTP workers' pools
+    // (acquire, release), the wake subscription (the offer) and the
+    // background pool (the waiter's claim).
+    let first = app.grant("no-nagle", 0, 30_000).await;
+    let waiter = app.lock_in_background(
+        json!({"op": "acquire", "name": "no-nagle", "wait_ms": 10_000, "lease_ms": 30_000}),
+    );
+    let queued = eventually(Duration::from_secs(5), async || {
+        app.inspect("no-nagle").await["waiting"] == 1
+    })
+    .await;
+    assert!(queued, "the second acquire waits");
+    assert_eq!(
+        app.release("no-nagle", &first["token"]).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(waiter.await.unwrap().status, Some(StatusCode::OK));
+
+    // Without TCP_NODELAY, a call written while another is on its way waits
+    // for that one's acknowledgement (see `redis_target::tcp_settings`).
+    let connections = own_connections_to(&[redis.port]);
+    assert!(
+        connections.len() >= 3,
+        "worker, background and wake connections: {connections:?}"
+    );
+    assert!(
+        connections.iter().all(|&(_, nodelay)| nodelay),
+        "every connection to Redis has TCP_NODELAY: {connections:?}"
+    );
 }

@@ -72,3 +72,38 @@ pub async fn pause_redis_writes(url: &str, ms: u64) {
         .await
         .expect("CLIENT PAUSE");
 }
+
+/// This process's connections to loopback ports among `ports` (the
+/// in-process service's, and the test's own if it holds any), each as its
+/// peer port and whether it has `TCP_NODELAY` set.
+pub fn own_connections_to(ports: &[u16]) -> Vec<(u16, bool)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .expect("fd list")
+        .flatten()
+    {
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: only getpeername and getsockopt run on the descriptor, and
+        // only while this borrow lives. Were it closed meanwhile they fail
+        // (skipped below); were its number reused, they read another socket.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
+            continue;
+        };
+        if peer.ip().is_loopback() && ports.contains(&peer.port()) {
+            let Ok(nodelay) = socket.tcp_nodelay() else {
+                continue;
+            };
+            found.push((peer.port(), nodelay));
+        }
+    }
+    found
+}
