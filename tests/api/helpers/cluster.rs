@@ -87,16 +87,12 @@ impl OwnCluster {
             node.start();
             nodes.push(node);
         }
-        let cluster = Self {
+        let mut cluster = Self {
             nodes,
             tls_ca: tls.as_ref().map(|t| t.ca.clone()),
         };
-        for node in &cluster.nodes {
-            let up = eventually(Duration::from_secs(10), async || {
-                cluster.connection(node.port).await.is_some()
-            })
-            .await;
-            assert!(up, "cluster node {} did not come up", node.port);
+        for n in 0..cluster.nodes.len() {
+            cluster.await_node(n).await;
         }
         let mut create = Command::new("redis-cli");
         if let Some(ca) = &cluster.tls_ca {
@@ -119,6 +115,45 @@ impl OwnCluster {
         assert!(status.success(), "redis-cli --cluster create failed");
         cluster.wait_ok(&cluster.ports()).await;
         cluster
+    }
+
+    /// Waits until node `n` answers. A port picked for it can be taken by
+    /// another server before it binds: then it starts again on two new
+    /// ports (the cluster is not created yet, so no other node knows them).
+    /// Any other early exit, or no answer in 10 s, fails with its log.
+    async fn await_node(&mut self, n: usize) {
+        for _ in 0..5 {
+            let port = self.nodes[n].port;
+            let mut exited = None;
+            let up = eventually(Duration::from_secs(10), async || {
+                exited = self.nodes[n].process.child().try_wait().expect("wait");
+                // Bounded: whatever took the port may accept and never answer.
+                let connect = tokio::time::timeout(Duration::from_secs(1), self.connection(port));
+                exited.is_some() || connect.await.is_ok_and(|c| c.is_some())
+            })
+            .await;
+            let log = self.nodes[n].log();
+            match exited {
+                None if up => return,
+                None => panic!("cluster node {port} did not answer within 10 s; its log:\n{log}"),
+                Some(_) if log.contains("Address already in use") => {
+                    eprintln!("{}; starting again on other ports", log.trim());
+                    let taken: Vec<u16> = self
+                        .nodes
+                        .iter()
+                        .flat_map(|node| [node.port, node.bus_port])
+                        .collect();
+                    let fresh = distinct_free_ports_besides(2, &taken);
+                    let node = &mut self.nodes[n];
+                    (node.port, node.bus_port) = (fresh[0], fresh[1]);
+                    node.start();
+                }
+                Some(status) => {
+                    panic!("cluster node {port} exited at startup ({status}); its log:\n{log}")
+                }
+            }
+        }
+        panic!("cluster node lost its picked ports five times");
     }
 
     /// Every node's port.
@@ -379,6 +414,8 @@ impl OwnCluster {
 impl Node {
     fn start(&mut self) {
         let dir = self.process.dir().to_owned();
+        // A log per start: an earlier start's says nothing of this one.
+        let log = std::fs::File::create(dir.join("redis.log")).expect("log file");
         let (plain, tls) = match &self.tls {
             Some(_) => (0, self.port),
             None => (self.port, 0),
@@ -415,23 +452,33 @@ impl Node {
                 .arg("--cluster-port")
                 .arg(self.bus_port.to_string())
                 .arg("--dir")
-                .arg(dir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
+                .arg(&dir)
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log),
         );
+    }
+
+    /// What the node wrote since its last start.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.process.dir().join("redis.log")).unwrap_or_default()
     }
 }
 
-/// `n` loopback ports free now and distinct from each other (all bound at
-/// once, then released).
+/// `n` distinct loopback ports, free now.
 fn distinct_free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("address").port())
-        .collect()
+    distinct_free_ports_besides(n, &[])
+}
+
+/// `n` distinct loopback ports, free now and none of `taken`.
+fn distinct_free_ports_besides(n: usize, taken: &[u16]) -> Vec<u16> {
+    let mut ports = Vec::new();
+    while ports.len() < n {
+        let port = free_port();
+        if !ports.contains(&port) && !taken.contains(&port) {
+            ports.push(port);
+        }
+    }
+    ports
 }
 
 fn node_url(port: u16) -> String {
