@@ -165,8 +165,10 @@ async fn a_waiter_that_hangs_up_just_before_its_turn_does_not_keep_the_slot() {
         let outcome = next.await.unwrap();
         let took = released.elapsed();
         assert_eq!(outcome.status, Some(StatusCode::OK), "{delay_ms} ms");
+        // Kept by the gone waiter, the slot would come back only at the
+        // offer's 2 s claim deadline; half of it allows for a busy machine.
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_millis(1000),
             "{delay_ms} ms before: the next waiter got the slot {took:?} after the release"
         );
     }
