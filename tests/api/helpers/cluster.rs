@@ -4,10 +4,14 @@
 //! optionally speaking TLS only.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{OwnedProcess, TestCertificates, eventually, free_port, redis_connection, scratch_dir};
+use super::{
+    OwnedProcess, Started, TestCertificates, connect, eventually, free_port, lost_its_port,
+    scratch_dir,
+};
 
 /// One node: its port and process (its folder keeps `nodes.conf`, so a
 /// restarted node rejoins the cluster).
@@ -124,19 +128,17 @@ impl OwnCluster {
     async fn await_node(&mut self, n: usize) {
         for _ in 0..5 {
             let port = self.nodes[n].port;
-            let mut exited = None;
-            let up = eventually(Duration::from_secs(10), async || {
-                exited = self.nodes[n].process.child().try_wait().expect("wait");
-                // Bounded: whatever took the port may accept and never answer.
-                let connect = tokio::time::timeout(Duration::from_secs(1), self.connection(port));
-                exited.is_some() || connect.await.is_ok_and(|c| c.is_some())
-            })
-            .await;
+            let ca = self.tls_ca.clone();
+            let started = self.nodes[n]
+                .process
+                .await_start(Duration::from_secs(10), async || {
+                    connect_node(port, ca.as_deref()).await.is_some()
+                })
+                .await;
             let log = self.nodes[n].log();
-            match exited {
-                None if up => return,
-                None => panic!("cluster node {port} did not answer within 10 s; its log:\n{log}"),
-                Some(_) if log.contains("Address already in use") => {
+            match started {
+                Started::Answering => return,
+                Started::Exited(_) if lost_its_port(&log) => {
                     eprintln!("{}; starting again on other ports", log.trim());
                     let taken: Vec<u16> = self
                         .nodes
@@ -148,8 +150,11 @@ impl OwnCluster {
                     (node.port, node.bus_port) = (fresh[0], fresh[1]);
                     node.start();
                 }
-                Some(status) => {
+                Started::Exited(status) => {
                     panic!("cluster node {port} exited at startup ({status}); its log:\n{log}")
+                }
+                Started::Silent => {
+                    panic!("cluster node {port} did not answer within 10 s; its log:\n{log}")
                 }
             }
         }
@@ -178,17 +183,7 @@ impl OwnCluster {
     /// A connection to the node on `port` alone (TLS with the test CA if the
     /// cluster speaks TLS).
     pub async fn connection(&self, port: u16) -> Option<redis::aio::MultiplexedConnection> {
-        let Some(ca) = &self.tls_ca else {
-            return redis_connection(&node_url(port)).await;
-        };
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(std::fs::read(ca).expect("test CA")),
-        };
-        let client =
-            redis::Client::build_with_tls(format!("rediss://127.0.0.1:{port}"), certificates)
-                .ok()?;
-        client.get_multiplexed_async_connection().await.ok()
+        connect_node(port, self.tls_ca.as_deref()).await
     }
 
     /// Waits until each of `ports` reports `cluster_state:ok` and sees three
@@ -479,6 +474,18 @@ fn distinct_free_ports_besides(n: usize, taken: &[u16]) -> Vec<u16> {
         }
     }
     ports
+}
+
+/// A connection from the test to the node on `port` (TLS with the CA in
+/// the PEM file `tls_ca`, when given).
+async fn connect_node(
+    port: u16,
+    tls_ca: Option<&str>,
+) -> Option<redis::aio::MultiplexedConnection> {
+    match tls_ca {
+        Some(ca) => connect(&format!("rediss://127.0.0.1:{port}"), Some(Path::new(ca))).await,
+        None => connect(&node_url(port), None).await,
+    }
 }
 
 fn node_url(port: u16) -> String {

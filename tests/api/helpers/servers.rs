@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -99,6 +99,47 @@ impl OwnedProcess {
             let _ = child.wait();
         }
     }
+
+    /// Probes with `answers` until it is true, the process exits, or
+    /// `within` passes. Each probe gets at most 5 s: whatever holds the port
+    /// may accept and never answer.
+    pub async fn await_start(
+        &mut self,
+        within: Duration,
+        mut answers: impl AsyncFnMut() -> bool,
+    ) -> Started {
+        let child = self.child.as_mut().expect("running");
+        let mut exited = None;
+        let answering = eventually(within, async || {
+            exited = child.try_wait().expect("wait");
+            exited.is_some()
+                || tokio::time::timeout(Duration::from_secs(5), answers())
+                    .await
+                    .unwrap_or(false)
+        })
+        .await;
+        match exited {
+            Some(status) => Started::Exited(status),
+            None if answering => Started::Answering,
+            None => Started::Silent,
+        }
+    }
+}
+
+/// How a server's start ended.
+pub enum Started {
+    /// It answered.
+    Answering,
+    /// It exited first, with this status.
+    Exited(ExitStatus),
+    /// Neither, within the time allowed.
+    Silent,
+}
+
+/// Whether a server's log says it could not bind a port another process
+/// holds: picked ports can be taken between the pick and the bind.
+pub fn lost_its_port(log: &str) -> bool {
+    log.contains("Address already in use")
 }
 
 impl Drop for OwnedProcess {
@@ -234,28 +275,32 @@ impl OwnMariaDb {
                 .stderr(Stdio::null()),
         );
         let url = self.root_url();
-        let mut exited = None;
-        let up = eventually(Duration::from_secs(30), async || {
-            exited = self.process.child().try_wait().expect("wait");
-            // Bounded: whatever took the port may accept and never answer.
-            let connect = MySqlPoolOptions::new().max_connections(1).connect(&url);
-            exited.is_some()
-                || match tokio::time::timeout(Duration::from_secs(1), connect).await {
-                    Ok(Ok(pool)) => {
+        let started = self
+            .process
+            .await_start(
+                Duration::from_secs(30),
+                async || match MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&url)
+                    .await
+                {
+                    Ok(pool) => {
                         pool.close().await;
                         true
                     }
-                    _ => false,
-                }
-        })
-        .await;
+                    Err(_) => false,
+                },
+            )
+            .await;
         let whole_log = self.error_log();
         let log = whole_log.get(earlier_log..).unwrap_or(&whole_log);
-        match exited {
-            None if up => Ok(()),
-            None => panic!("own mariadbd did not answer within 30 s; its log:\n{log}"),
-            Some(_) if log.contains("Address already in use") => Err(log.trim().to_owned()),
-            Some(status) => panic!("own mariadbd exited at startup ({status}); its log:\n{log}"),
+        match started {
+            Started::Answering => Ok(()),
+            Started::Exited(_) if lost_its_port(log) => Err(log.trim().to_owned()),
+            Started::Exited(status) => {
+                panic!("own mariadbd exited at startup ({status}); its log:\n{log}")
+            }
+            Started::Silent => panic!("own mariadbd did not answer within 30 s; its log:\n{log}"),
         }
     }
 
@@ -405,15 +450,7 @@ impl OwnRedis {
 
     /// A connection from the test (verifying the server with the test CA).
     pub async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
-        let Some(ca) = &self.tls_ca else {
-            return redis_connection(&self.url()).await;
-        };
-        let certificates = redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(std::fs::read(ca).expect("test CA")),
-        };
-        let client = redis::Client::build_with_tls(self.url(), certificates).ok()?;
-        client.get_multiplexed_async_connection().await.ok()
+        connect(&self.url(), self.tls_ca.as_deref()).await
     }
 
     /// Starts the server again on its port (empty: no persistence) and waits
@@ -451,21 +488,22 @@ impl OwnRedis {
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log),
         );
-        let mut exited = None;
-        let up = eventually(Duration::from_secs(10), async || {
-            exited = self.process.child().try_wait().expect("wait");
-            // Bounded: whatever took the port may accept and never answer.
-            let connect = tokio::time::timeout(Duration::from_secs(1), self.connection());
-            exited.is_some() || connect.await.is_ok_and(|connection| connection.is_some())
-        })
-        .await;
+        let (url, ca) = (self.url(), self.tls_ca.clone());
+        let started = self
+            .process
+            .await_start(Duration::from_secs(10), async || {
+                connect(&url, ca.as_deref()).await.is_some()
+            })
+            .await;
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        match exited {
-            None if up => Ok(()),
-            None => panic!("own redis-server did not answer within 10 s; its log:\n{log}"),
-            Some(_) if log.contains("Address already in use") => Err(log.trim().to_owned()),
-            Some(status) => {
+        match started {
+            Started::Answering => Ok(()),
+            Started::Exited(_) if lost_its_port(&log) => Err(log.trim().to_owned()),
+            Started::Exited(status) => {
                 panic!("own redis-server exited at startup ({status}); its log:\n{log}")
+            }
+            Started::Silent => {
+                panic!("own redis-server did not answer within 10 s; its log:\n{log}")
             }
         }
     }
@@ -479,6 +517,23 @@ impl OwnRedis {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+}
+
+/// A connection from the test to the server at `url`, verified with the
+/// CA in the PEM file `tls_ca` when given (`rediss://`).
+pub async fn connect(
+    url: &str,
+    tls_ca: Option<&Path>,
+) -> Option<redis::aio::MultiplexedConnection> {
+    let Some(ca) = tls_ca else {
+        return redis_connection(url).await;
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(ca).expect("test CA")),
+    };
+    let client = redis::Client::build_with_tls(url, certificates).ok()?;
+    client.get_multiplexed_async_connection().await.ok()
 }
 
 /// A spawned `middleway serve` process (for kill -9 and multi-replica tests).
@@ -603,27 +658,27 @@ impl ServiceProcess {
             Some(_) => format!("https://127.0.0.1:{port}"),
             None => format!("http://127.0.0.1:{port}"),
         };
-        let mut exited = None;
-        let ready = eventually(Duration::from_secs(20), async || {
-            exited = process.child().try_wait().expect("wait");
-            exited.is_some()
-                || match launch.https {
-                    Some(ca) => matches!(ca.https_request(port, "GET /readyz HTTP/1.1", "").await, Ok((200, _))),
-                    None => matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK),
-                }
-        })
-        .await;
+        let started = process
+            .await_start(Duration::from_secs(20), async || match launch.https {
+                Some(ca) => matches!(ca.https_request(port, "GET /readyz HTTP/1.1", "").await, Ok((200, _))),
+                None => matches!(http.get(format!("{base}/readyz")).send().await, Ok(r) if r.status() == reqwest::StatusCode::OK),
+            })
+            .await;
         let service = Self {
             process,
             base,
             admin,
         };
         let logs = service.logs();
-        match exited {
-            None if ready => Ok(service),
-            None => panic!("the service was not ready within 20 s; its output:\n{logs}"),
-            Some(_) if lost_a_picked_port(&logs, launch, &env) => Err(logs.trim().to_owned()),
-            Some(status) => panic!("the service exited at startup ({status}); its output:\n{logs}"),
+        match started {
+            Started::Answering => Ok(service),
+            Started::Silent => panic!("the service was not ready within 20 s; its output:\n{logs}"),
+            Started::Exited(_) if lost_a_picked_port(&logs, launch, &env) => {
+                Err(logs.trim().to_owned())
+            }
+            Started::Exited(status) => {
+                panic!("the service exited at startup ({status}); its output:\n{logs}")
+            }
         }
     }
 }
