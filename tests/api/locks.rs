@@ -1,25 +1,13 @@
 //! POST /locks: the contract and the liveness promises, against a real Redis.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{TEST_KEY, assert_conserved, assert_problem, named_fields, spawn_app};
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Parses `expires_at` (RFC 3339 with ms, UTC) to Unix ms.
-fn unix_ms(rfc3339: &str) -> i64 {
-    let at = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .unwrap();
-    (at.unix_timestamp_nanos() / 1_000_000) as i64
-}
+use crate::helpers::{
+    TEST_KEY, assert_conserved, assert_problem, named_fields, spawn_app, unix_ms, unix_ms_now,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acquire_extend_release_follow_the_contract() {

@@ -1,6 +1,6 @@
 //! Lock requests and arrangements shared by the lock test areas.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -11,6 +11,21 @@ use super::{
     OwnRedis, ServiceProcess, TEST_KEY, TestApp, base_env, create_database, eventually, inspect,
     mysql_admin_url, post_lock, random_suffix, redis_command, spawn_app_with,
 };
+
+/// Now, in Unix ms (the clock Redis' TIME reads on this machine).
+pub fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Parses `expires_at` (RFC 3339 with ms, UTC) to Unix ms.
+pub fn unix_ms(rfc3339: &str) -> i64 {
+    let at = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
 
 /// `n` replicas of the service (separate processes) on the Redis at `url`,
 /// sharing one database and one key prefix.

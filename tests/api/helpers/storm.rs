@@ -10,14 +10,21 @@ use rand::RngExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::{TEST_KEY, client};
+use super::{TEST_KEY, client, unix_ms, unix_ms_now};
 
 /// Who is inside each critical section, per incarnation of each lock (a
 /// token's first part): exclusion holds and fences grow within an
-/// incarnation; across a data loss fences must still grow.
+/// incarnation, among grants whose leases have not ended; across a data
+/// loss fences must still grow.
+///
+/// A lease ends at its `expires_at` (Redis' clock, which is this machine's)
+/// whether or not its holder is done: a grant the client reads after that
+/// (a busy machine can take longer than a 2 s lease to deliver a response)
+/// promises nothing, and a later grant to another client is no violation.
 #[derive(Default)]
 pub struct Recorder {
-    inside: HashMap<(String, String), HashSet<u64>>,
+    /// Per lock and incarnation, the fences inside and when their leases end (Unix ms).
+    inside: HashMap<(String, String), HashMap<u64, i64>>,
     last_fence: HashMap<(String, String), u64>,
     seen: HashSet<(String, u64)>,
     /// Per lock, (incarnation, fence) in the order they entered.
@@ -26,6 +33,8 @@ pub struct Recorder {
     pub violations: Vec<String>,
     /// Critical sections entered.
     pub entries: usize,
+    /// Grants whose lease had ended when the client read them (not entered).
+    pub expired_on_arrival: usize,
 }
 
 fn incarnation(token: &str) -> String {
@@ -33,30 +42,47 @@ fn incarnation(token: &str) -> String {
 }
 
 impl Recorder {
-    fn enter(&mut self, name: &str, permits: usize, token: &str, fence: u64) {
-        self.entries += 1;
+    /// Records a grant the client just read; `false` when its lease had
+    /// already ended (the client must not use it, and does not).
+    fn enter(
+        &mut self,
+        name: &str,
+        permits: usize,
+        token: &str,
+        fence: u64,
+        expires_ms: i64,
+    ) -> bool {
         let key = (name.to_owned(), incarnation(token));
-        let inside = self.inside.entry(key.clone()).or_default();
-        if inside.len() >= permits {
-            self.violations.push(format!(
-                "{name}: fence {fence} entered with {inside:?} inside (permits {permits})"
-            ));
-        }
-        inside.insert(fence);
         if !self.seen.insert((name.to_owned(), fence)) {
             self.violations
                 .push(format!("{name}: fence {fence} granted twice"));
         }
-        let last = self.last_fence.entry(key.clone()).or_default();
+        self.fences
+            .entry(name.to_owned())
+            .or_default()
+            .push((key.1.clone(), fence));
+        let now = unix_ms_now();
+        if now >= expires_ms {
+            self.expired_on_arrival += 1;
+            return false;
+        }
+        self.entries += 1;
+        let inside = self.inside.entry(key.clone()).or_default();
+        inside.retain(|_, lease_end| *lease_end > now);
+        if inside.len() >= permits {
+            self.violations.push(format!(
+                "{name}: fence {fence} (lease to {expires_ms}) entered at {now} with \
+                 {inside:?} inside (fence: lease end; permits {permits})"
+            ));
+        }
+        inside.insert(fence, expires_ms);
+        let last = self.last_fence.entry(key).or_default();
         if permits == 1 && fence <= *last {
             self.violations
                 .push(format!("{name}: fence {fence} after {last}"));
         }
         *last = (*last).max(fence);
-        self.fences
-            .entry(name.to_owned())
-            .or_default()
-            .push((key.1, fence));
+        true
     }
 
     fn leave(&mut self, name: &str, token: &str, fence: u64) {
@@ -169,9 +195,11 @@ impl Storm {
                         }
                     };
                     let Ok(grant) = response.json::<Value>().await else { continue };
-                    let (Some(token), Some(fence)) = (grant["token"].as_str(), grant["fence"].as_u64()) else { continue };
+                    let (Some(token), Some(fence), Some(expires_at)) = (grant["token"].as_str(), grant["fence"].as_u64(), grant["expires_at"].as_str()) else { continue };
                     let token = token.to_owned();
-                    recorder.lock().unwrap().enter(&name, permits, &token, fence);
+                    if !recorder.lock().unwrap().enter(&name, permits, &token, fence, unix_ms(expires_at)) {
+                        continue;
+                    }
                     let section = Duration::from_millis(rand::rng().random_range(0..3));
                     tokio::time::sleep(section).await;
                     recorder.lock().unwrap().leave(&name, &token, fence);
@@ -196,7 +224,10 @@ impl Storm {
             outcome.unwrap();
         }
         let mut recorder = self.recorder.lock().unwrap();
-        eprintln!("storm: {} critical sections ran", recorder.entries);
+        eprintln!(
+            "storm: {} critical sections ran; {} grants read after their lease ended",
+            recorder.entries, recorder.expired_on_arrival
+        );
         recorder.check_incarnations();
         assert!(
             recorder.violations.is_empty(),
