@@ -178,7 +178,10 @@ impl FleetBudget {
             Err(LockError::Timeout | LockError::TooManyWaiters) => Err(AcquireError::Exhausted),
             Err(LockError::Draining) => Err(AcquireError::Closed),
             Err(error) => {
-                if !matches!(error, LockError::RedisUnavailable) {
+                if !matches!(
+                    error,
+                    LockError::RedisUnavailable | LockError::AnsweredTooLate
+                ) {
                     tracing::error!(%error, "the fleet budget's lock refused a slot");
                 }
                 self.redis_down.store(true, Ordering::Relaxed);

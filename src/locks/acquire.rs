@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::call::{CallFailed, REDIS_CALL_TIMEOUT, redis_call};
+use super::call::{CallFailed, REDIS_CALL_TIMEOUT, lease_may_be_over, redis_call};
 use super::core::Core;
 use super::domain::{AcquireRequest, Grant, LockName};
 use super::engine::LockEngine;
@@ -146,7 +146,10 @@ impl LockEngine {
         outcome: Result<AcquireOutcome, CallFailed>,
     ) -> Result<Grant, LockError> {
         match outcome {
-            Ok(AcquireOutcome::Granted(grant)) => Ok(self.granted(attempt, grant)),
+            Ok(AcquireOutcome::Granted(grant)) => {
+                let sent = attempt.started;
+                self.granted_by_call(attempt, grant, sent)
+            }
             Ok(AcquireOutcome::PermitsMismatch(existing)) => {
                 attempt.settled();
                 Err(LockError::PermitsMismatch(existing))
@@ -175,6 +178,7 @@ impl LockEngine {
         ended: WaitEnded,
     ) -> Result<Grant, LockError> {
         match ended {
+            // The worker answers only grants whose lease cannot be over yet.
             WaitEnded::Answered(Ok(grant)) => Ok(self.granted(attempt, grant)),
             // Whoever answered with an error left Redis as it should be (or
             // left the clean-up that makes it so).
@@ -202,8 +206,9 @@ impl LockEngine {
         let (name, ticket, lease_ms) = (attempt.name, attempt.ticket(), attempt.request.lease_ms);
         let cancel =
             |mut conn| async move { core.store.cancel(&mut conn, name, ticket, lease_ms).await };
+        let sent = Instant::now();
         match redis_call(&self.pool, core.store.checkout_for_changes(), cancel).await? {
-            Claimed::Granted(grant) => Ok(self.granted(attempt, grant)),
+            Claimed::Granted(grant) => self.granted_by_call(attempt, grant, sent),
             Claimed::Nothing => {
                 attempt.settled();
                 Err(self.timed_out())
@@ -225,6 +230,22 @@ impl LockEngine {
             // A claim that lands later is released: this request has gone.
             Ok(Err(_)) | Err(_) => Err(LockError::RedisUnavailable),
         }
+    }
+
+    /// A grant made by this request's own call, sent at `sent`: answered
+    /// unless its lease could be over by now, else handed back (503).
+    fn granted_by_call(
+        &self,
+        attempt: &mut Attempt<'_>,
+        grant: Grant,
+        sent: Instant,
+    ) -> Result<Grant, LockError> {
+        if lease_may_be_over(sent, attempt.request.lease_ms) {
+            attempt.settled();
+            self.core.answered_too_late(attempt.name, grant);
+            return Err(LockError::AnsweredTooLate);
+        }
+        Ok(self.granted(attempt, grant))
     }
 
     fn granted(&self, attempt: &mut Attempt<'_>, grant: Grant) -> Grant {
@@ -273,6 +294,8 @@ struct Attempt<'a> {
     nonce: String,
     /// Empty until the request waits.
     ticket: String,
+    /// When the request began: no call of it ran earlier.
+    started: Instant,
     /// When the wait runs out (local clock).
     deadline: Instant,
     /// Nothing of it is left in Redis that needs undoing.
@@ -281,13 +304,15 @@ struct Attempt<'a> {
 
 impl<'a> Attempt<'a> {
     fn new(core: &'a Arc<Core>, request: &'a AcquireRequest) -> Self {
+        let started = Instant::now();
         Self {
             core,
             request,
             name: &request.name,
             nonce: random_id(),
             ticket: String::new(),
-            deadline: Instant::now() + request.wait(),
+            started,
+            deadline: started + request.wait(),
             settled: Cell::new(false),
         }
     }

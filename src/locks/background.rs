@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::alarms::AlarmClock;
-use super::call::redis_call;
+use super::call::{CallFailed, lease_may_be_over, redis_call};
 use super::core::Core;
 use super::domain::{LockName, LockToken};
 use super::error::LockError;
@@ -157,17 +157,38 @@ impl Jobs {
         }
         // A claim is idempotent (a repeat reports the grant the first one
         // made), so a call that failed is tried again until the wait is over:
-        // a connection broken by a Redis restart must not cost a waiter its slot.
-        let mut claimed = self.claim(&waiter, &ticket, &token).await;
-        while claimed.is_err()
-            && Instant::now() < waiter.deadline
-            && !waiter.reply.is_closed()
-            && !core.outage.load(Ordering::Acquire)
-        {
+        // a connection broken by a Redis restart must not cost a waiter its
+        // slot. The lease began no earlier than the first call that may have run.
+        let mut lease_from = None;
+        let claimed = loop {
+            let sent = Instant::now();
+            let claimed = self.claim(&waiter, &ticket, &token).await;
+            if !matches!(
+                claimed,
+                Err(CallFailed {
+                    maybe_ran: false,
+                    ..
+                })
+            ) {
+                lease_from.get_or_insert(sent);
+            }
+            if claimed.is_ok()
+                || Instant::now() >= waiter.deadline
+                || waiter.reply.is_closed()
+                || core.outage.load(Ordering::Acquire)
+            {
+                break claimed;
+            }
             tokio::time::sleep(RETRY_PAUSE).await;
-            claimed = self.claim(&waiter, &ticket, &token).await;
-        }
+        };
         match claimed {
+            Ok(Claimed::Granted(grant))
+                if lease_from.is_some_and(|sent| lease_may_be_over(sent, waiter.lease_ms)) =>
+            {
+                core.waiters.claim_ended(&ticket);
+                core.answered_too_late(&waiter.name, grant);
+                let _ = waiter.reply.send(Err(LockError::AnsweredTooLate));
+            }
             Ok(Claimed::Granted(grant)) => {
                 core.waiters.claim_ended(&ticket);
                 core.fences.saw(&waiter.name, grant.fence);
@@ -193,7 +214,7 @@ impl Jobs {
                 // The claim may have run: undo whatever it did.
                 core.waiters.claim_ended(&ticket);
                 core.forget(&waiter.name, &ticket, &waiter.nonce, true);
-                let _ = waiter.reply.send(Err(error));
+                let _ = waiter.reply.send(Err(error.into()));
             }
         }
     }
@@ -203,7 +224,7 @@ impl Jobs {
         waiter: &Waiter,
         ticket: &str,
         token: &LockToken,
-    ) -> Result<Claimed, LockError> {
+    ) -> Result<Claimed, CallFailed> {
         let core = &self.core;
         let claim = |mut conn| async move {
             core.store
@@ -217,7 +238,7 @@ impl Jobs {
                 )
                 .await
         };
-        Ok(redis_call(&self.pool, self.core.store.checkout_for_changes(), claim).await?)
+        redis_call(&self.pool, self.core.store.checkout_for_changes(), claim).await
     }
 
     /// Passes on an offer nobody here takes (a claimed grant is never touched).

@@ -2,7 +2,7 @@
 //! bound, and Redis' errors sorted into the lock's own.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error::LockError;
 use super::store::is_not_replicated;
@@ -11,6 +11,15 @@ use crate::pools::redis::{Checkout, RedisConnection, RedisPool};
 /// A bound on every Redis call a request or a task makes: past it Redis
 /// counts as unreachable for that call.
 pub(crate) const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a lease of `lease_ms` that a call sent at `sent` began or
+/// renewed may be over now. The script ran no earlier than `sent`, so the
+/// lease ends no earlier than `sent + lease_ms`; a reply that comes later
+/// than that (a replica slow to confirm under `LOCK_REPLICA_ACKS`, a slow
+/// link) may carry a slot that has already passed to someone else.
+pub(crate) fn lease_may_be_over(sent: Instant, lease_ms: u64) -> bool {
+    sent.elapsed() >= Duration::from_millis(lease_ms)
+}
 
 /// A call that came back without an answer.
 #[derive(Debug, Clone, Copy)]
@@ -76,5 +85,20 @@ pub(crate) fn timed_out() -> CallFailed {
     CallFailed {
         error: LockError::RedisUnavailable,
         maybe_ran: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_may_be_over_once_as_long_as_it_has_passed_since_the_call_was_sent() {
+        let now = Instant::now();
+        assert!(!lease_may_be_over(now, 60_000));
+        let sent = now - Duration::from_millis(150);
+        assert!(lease_may_be_over(sent, 100));
+        assert!(lease_may_be_over(sent, 150));
+        assert!(!lease_may_be_over(sent, 10_000));
     }
 }

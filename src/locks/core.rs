@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
 
-use super::domain::LockName;
+use super::domain::{Grant, LockName};
 use super::events::{Cleanup, Event, Events};
 use super::fences::FenceFloors;
 use super::store::{LockStore, random_id};
@@ -82,6 +82,23 @@ impl Core {
             return;
         }
         self.events.send(Event::Cleanup(cleanup));
+    }
+
+    /// A grant that came back after its lease could have ended: never
+    /// answered, but released (if it still holds, the next waiter gets the
+    /// slot now). Its fence was granted all the same, and counts as seen.
+    pub(crate) fn answered_too_late(&self, name: &LockName, grant: Grant) {
+        tracing::warn!(
+            lock = name.as_str(),
+            fence = grant.fence,
+            "Redis answered a grant after its lease could have ended; handing it back"
+        );
+        self.fences.saw(name, grant.fence);
+        self.count("acquire", "too_late");
+        self.cleanup(Cleanup::Release {
+            name: name.clone(),
+            token: grant.token,
+        });
     }
 
     /// Leaves the undoing of a request that gave up to the background worker.

@@ -3,7 +3,7 @@
 //! lock's queue); the background worker brings it the slot.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -11,7 +11,7 @@ use tokio::task::AbortHandle;
 
 use super::background::run_worker;
 use super::batch::CallBatcher;
-use super::call::redis_call;
+use super::call::{lease_may_be_over, redis_call};
 use super::core::Core;
 use super::domain::{
     ExtendRequest, Grant, InspectRequest, LockName, LockState, NotHeldReason, ReleaseRequest,
@@ -157,7 +157,20 @@ impl LockEngine {
         let (name, token) = (&request.name, &request.token);
         let lease_ms = request.lease_ms;
         let extend = |mut conn| async move { store.extend(&mut conn, name, token, lease_ms).await };
+        let sent = Instant::now();
         match redis_call(&self.pool, store.checkout_for_changes(), extend).await? {
+            // The new lease may be over already: the holder must not count on
+            // it (the extension stands; a retry tells whether it still holds).
+            Ok(_) if lease_may_be_over(sent, lease_ms) => {
+                tracing::warn!(
+                    lock = name.as_str(),
+                    fence,
+                    "Redis answered an extension after its lease could have ended"
+                );
+                self.core.count("extend", "too_late");
+                self.core.fences.saw(name, fence);
+                Err(LockError::AnsweredTooLate)
+            }
             Ok(deadline_ms) => {
                 self.core.count("extend", "extended");
                 self.core.fences.saw(name, fence);

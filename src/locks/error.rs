@@ -18,6 +18,10 @@ pub(crate) enum LockError {
     /// Redis did not answer.
     #[error("Redis is unreachable")]
     RedisUnavailable,
+    /// Redis answered a grant or an extension after its lease could have
+    /// ended: a grant was handed back, an extension may stand.
+    #[error("Redis answered after the lease could have ended")]
+    AnsweredTooLate,
     /// Too few Redis replicas confirmed the change in time (`LOCK_REPLICA_ACKS`).
     #[error("Redis replicas did not confirm the change in time")]
     NotReplicated,
@@ -40,6 +44,7 @@ impl LockError {
             Self::PermitsMismatch(_) => "permits-mismatch",
             Self::Timeout => "timeout",
             Self::RedisUnavailable => "unavailable",
+            Self::AnsweredTooLate => "too-late",
             Self::NotReplicated => "not-replicated",
             Self::TooManyWaiters => "too-many-waiters",
             Self::Draining => "draining",

@@ -9,9 +9,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    NewRow, OwnMariaDb, OwnRedis, TestApp, TestCertificates, assert_problem, base_env,
-    create_database, eventually, failed_start, mysql_admin_url, random_suffix, redis_url,
-    spawn_app_on,
+    NewRow, Outcome, OwnMariaDb, OwnRedis, TestApp, TestCertificates, assert_problem, base_env,
+    client_list, create_database, eventually, failed_start, metrics_text, mysql_admin_url,
+    random_suffix, redis_url, spawn_app_on,
 };
 
 /// A MariaDB that accepts TLS connections only, with the test CA's certificate.
@@ -285,6 +285,167 @@ async fn with_replica_acks_an_unconfirmed_change_is_answered_503_and_a_grant_und
 
     // With the replica back, the name whose grant was undone is free.
     app.grant("unconfirmed", 0, 30_000).await;
+}
+
+/// Whether `count` connections to the Redis at `url` are blocked in a `WAIT`.
+async fn blocked_in_wait(url: &str, count: usize) -> bool {
+    let blocked = client_list(url)
+        .await
+        .iter()
+        .filter(|client| client.contains("cmd=wait") && client.contains("flags=b"))
+        .count();
+    blocked >= count
+}
+
+/// Stops `replica` and sends each request (from a task of its own); once
+/// `waits` changes are blocked in their `WAIT` on `primary` (every call
+/// that may change a lock has one), they stay blocked 300 ms more, past a
+/// 100 ms lease, before the replica resumes and confirms them. The answers,
+/// in order. `waits` must be exact: requests of one service may share a
+/// script run (and its `WAIT`), which is why two services take part.
+async fn confirmed_after_a_stall(
+    primary: &OwnRedis,
+    replica: &OwnRedis,
+    requests: Vec<(&TestApp, Value)>,
+    waits: usize,
+) -> Vec<Outcome> {
+    replica.signal(Signal::SIGSTOP);
+    let answers: Vec<_> = requests
+        .into_iter()
+        .map(|(app, body)| app.lock_in_background(body))
+        .collect();
+    let blocked = eventually(Duration::from_secs(5), async || {
+        blocked_in_wait(&primary.url(), waits).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replica.signal(Signal::SIGCONT);
+    assert!(blocked, "{waits} changes blocked in WAIT");
+    let mut outcomes = Vec::new();
+    for answer in answers {
+        outcomes.push(answer.await.unwrap());
+    }
+    outcomes
+}
+
+fn assert_answered_too_late(outcome: &Outcome) {
+    assert_eq!(
+        outcome.status,
+        Some(StatusCode::SERVICE_UNAVAILABLE),
+        "{outcome:?}"
+    );
+    assert_eq!(outcome.body["type"], "urn:middleway:problem:unavailable");
+    let detail = outcome.body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("after the lease could have ended"),
+        "{detail}"
+    );
+}
+
+/// A service on `primary` whose replica may take up to 1.8 s to confirm a
+/// change (a Redis call's whole bound is 2 s).
+async fn patient_service_on(primary: &OwnRedis) -> TestApp {
+    let (db_name, url) = create_database(&mysql_admin_url()).await;
+    let prefix = format!("mwtest:{}:", random_suffix());
+    let mut env = base_env(&url, &primary.url(), &prefix);
+    env.insert("LOCK_REPLICA_ACKS".into(), "1".into());
+    env.insert("LOCK_REPLICA_ACK_TIMEOUT_MS".into(), "1800".into());
+    spawn_app_on(env, db_name, prefix).await
+}
+
+/// `app` counted `count` `op`s answered too late.
+async fn counted_too_late(app: &TestApp, op: &str, count: u32) {
+    let metrics = metrics_text(&app.admin_address).await;
+    let line =
+        format!("middleway_lock_operations_total{{op=\"{op}\",outcome=\"too_late\"}} {count}");
+    assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+}
+
+/// A grant or an extension that Redis confirms later than its lease is never
+/// answered 200: the caller would count on a slot that may already be the
+/// next holder's. Its lease began no earlier than the call was sent, so a
+/// reply that took longer than the lease is answered 503, and a grant is
+/// handed back. A stall shorter than the lease still grants.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_replica_acks_a_grant_confirmed_after_its_lease_could_have_ended_is_never_answered() {
+    let primary = OwnRedis::start().await;
+    let replica = OwnRedis::start_replica_of(&primary).await;
+    let (app, other) = (
+        patient_service_on(&primary).await,
+        patient_service_on(&primary).await,
+    );
+
+    // An extension to 100 ms, and an acquire with a lease longer than the stall.
+    let extended = app.grant("extended", 0, 30_000).await;
+    let answers = confirmed_after_a_stall(
+        &primary,
+        &replica,
+        vec![
+            (
+                &app,
+                json!({"op": "extend", "name": "extended", "token": extended["token"], "lease_ms": 100}),
+            ),
+            (&app, json!({"op": "acquire", "name": "long-lease", "lease_ms": 30_000})),
+        ],
+        2,
+    )
+    .await;
+    assert_answered_too_late(&answers[0]);
+    assert_eq!(answers[1].status, Some(StatusCode::OK), "{:?}", answers[1]);
+    // The extension stood, and its 100 ms are over.
+    let again = app
+        .lock(json!({"op": "extend", "name": "extended", "token": extended["token"], "lease_ms": 30_000}))
+        .await;
+    let problem = assert_problem(again, StatusCode::CONFLICT, "not-held").await;
+    assert_eq!(problem["reason"], "expired");
+    let released = app.release("long-lease", &answers[1].body["token"]).await;
+    assert_eq!(released.status(), StatusCode::OK);
+
+    // An acquire granted at once, and (through the other service) a release
+    // whose slot a waiter claims.
+    let held = other.grant("handed", 0, 30_000).await;
+    let waiter = other.lock_in_background(
+        json!({"op": "acquire", "name": "handed", "wait_ms": 10_000, "lease_ms": 100}),
+    );
+    // Queued (a call that only queues is not followed by a WAIT).
+    let queued = eventually(Duration::from_secs(5), async || {
+        other.inspect("handed").await["waiting"] == 1
+    })
+    .await;
+    assert!(queued, "the waiter queued");
+    let answers = confirmed_after_a_stall(
+        &primary,
+        &replica,
+        vec![
+            (
+                &app,
+                json!({"op": "acquire", "name": "at-once", "lease_ms": 100}),
+            ),
+            (
+                &other,
+                json!({"op": "release", "name": "handed", "token": held["token"]}),
+            ),
+        ],
+        3,
+    )
+    .await;
+    assert_answered_too_late(&answers[0]);
+    assert_eq!(answers[1].status, Some(StatusCode::OK), "{:?}", answers[1]);
+    assert_answered_too_late(&waiter.await.unwrap());
+
+    // The grants nobody was told of are gone: both locks can be taken.
+    for (service, name) in [(&app, "at-once"), (&other, "handed")] {
+        let free = eventually(Duration::from_secs(3), async || {
+            let state = service.inspect(name).await;
+            state["holders"].as_array().is_some_and(Vec::is_empty) && state["waiting"] == 0
+        })
+        .await;
+        assert!(free, "{name} is free");
+        service.grant(name, 0, 30_000).await;
+    }
+    counted_too_late(&app, "extend", 1).await;
+    counted_too_late(&app, "acquire", 1).await;
+    counted_too_late(&other, "acquire", 1).await;
 }
 
 /// Ten try-once acquires of `<round>-<n>`: the (name, token) of each 200;

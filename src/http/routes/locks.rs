@@ -23,6 +23,9 @@ impl From<LockError> for ApiError {
             LockError::PermitsMismatch(existing) => ApiError::PermitsMismatch { existing },
             LockError::Timeout => ApiError::LockTimeout,
             LockError::RedisUnavailable => ApiError::Unavailable("Redis is unreachable"),
+            LockError::AnsweredTooLate => ApiError::Unavailable(
+                "Redis answered after the lease could have ended (a grant is handed back, an extension may stand); retry",
+            ),
             LockError::NotReplicated => ApiError::Unavailable(
                 "Redis replicas did not confirm the change in time (LOCK_REPLICA_ACKS); retry",
             ),
