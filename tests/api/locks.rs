@@ -511,13 +511,12 @@ async fn inspect_shows_holders_and_waiters_but_never_tokens() {
         json!({"name": "nobody", "permits": null, "held": 0, "waiting": 0, "fence": null, "holders": []})
     );
     let first = app.grant("seen", 0, 30_000).await;
-    let waiting =
-        app.lock_in_background(json!({"op": "acquire", "name": "seen", "wait_ms": 30_000}));
-    let queued = crate::helpers::eventually(Duration::from_secs(5), async || {
-        app.inspect("seen").await["waiting"] == 1
-    })
-    .await;
-    assert!(queued);
+    let waiting = app
+        .queued_waiter(
+            "seen",
+            json!({"op": "acquire", "name": "seen", "wait_ms": 30_000}),
+        )
+        .await;
     let state = app.inspect("seen").await;
     assert_eq!(state["permits"], 1);
     assert_eq!(state["held"], 1);

@@ -148,14 +148,8 @@ async fn locks_work_over_rediss_with_the_ca_file() {
 
     let first = app.grant("tls-lock", 0, 30_000).await;
     // A waiter is woken over the TLS wake connection when the holder releases.
-    let waiter = app.lock_in_background(
-        json!({"op": "acquire", "name": "tls-lock", "wait_ms": 10_000, "lease_ms": 30_000}),
-    );
-    let queued = eventually(Duration::from_secs(5), async || {
-        app.inspect("tls-lock").await["waiting"] == 1
-    })
-    .await;
-    assert!(queued, "the second acquire waits");
+    let body = json!({"op": "acquire", "name": "tls-lock", "wait_ms": 10_000, "lease_ms": 30_000});
+    let waiter = app.queued_waiter("tls-lock", body).await;
     assert_eq!(
         app.release("tls-lock", &first["token"]).await.status(),
         StatusCode::OK
@@ -264,14 +258,8 @@ async fn with_replica_acks_an_unconfirmed_change_is_answered_503_and_a_grant_und
 
     // A hand-off whose claim is not confirmed keeps trying until the waiter's
     // deadline: the replica comes back before it, and the waiter is granted.
-    let waiter = app.lock_in_background(
-        json!({"op": "acquire", "name": "acked", "wait_ms": 8_000, "lease_ms": 30_000}),
-    );
-    let queued = eventually(Duration::from_secs(5), async || {
-        app.inspect("acked").await["waiting"] == 1
-    })
-    .await;
-    assert!(queued);
+    let body = json!({"op": "acquire", "name": "acked", "wait_ms": 8_000, "lease_ms": 30_000});
+    let waiter = app.queued_waiter("acked", body).await;
     let release = app.release("acked", &held["token"]).await;
     assert_problem(release, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -404,15 +392,9 @@ async fn with_replica_acks_a_grant_confirmed_after_its_lease_could_have_ended_is
     // An acquire granted at once, and (through the other service) a release
     // whose slot a waiter claims.
     let held = other.grant("handed", 0, 30_000).await;
-    let waiter = other.lock_in_background(
-        json!({"op": "acquire", "name": "handed", "wait_ms": 10_000, "lease_ms": 100}),
-    );
     // Queued (a call that only queues is not followed by a WAIT).
-    let queued = eventually(Duration::from_secs(5), async || {
-        other.inspect("handed").await["waiting"] == 1
-    })
-    .await;
-    assert!(queued, "the waiter queued");
+    let body = json!({"op": "acquire", "name": "handed", "wait_ms": 10_000, "lease_ms": 100});
+    let waiter = other.queued_waiter("handed", body).await;
     let answers = confirmed_after_a_stall(
         &primary,
         &replica,

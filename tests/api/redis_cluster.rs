@@ -12,9 +12,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    OwnCluster, ServiceProcess, Storm, TestApp, TestCertificates, assert_conserved, base_env,
-    create_database, eventually, mysql_admin_url, own_connections_to, raise_fd_limit,
-    random_suffix, spawn_app_on,
+    OwnCluster, ServiceProcess, Storm, TestApp, TestCertificates, assert_conserved,
+    assert_every_connection_sends_without_delay, base_env, create_database, eventually,
+    mysql_admin_url, raise_fd_limit, random_suffix, spawn_app_on,
 };
 
 fn cluster_env(cluster: &OwnCluster, prefix: &str, database_url: &str) -> HashMap<String, String> {
@@ -68,14 +68,8 @@ async fn assert_locks_on_every_primary(cluster: &OwnCluster, app: &TestApp) {
 /// the waiter is granted with a higher fence. Returns the waiter's grant.
 async fn hand_off(app: &TestApp, name: &str) -> Value {
     let first = app.grant(name, 0, 30_000).await;
-    let waiter = app.lock_in_background(
-        json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000}),
-    );
-    let queued = eventually(Duration::from_secs(5), async || {
-        app.inspect(name).await["waiting"] == 1
-    })
-    .await;
-    assert!(queued, "{name}: the second acquire waits");
+    let body = json!({"op": "acquire", "name": name, "wait_ms": 10_000, "lease_ms": 30_000});
+    let waiter = app.queued_waiter(name, body).await;
     assert_eq!(
         app.release(name, &first["token"]).await.status(),
         StatusCode::OK
@@ -116,15 +110,8 @@ async fn locks_on_every_primary_grant_hand_off_and_release() {
     }
     // Each of the service's connections to the nodes sends without delay,
     // the ones to nodes found from the seeds too.
-    let connections = own_connections_to(&cluster.ports());
-    assert!(
-        connections.len() >= 6,
-        "pooled connections to the three primaries, and the wake one: {connections:?}"
-    );
-    assert!(
-        connections.iter().all(|&(_, nodelay)| nodelay),
-        "every connection to the cluster has TCP_NODELAY: {connections:?}"
-    );
+    // At least: pooled connections to the three primaries, and the wake one.
+    assert_every_connection_sends_without_delay(&cluster.ports(), 6);
     // Bounded per node: REDIS_POOL_MAX=4 over 3 pools (2 workers and the
     // background) is one connection per pool and node, plus this test's
     // own; one wake subscription for the whole replica.

@@ -8,7 +8,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{
-    OwnRedis, eventually, own_connections_to, redis_connection, redis_url, spawn_app_with,
+    OwnRedis, assert_every_connection_sends_without_delay, redis_connection, redis_url,
+    spawn_app_with,
 };
 
 async fn client_id(conn: &mut RedisConnection) -> redis::RedisResult<i64> {
@@ -117,14 +118,8 @@ async fn every_connection_the_service_opens_to_redis_sends_without_delay() {
     // (acquire, release), the wake subscription (the offer) and the
     // background pool (the waiter's claim).
     let first = app.grant("no-nagle", 0, 30_000).await;
-    let waiter = app.lock_in_background(
-        json!({"op": "acquire", "name": "no-nagle", "wait_ms": 10_000, "lease_ms": 30_000}),
-    );
-    let queued = eventually(Duration::from_secs(5), async || {
-        app.inspect("no-nagle").await["waiting"] == 1
-    })
-    .await;
-    assert!(queued, "the second acquire waits");
+    let body = json!({"op": "acquire", "name": "no-nagle", "wait_ms": 10_000, "lease_ms": 30_000});
+    let waiter = app.queued_waiter("no-nagle", body).await;
     assert_eq!(
         app.release("no-nagle", &first["token"]).await.status(),
         StatusCode::OK
@@ -133,13 +128,6 @@ async fn every_connection_the_service_opens_to_redis_sends_without_delay() {
 
     // Without TCP_NODELAY, a call written while another is on its way waits
     // for that one's acknowledgement (see `redis_target::tcp_settings`).
-    let connections = own_connections_to(&[redis.port]);
-    assert!(
-        connections.len() >= 3,
-        "worker, background and wake connections: {connections:?}"
-    );
-    assert!(
-        connections.iter().all(|&(_, nodelay)| nodelay),
-        "every connection to Redis has TCP_NODELAY: {connections:?}"
-    );
+    // At least: worker, background and wake connections.
+    assert_every_connection_sends_without_delay(&[redis.port], 3);
 }

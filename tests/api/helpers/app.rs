@@ -223,6 +223,19 @@ impl TestApp {
         waiter(self.address.clone(), body)
     }
 
+    /// Sends the acquire `body` from a task of its own (as
+    /// [`Self::lock_in_background`]) and waits until it is the one request
+    /// queued on `name`.
+    pub async fn queued_waiter(&self, name: &str, body: Value) -> JoinHandle<Outcome> {
+        let waiter = self.lock_in_background(body);
+        let queued = super::eventually(Duration::from_secs(5), async || {
+            self.inspect(name).await["waiting"] == 1
+        })
+        .await;
+        assert!(queued, "{name}: the acquire waits");
+        waiter
+    }
+
     /// Inserts a row and returns its id.
     pub async fn insert_transcription(&self, row: &NewRow<'_>) -> u64 {
         sqlx::query(

@@ -73,6 +73,20 @@ pub async fn pause_redis_writes(url: &str, ms: u64) {
         .expect("CLIENT PAUSE");
 }
 
+/// At least `at_least` of this process's connections go to `ports`, and
+/// every one of them has `TCP_NODELAY` set.
+pub fn assert_every_connection_sends_without_delay(ports: &[u16], at_least: usize) {
+    let connections = own_connections_to(ports);
+    assert!(
+        connections.len() >= at_least,
+        "at least {at_least} connections: {connections:?}"
+    );
+    assert!(
+        connections.iter().all(|&(_, nodelay)| nodelay),
+        "every connection has TCP_NODELAY: {connections:?}"
+    );
+}
+
 /// This process's connections to loopback ports among `ports` (the
 /// in-process service's, and the test's own if it holds any), each as its
 /// peer port and whether it has `TCP_NODELAY` set.
