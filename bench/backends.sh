@@ -80,7 +80,7 @@ done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${cluster_ports[@]}") \
   --cluster-replicas 1 --cluster-yes >/dev/null
 for _ in $(seq 200); do
-  redis-cli -p 17101 cluster info | grep -q 'cluster_state:ok' && break; sleep 0.05
+  [[ $(redis-cli -p 17101 cluster info) == *cluster_state:ok* ]] && break; sleep 0.05
 done
 seeds=$(printf 'redis://127.0.0.1:%s,' "${cluster_ports[@]}"); seeds=${seeds%,}
 

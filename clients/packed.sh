@@ -80,7 +80,10 @@ done
 # --- Python: a wheel, installed into a fresh venv with its dependencies.
 python3 -m pip wheel -q --no-deps -w "$work/wheel" clients/python
 wheel=$(ls "$work"/wheel/middleway_client-*.whl)
-python3 -m zipfile -l "$wheel" | grep -q 'middleway_client/py.typed' || { echo "packed-clients: py.typed missing from the wheel" >&2; exit 1; }
+# Read the member list in Python: piping it into grep -q lets grep exit at the
+# first match, and the writer's broken pipe then fails the pipeline.
+python3 -c 'import sys, zipfile; sys.exit("middleway_client/py.typed" not in zipfile.ZipFile(sys.argv[1]).namelist())' "$wheel" \
+  || { echo "packed-clients: py.typed missing from the wheel" >&2; exit 1; }
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q "$wheel"
 (cd "$work" && "$work/venv/bin/python" - <<'PY'
