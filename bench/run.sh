@@ -13,7 +13,9 @@
 #                         CPU per pair, hand-off
 #                         latency (100 waiters on one name), beside the same scripts sent
 #                         straight to Redis (direct-scripts) and the HTTP floor (pairs of
-#                         GET /healthz); with a git revision, that revision is built too;
+#                         GET /healthz) and the JSON floor (bench/src/bin/json-floor.rs: the
+#                         same pairs answered by a bare actix-web JSON route); with a git
+#                         revision, that revision is built too;
 #                         all measured in alternating rounds (ROUNDS=5; medians reported)
 #   bench/run.sh auth     the service's CPU per authenticated GET with an API key, a
 #                         cached JWT and a cached AWS IAM token, same run (bench/auth.sh)
@@ -80,6 +82,11 @@ if [ "$mode" = locks ]; then
   done
   trap 'kill "${pids[@]}" 2>/dev/null || true; sleep 0.5; forget_keys "mwlocks-*"; forget_keys "mwbench:*"' EXIT
   for i in "${!labels[@]}"; do await_ready $((18300 + i)); done
+  # The JSON floor: the same acquire + release bodies read and answered by a
+  # bare actix-web route (no middleware, no auth, no Redis), as many workers.
+  target/release/json-floor 127.0.0.1:18390 & json_floor=$!
+  pids+=("$json_floor")
+  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18390/ && break; sleep 0.1; done
   work=$(mktemp -d)
   ticks=$(getconf CLK_TCK)
   cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
@@ -110,8 +117,10 @@ if [ "$mode" = locks ]; then
   # connections, no HTTP) are the baseline issue 27 measures against. The
   # HTTP floor (two keep-alive GET /healthz of the current service per pair:
   # no auth, no Redis, a constant body) is what no lock engine behind this
-  # HTTP stack can beat on this machine.
-  entries=("${!labels[@]}" direct floor)
+  # HTTP stack can beat on this machine. The JSON floor (two POSTs with JSON
+  # bodies read and answered by a bare actix-web route) is what no lock
+  # service on actix-web can beat here, whatever its middleware and engine.
+  entries=("${!labels[@]}" direct floor json)
   rounds=${ROUNDS:-5}
   names=${NAMES:-1000}
   for round in $(seq 1 "$rounds"); do
@@ -127,6 +136,13 @@ if [ "$mode" = locks ]; then
         done
         continue
       fi
+      if [ "$i" = json ]; then
+        log "round $round: json-floor"
+        for callers in 10 64 250; do
+          cell json-floor "$json_floor" "$callers" --service 127.0.0.1:18390 --key "$key" --strategies middleway
+        done
+        continue
+      fi
       label=${labels[$i]}
       target=(--service 127.0.0.1:$((18300 + i)) --admin 127.0.0.1:$((19300 + i)) --key "$key")
       log "round $round: $label"
@@ -138,12 +154,13 @@ if [ "$mode" = locks ]; then
   done
   echo "Lock path, $(date -u +%F), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p')), Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2)"
   [ -n "$baseline_rev" ] && echo "current: $(git rev-parse --short HEAD); baseline: $(git rev-parse --short "$baseline_rev")"
-  python3 - "$work" "$names" "$(nproc)" "${labels[@]}" direct-scripts http-floor <<'PY'
+  python3 - "$work" "$names" "$(nproc)" "${labels[@]}" direct-scripts http-floor json-floor <<'PY'
 import json, os, re, sys
 work, names, cores, labels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 # Medians: the machine drifts over a run, and one lucky round should not decide.
 median = lambda values: sorted(values)[len(values) // 2] if values else float("nan")
-print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz); CPU per pair at 64 callers")
+print(f"medians of the rounds; pairs = acquire + release on {names:,} names (http-floor: two GET /healthz;")
+print(f"json-floor: the pair's two POSTs answered by a bare actix-web JSON route); CPU per pair at 64 callers")
 print(f"(service, Redis, the load generator: mwbench), and the service's at 250")
 print(f"{'':15} {'pairs/s @10':>11} {'p50 @10':>8} {'pairs/s @64':>11} {'pairs/s @250':>12} {'service CPU':>11} {'Redis CPU':>9} {'client CPU':>10} {'service @250':>12} {'hand-off p50/p99':>16}")
 # A label's CPU per pair (key: service_us, redis_us or client_us) at that many callers.
@@ -182,7 +199,8 @@ for callers, slack in [(10, 1.5), (64, 1.0), (250, 1.0)]:
     others = cost("current", "redis_us", callers) + cost("current", "client_us", callers)
     budget = cores * 1e6 * slack / direct - others
     print(f"service CPU per pair the goal allows @{callers}: {budget:.0f} µs (Redis + load generator {others:.0f} µs of "
-          f"{cores * 1e6 * slack / direct:.0f}); current spends {cost('current', 'service_us', callers):.0f} µs, the HTTP floor {cost('http-floor', 'service_us', callers):.0f} µs")
+          f"{cores * 1e6 * slack / direct:.0f}); current spends {cost('current', 'service_us', callers):.0f} µs, the HTTP floor {cost('http-floor', 'service_us', callers):.0f} µs, "
+          f"the JSON floor {cost('json-floor', 'service_us', callers):.0f} µs")
 if "baseline" in labels:
     def per_round(label, concurrency):
         return [json.loads(l)["throughput"] for l in open(f"{work}/{label}.jsonl") if json.loads(l)["concurrency"] == concurrency]
@@ -323,6 +341,13 @@ if [ "$mode" = smoke ]; then
   $mwbench mysql "${target[@]}" --mysql-url "$DATABASE_URL" --mysql-root-url "$mysql_root" --rows "$rows" \
     --concurrency 10 --requests 300 --runs 1 --out "$out/cells.jsonl"
   $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --concurrency 10 --requests 200 --runs 1 --out "$out/cells.jsonl"
+  # The JSON floor of `bench/run.sh locks` answers the same pairs.
+  target/release/json-floor 127.0.0.1:18390 & json_floor=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18390/ && break; sleep 0.1; done
+  $mwbench locks --service 127.0.0.1:18390 --key "$key" --redis-url "$REDIS_URL" --strategies middleway --concurrency 10 --requests 200 \
+    --runs 1 --out "$out/json-floor.jsonl"
+  kill $json_floor; wait $json_floor 2>/dev/null || true
+  [ "$(wc -l < "$out/json-floor.jsonl")" -eq 1 ] || { log "the JSON floor cell did not complete"; exit 1; }
   $mwbench handoff "${target[@]}" --waiters 10 --handoffs 50
   $mwbench waiters "${target[@]}" --redis-url "$REDIS_URL" --pid "$pid" --waiters 200 --names 10
   $mwbench idle "${target[@]}" --redis-url "$REDIS_URL" --waiters 50 --seconds 2
