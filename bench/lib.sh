@@ -14,3 +14,10 @@ await_ready() {
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done
   return 0
 }
+
+# Starts the JSON floor (bench/src/bin/json-floor.rs) on 127.0.0.1:$1 and
+# waits up to 10 s until it accepts connections; its pid lands in $json_floor.
+start_json_floor() {
+  target/release/json-floor "127.0.0.1:$1" & json_floor=$!
+  for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0; sleep 0.1; done
+}

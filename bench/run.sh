@@ -84,9 +84,8 @@ if [ "$mode" = locks ]; then
   for i in "${!labels[@]}"; do await_ready $((18300 + i)); done
   # The JSON floor: the same acquire + release bodies read and answered by a
   # bare actix-web route (no middleware, no auth, no Redis), as many workers.
-  target/release/json-floor 127.0.0.1:18390 & json_floor=$!
+  start_json_floor 18390
   pids+=("$json_floor")
-  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18390/ && break; sleep 0.1; done
   work=$(mktemp -d)
   ticks=$(getconf CLK_TCK)
   cpu_of() { awk -v t="$ticks" '{printf "%.6f", ($14 + $15) / t}' "/proc/$1/stat"; }
@@ -239,6 +238,7 @@ fi
 
 scripts/services.sh start
 eval "$(scripts/services.sh env)"
+source bench/lib.sh
 if [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
 fi
@@ -342,8 +342,7 @@ if [ "$mode" = smoke ]; then
     --concurrency 10 --requests 300 --runs 1 --out "$out/cells.jsonl"
   $mwbench locks "${target[@]}" --redis-url "$REDIS_URL" --concurrency 10 --requests 200 --runs 1 --out "$out/cells.jsonl"
   # The JSON floor of `bench/run.sh locks` answers the same pairs.
-  target/release/json-floor 127.0.0.1:18390 & json_floor=$!
-  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:18390/ && break; sleep 0.1; done
+  start_json_floor 18390
   $mwbench locks --service 127.0.0.1:18390 --key "$key" --redis-url "$REDIS_URL" --strategies middleway --concurrency 10 --requests 200 \
     --runs 1 --out "$out/json-floor.jsonl"
   kill $json_floor; wait $json_floor 2>/dev/null || true
